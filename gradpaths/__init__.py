@@ -1,0 +1,60 @@
+"""gradpaths: where, in a recurrent network, gradients explode or vanish.
+
+The public API is listed here; the work lives in private modules.
+"""
+
+# --- cells, trajectories, per-step Jacobians (issue: core)
+from gradpaths._cells import (
+    GRU as GRU,
+    LSTM as LSTM,
+    RNN as RNN,
+    Edge as Edge,
+    Gates as Gates,
+    GRUGates as GRUGates,
+    GRUParams as GRUParams,
+    GRUState as GRUState,
+    LSTMParams as LSTMParams,
+    LSTMState as LSTMState,
+    Peepholes as Peepholes,
+    RNNParams as RNNParams,
+    RNNState as RNNState,
+)
+from gradpaths._checks import NonFiniteError as NonFiniteError, checked as checked
+from gradpaths._jacobians import (
+    StepJacobians as StepJacobians,
+    step_jacobians as step_jacobians,
+    unroll as unroll,
+)
+from gradpaths._state import Layout as Layout
+
+# --- routes, products, spectra, explanation (issue: routes)
+from gradpaths._routes import route_jacobians as route_jacobians
+from gradpaths._products import (
+    StepSpectra as StepSpectra,
+    growth_curve as growth_curve,
+    product_singular_values as product_singular_values,
+    step_spectra as step_spectra,
+)
+from gradpaths._lyapunov import (
+    finite_time_exponents as finite_time_exponents,
+    local_stretching as local_stretching,
+    lyapunov_exponents as lyapunov_exponents,
+)
+from gradpaths._counts import (
+    RouteUseCounts as RouteUseCounts,
+    route_use_counts as route_use_counts,
+)
+from gradpaths._explain import (
+    Explanation as Explanation,
+    GrowthRow as GrowthRow,
+    explain as explain,
+)
+from gradpaths._examples import exploding_lstm as exploding_lstm
+
+# --- gradients and training (issue: training)
+# --- importers (issue: interop)
+from gradpaths import interop as interop
+
+# --- plots and command line (issue: users)
+
+__version__ = "0.1.0"

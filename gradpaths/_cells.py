@@ -1,0 +1,538 @@
+r"""Functional recurrent cells: LSTM, GRU and vanilla RNN.
+
+Each cell is a frozen (hashable, static) configuration with pure methods over
+NamedTuple pytrees of parameters and states. Notation follows Greff et al.
+(2017), Appendix A, with the output written ``h``; see ``routes.md``.
+
+Every cell also exposes its *entry edges* (:meth:`edges`): the ways the previous
+state enters one step, each with the factor on the edge and the coefficient
+vectors that scale it on the way to each output field. The per-step Jacobian is
+their sum, and one edge alone is one route's Jacobian (``J = sum_r J^r``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradpaths import _checks
+
+Array = jax.Array
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _mv(A: Array, v: Array) -> Array:
+    # HIGHEST keeps float32 matmuls exact on accelerators that default to TF32.
+    return jnp.dot(A, v, precision=_HIGHEST)
+
+
+def _keep(route: str, value: Array) -> Array:
+    """The default edge reader: every entry edge reads the previous state."""
+    del route
+    return value
+
+
+def _normal(key: Array, shape: tuple[int, ...], scale: float, dtype: Any) -> Array:
+    return scale * jax.random.normal(key, shape, dtype)
+
+
+# --------------------------------------------------------------------------- params
+
+
+class Gates(NamedTuple):
+    """One array per LSTM gate: block input ``z``, input ``i``, forget ``f``, output ``o``.
+
+    ``f`` is None for an LSTM without forget gate.
+    """
+
+    z: Any
+    i: Any
+    f: Any
+    o: Any
+
+
+class Peepholes(NamedTuple):
+    """Peephole weights, each of shape (n,). ``p_o`` reads the new cell state."""
+
+    i: Any
+    f: Any
+    o: Any
+
+
+class LSTMParams(NamedTuple):
+    """LSTM parameters.
+
+    Attributes:
+      W: ``Gates`` of input weights, each (n, m).
+      R: ``Gates`` of recurrent weights, each (n, n).
+      b: ``Gates`` of biases, each (n,).
+      p: ``Peepholes`` (each (n,)) or None.
+    """
+
+    W: Gates
+    R: Gates
+    b: Gates
+    p: Peepholes | None = None
+
+
+class LSTMState(NamedTuple):
+    """LSTM state: cell state ``c`` (n,) and output ``h`` (n,); ``s = [c; h]``."""
+
+    c: Array
+    h: Array
+
+
+class GRUGates(NamedTuple):
+    """One array per GRU gate: reset ``r``, update ``z`` (``u`` in routes.md), candidate ``n``."""
+
+    r: Any
+    z: Any
+    n: Any
+
+
+class GRUParams(NamedTuple):
+    """GRU parameters (PyTorch semantics).
+
+    Attributes:
+      W: ``GRUGates`` of input weights, each (n, m).
+      R: ``GRUGates`` of recurrent weights, each (n, n).
+      b: ``GRUGates`` of biases outside the reset product, each (n,): for r and z
+        the sum of PyTorch's ``b_i*`` and ``b_h*``, for n PyTorch's ``b_in``.
+      b_hn: (n,), the recurrent bias of the candidate, inside the reset product.
+    """
+
+    W: GRUGates
+    R: GRUGates
+    b: GRUGates
+    b_hn: Any
+
+
+class GRUState(NamedTuple):
+    """GRU state: ``h`` (n,)."""
+
+    h: Array
+
+
+class RNNParams(NamedTuple):
+    """Vanilla RNN parameters: ``W`` (n, m), ``R`` (n, n), ``b`` (n,)."""
+
+    W: Any
+    R: Any
+    b: Any
+
+
+class RNNState(NamedTuple):
+    """Vanilla RNN state: ``h`` (n,)."""
+
+    h: Array
+
+
+class Edge(NamedTuple):
+    """One entry edge of a step: how the previous state field ``source`` enters.
+
+    Its Jacobian block from ``source`` to output field ``k`` is
+    ``diag(rows[k]) @ matrix`` (``diag(rows[k])`` when ``matrix`` is None); a
+    ``rows[k]`` of None is a zero block.
+    """
+
+    source: str
+    rows: dict[str, Array | None]
+    matrix: Array | None
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def _check_sizes(cell: Any) -> None:
+    _checks.check_positive_int(cell.input_size, "input_size", allow_zero=True)
+    _checks.check_positive_int(cell.hidden_size, "hidden_size")
+
+
+def _check_tree(params: Any, expected_type: type, cell_name: str) -> None:
+    if not isinstance(params, tuple) or not hasattr(params, "_fields"):
+        raise TypeError(
+            f"params: expected {expected_type.__name__} for {cell_name}, "
+            f"got {type(params).__name__}"
+        )
+    if tuple(params._fields) != tuple(expected_type._fields):
+        raise TypeError(
+            f"params: expected {expected_type.__name__} with fields {expected_type._fields}, "
+            f"got {type(params).__name__} with fields {params._fields}"
+        )
+
+
+def _check_leaf(value: Any, shape: tuple[int, ...], name: str) -> None:
+    if value is None:
+        raise ValueError(f"{name}: expected an array of shape {shape}, got None")
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        raise TypeError(f"{name}: expected an array of shape {shape}, got {type(value).__name__}")
+    _checks.check_shape(value, shape, name)
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise TypeError(f"{name}: expected a floating dtype, got {value.dtype}")
+
+
+def _zeros_state(state_type: type, n: int, dtype: Any) -> Any:
+    dtype = _checks.resolve_dtype(dtype)
+    return state_type(*(jnp.zeros((n,), dtype) for _ in state_type._fields))
+
+
+# --------------------------------------------------------------------------- LSTM
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTM:
+    r"""LSTM cell (Greff et al. 2017 notation), optional peepholes and forget gate.
+
+    .. math::
+
+        \bar z &= W_z x + R_z h + b_z, & z &= \tanh \bar z \\
+        \bar i &= W_i x + R_i h + p_i \odot c + b_i, & i &= \sigma(\bar i) \\
+        \bar f &= W_f x + R_f h + p_f \odot c + b_f, & f &= \sigma(\bar f) \\
+        c' &= z \odot i + c \odot f \\
+        \bar o &= W_o x + R_o h + p_o \odot c' + b_o, & o &= \sigma(\bar o) \\
+        h' &= \tanh(c') \odot o
+
+    Args:
+      input_size: m, the width of ``x`` (0 for an autonomous cell).
+      hidden_size: n; the state ``s = [c; h]`` has ``d = 2n``.
+      peepholes: use ``p_i, p_f, p_o`` (default False, as in PyTorch).
+      forget_gate: False gives the 1997 LSTM, ``f = 1`` (no ``W_f, R_f, b_f``).
+
+    Routes: ``carousel`` (c -> c' through ``c * f``), ``z``, ``i``, ``f``, ``o``
+    (h -> each gate through ``R``), and ``peep_i``, ``peep_f`` with peepholes.
+
+    Example::
+
+        cell = gp.LSTM(3, 8)
+        params = cell.init(jax.random.key(0))
+        s1 = cell.step(params, cell.initial_state(), jnp.ones(3))
+    """
+
+    input_size: int
+    hidden_size: int
+    peepholes: bool = False
+    forget_gate: bool = True
+
+    def __post_init__(self) -> None:
+        _check_sizes(self)
+        for flag in ("peepholes", "forget_gate"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"{flag}: expected a bool, got {getattr(self, flag)!r}")
+
+    @property
+    def gates(self) -> tuple[str, ...]:
+        return ("z", "i", "f", "o") if self.forget_gate else ("z", "i", "o")
+
+    @property
+    def routes(self) -> tuple[str, ...]:
+        """Route names, one per entry edge."""
+        routes = ("carousel",) + self.gates
+        if self.peepholes:
+            routes += ("peep_i", "peep_f") if self.forget_gate else ("peep_i",)
+        return routes
+
+    def init(
+        self,
+        key: Array,
+        *,
+        forget_bias: float | None = None,
+        recurrent_gain: float = 1.0,
+        input_gain: float = 1.0,
+        peephole_scale: float = 0.5,
+        dtype: Any = None,
+    ) -> LSTMParams:
+        """Random parameters.
+
+        ``R_g ~ N(0, recurrent_gain^2 / n)`` (spectral radius about
+        ``recurrent_gain``), ``W_g ~ N(0, input_gain^2 / m)``, biases 0 except
+        ``b_f = forget_bias`` (default 1.0), peepholes ``~ U(-s, s)`` with
+        ``s = peephole_scale``. ``dtype`` None is float64 under x64, else float32.
+        """
+        dtype = _checks.resolve_dtype(dtype)
+        if forget_bias is not None and not self.forget_gate:
+            raise ValueError("forget_bias: this LSTM has no forget gate (forget_gate=False)")
+        forget_bias = 1.0 if forget_bias is None else float(forget_bias)
+        n, m = self.hidden_size, self.input_size
+        keys = jax.random.split(key, 9)
+        w_scale = input_gain / max(m, 1) ** 0.5
+        r_scale = recurrent_gain / n**0.5
+
+        def gates(make: Callable[[int, str], Array]) -> Gates:
+            return Gates(*(make(k, g) if g in self.gates else None for k, g in enumerate("zifo")))
+
+        W = gates(lambda k, g: _normal(keys[k], (n, m), w_scale, dtype))
+        R = gates(lambda k, g: _normal(keys[4 + k], (n, n), r_scale, dtype))
+        b = gates(lambda k, g: jnp.full((n,), forget_bias if g == "f" else 0.0, dtype))
+        p = None
+        if self.peepholes:
+            u = jax.random.uniform(keys[8], (3, n), dtype, -peephole_scale, peephole_scale)
+            p = Peepholes(u[0], u[1] if self.forget_gate else None, u[2])
+        return LSTMParams(W, R, b, p)
+
+    def initial_state(self, dtype: Any = None) -> LSTMState:
+        """Zeros: ``LSTMState(c=0, h=0)``."""
+        return _zeros_state(LSTMState, self.hidden_size, dtype)
+
+    def check_params(self, params: Any) -> None:
+        """Raise TypeError/ValueError unless ``params`` fit this cell."""
+        _check_tree(params, LSTMParams, repr(self))
+        n, m = self.hidden_size, self.input_size
+        for field, shape in (("W", (n, m)), ("R", (n, n)), ("b", (n,))):
+            group = getattr(params, field)
+            _check_tree(group, Gates, repr(self))
+            for g in "zifo":
+                value = getattr(group, g)
+                if g == "f" and not self.forget_gate:
+                    if value is not None:
+                        raise ValueError(
+                            f"params.{field}.f: expected None (forget_gate=False), got an array"
+                        )
+                    continue
+                _check_leaf(value, shape, f"params.{field}.{g}")
+        if not self.peepholes:
+            if params.p is not None:
+                raise ValueError("params.p: expected None (peepholes=False), got peepholes")
+            return
+        if params.p is None:
+            raise ValueError("params.p: expected Peepholes (peepholes=True), got None")
+        _check_tree(params.p, Peepholes, repr(self))
+        for g in "ifo":
+            value = getattr(params.p, g)
+            if g == "f" and not self.forget_gate:
+                if value is not None:
+                    raise ValueError("params.p.f: expected None (forget_gate=False), got an array")
+                continue
+            _check_leaf(value, (n,), f"params.p.{g}")
+
+    def forward(
+        self,
+        params: LSTMParams,
+        state: LSTMState,
+        x: Array,
+        read: Callable[[str, Array], Array] = _keep,
+    ) -> dict[str, Array]:
+        """One step with every intermediate. ``read(route, value)`` is applied to the
+        previous state on each entry edge (``jax.lax.stop_gradient`` there cuts the
+        route). Returns gates ``z, i, f, o``, ``c`` (new cell state), ``h`` and
+        ``tanh_c`` = tanh(c')."""
+        W, R, b, p = params
+        c, h = state
+        z = jnp.tanh(_mv(W.z, x) + _mv(R.z, read("z", h)) + b.z)
+        ibar = _mv(W.i, x) + _mv(R.i, read("i", h)) + b.i
+        if self.peepholes:
+            ibar = ibar + p.i * read("peep_i", c)
+        i = jax.nn.sigmoid(ibar)
+        if self.forget_gate:
+            fbar = _mv(W.f, x) + _mv(R.f, read("f", h)) + b.f
+            if self.peepholes:
+                fbar = fbar + p.f * read("peep_f", c)
+            f = jax.nn.sigmoid(fbar)
+        else:
+            f = jnp.ones_like(i)
+        c_new = z * i + read("carousel", c) * f
+        obar = _mv(W.o, x) + _mv(R.o, read("o", h)) + b.o
+        if self.peepholes:
+            obar = obar + p.o * c_new
+        o = jax.nn.sigmoid(obar)
+        tanh_c = jnp.tanh(c_new)
+        return dict(z=z, i=i, f=f, o=o, c=c_new, h=tanh_c * o, tanh_c=tanh_c)
+
+    def step(self, params: LSTMParams, state: LSTMState, x: Array,
+             read: Callable[[str, Array], Array] = _keep) -> LSTMState:
+        """``(c, h), x -> (c', h')``; pure. ``read`` as in :meth:`forward`."""
+        out = self.forward(params, state, x, read)
+        return LSTMState(out["c"], out["h"])
+
+    def edges(self, params: LSTMParams, state: LSTMState, x: Array) -> dict[str, Edge]:
+        """Entry edges of one step (closed form, routes.md).
+
+        With ``g_c = dh'/dc' = o (1 - tanh(c')^2) + tanh(c') o (1 - o) p_o``, each
+        edge's c'-row coefficient ``a`` gives h-row coefficient ``g_c * a``; the o
+        route enters the h rows only, with ``tanh(c') o (1 - o)``.
+        """
+        g = self.forward(params, state, x)
+        z, i, f, o, tc = g["z"], g["i"], g["f"], g["o"], g["tanh_c"]
+        do = o * (1 - o)
+        g_c = o * (1 - tc * tc)
+        if self.peepholes:
+            g_c = g_c + tc * do * params.p.o
+
+        def edge(source: str, a: Array, matrix: Array | None) -> Edge:
+            return Edge(source, {"c": a, "h": g_c * a}, matrix)
+
+        di = i * (1 - i)
+        edges = {
+            "carousel": edge("c", f, None),
+            "z": edge("h", i * (1 - z * z), params.R.z),
+            "i": edge("h", z * di, params.R.i),
+        }
+        if self.forget_gate:
+            df_c = state.c * f * (1 - f)
+            edges["f"] = edge("h", df_c, params.R.f)
+        edges["o"] = Edge("h", {"c": None, "h": tc * do}, params.R.o)
+        if self.peepholes:
+            edges["peep_i"] = edge("c", z * di * params.p.i, None)
+            if self.forget_gate:
+                edges["peep_f"] = edge("c", df_c * params.p.f, None)
+        return edges
+
+
+# --------------------------------------------------------------------------- GRU
+
+
+@dataclasses.dataclass(frozen=True)
+class GRU:
+    r"""GRU cell, PyTorch semantics (reset applied after the recurrent product).
+
+    .. math::
+
+        r &= \sigma(W_r x + R_r h + b_r) \\
+        z &= \sigma(W_z x + R_z h + b_z) \qquad (u \text{ in routes.md}) \\
+        n &= \tanh(W_n x + b_n + r \odot (R_n h + b_{hn})) \\
+        h' &= (1 - z) \odot n + z \odot h
+
+    Routes: ``carousel`` (h -> h' through ``z * h``), ``r``, ``z``, ``n``
+    (through ``R_r``, ``R_z``, ``R_n``).
+    """
+
+    input_size: int
+    hidden_size: int
+
+    def __post_init__(self) -> None:
+        _check_sizes(self)
+
+    routes = ("carousel", "r", "z", "n")
+
+    def init(self, key: Array, *, recurrent_gain: float = 1.0, input_gain: float = 1.0,
+             dtype: Any = None) -> GRUParams:
+        """Random parameters: ``R ~ N(0, gain^2/n)``, ``W ~ N(0, input_gain^2/m)``, zero biases."""
+        dtype = _checks.resolve_dtype(dtype)
+        n, m = self.hidden_size, self.input_size
+        keys = jax.random.split(key, 6)
+        w_scale = input_gain / max(m, 1) ** 0.5
+        W = GRUGates(*(_normal(keys[k], (n, m), w_scale, dtype) for k in range(3)))
+        R = GRUGates(*(_normal(keys[3 + k], (n, n), recurrent_gain / n**0.5, dtype)
+                       for k in range(3)))
+        b = GRUGates(*(jnp.zeros((n,), dtype) for _ in range(3)))
+        return GRUParams(W, R, b, jnp.zeros((n,), dtype))
+
+    def initial_state(self, dtype: Any = None) -> GRUState:
+        """Zeros: ``GRUState(h=0)``."""
+        return _zeros_state(GRUState, self.hidden_size, dtype)
+
+    def check_params(self, params: Any) -> None:
+        """Raise TypeError/ValueError unless ``params`` fit this cell."""
+        _check_tree(params, GRUParams, repr(self))
+        n, m = self.hidden_size, self.input_size
+        for field, shape in (("W", (n, m)), ("R", (n, n)), ("b", (n,))):
+            group = getattr(params, field)
+            _check_tree(group, GRUGates, repr(self))
+            for g in "rzn":
+                _check_leaf(getattr(group, g), shape, f"params.{field}.{g}")
+        _check_leaf(params.b_hn, (n,), "params.b_hn")
+
+    def forward(self, params: GRUParams, state: GRUState, x: Array,
+                read: Callable[[str, Array], Array] = _keep) -> dict[str, Array]:
+        """One step with intermediates ``r, z, n, a = R_n h + b_hn, h``."""
+        W, R, b, b_hn = params
+        h = state.h
+        r = jax.nn.sigmoid(_mv(W.r, x) + _mv(R.r, read("r", h)) + b.r)
+        z = jax.nn.sigmoid(_mv(W.z, x) + _mv(R.z, read("z", h)) + b.z)
+        a = _mv(R.n, read("n", h)) + b_hn
+        n = jnp.tanh(_mv(W.n, x) + b.n + r * a)
+        return dict(r=r, z=z, n=n, a=a, h=(1 - z) * n + z * read("carousel", h))
+
+    def step(self, params: GRUParams, state: GRUState, x: Array,
+             read: Callable[[str, Array], Array] = _keep) -> GRUState:
+        """``h, x -> h'``; pure. ``read`` as in :meth:`LSTM.forward`."""
+        return GRUState(self.forward(params, state, x, read)["h"])
+
+    def edges(self, params: GRUParams, state: GRUState, x: Array) -> dict[str, Edge]:
+        """Entry edges: ``diag(z)``; ``diag((1-z) n' a r(1-r)) R_r``;
+        ``diag((h - n) z(1-z)) R_z``; ``diag((1-z) n' r) R_n`` with ``n' = 1 - n^2``."""
+        g = self.forward(params, state, x)
+        r, z, n, a = g["r"], g["z"], g["n"], g["a"]
+        dn = (1 - z) * (1 - n * n)
+        return {
+            "carousel": Edge("h", {"h": z}, None),
+            "r": Edge("h", {"h": dn * a * r * (1 - r)}, params.R.r),
+            "z": Edge("h", {"h": (state.h - n) * z * (1 - z)}, params.R.z),
+            "n": Edge("h", {"h": dn * r}, params.R.n),
+        }
+
+
+# --------------------------------------------------------------------------- RNN
+
+
+_NONLINEARITIES = ("tanh", "relu")
+
+
+@dataclasses.dataclass(frozen=True)
+class RNN:
+    r"""Vanilla RNN: :math:`h' = \phi(W x + R h + b)`, ``phi`` tanh or relu.
+
+    One route, ``R``; the step Jacobian is ``diag(phi'(W x + R h + b)) R``.
+    """
+
+    input_size: int
+    hidden_size: int
+    nonlinearity: str = "tanh"
+
+    def __post_init__(self) -> None:
+        _check_sizes(self)
+        _checks.check_choice(self.nonlinearity, "nonlinearity", _NONLINEARITIES)
+
+    routes = ("R",)
+
+    def init(self, key: Array, *, recurrent_gain: float = 1.0, input_gain: float = 1.0,
+             dtype: Any = None) -> RNNParams:
+        """Random parameters: ``R ~ N(0, gain^2/n)``, ``W ~ N(0, input_gain^2/m)``, ``b = 0``."""
+        dtype = _checks.resolve_dtype(dtype)
+        n, m = self.hidden_size, self.input_size
+        kw, kr = jax.random.split(key)
+        return RNNParams(
+            _normal(kw, (n, m), input_gain / max(m, 1) ** 0.5, dtype),
+            _normal(kr, (n, n), recurrent_gain / n**0.5, dtype),
+            jnp.zeros((n,), dtype),
+        )
+
+    def initial_state(self, dtype: Any = None) -> RNNState:
+        """Zeros: ``RNNState(h=0)``."""
+        return _zeros_state(RNNState, self.hidden_size, dtype)
+
+    def check_params(self, params: Any) -> None:
+        """Raise TypeError/ValueError unless ``params`` fit this cell."""
+        _check_tree(params, RNNParams, repr(self))
+        n, m = self.hidden_size, self.input_size
+        _check_leaf(params.W, (n, m), "params.W")
+        _check_leaf(params.R, (n, n), "params.R")
+        _check_leaf(params.b, (n,), "params.b")
+
+    def _phi(self, u: Array) -> tuple[Array, Array]:
+        if self.nonlinearity == "tanh":
+            y = jnp.tanh(u)
+            return y, 1 - y * y
+        return jax.nn.relu(u), (u > 0).astype(u.dtype)
+
+    def forward(self, params: RNNParams, state: RNNState, x: Array,
+                read: Callable[[str, Array], Array] = _keep) -> dict[str, Array]:
+        """One step with intermediates ``pre = W x + R h + b``, ``dphi``, ``h``."""
+        pre = _mv(params.W, x) + _mv(params.R, read("R", state.h)) + params.b
+        h, dphi = self._phi(pre)
+        return dict(pre=pre, dphi=dphi, h=h)
+
+    def step(self, params: RNNParams, state: RNNState, x: Array,
+             read: Callable[[str, Array], Array] = _keep) -> RNNState:
+        """``h, x -> h'``; pure. ``read`` as in :meth:`LSTM.forward`."""
+        return RNNState(self.forward(params, state, x, read)["h"])
+
+    def edges(self, params: RNNParams, state: RNNState, x: Array) -> dict[str, Edge]:
+        """The one entry edge: ``diag(phi'(pre)) R``."""
+        return {"R": Edge("h", {"h": self.forward(params, state, x)["dphi"]}, params.R)}
+
+
+BUILTIN_CELLS = (LSTM, GRU, RNN)

@@ -1,0 +1,142 @@
+"""Validation shared by every public function.
+
+Two tiers, as in the rest of the library:
+
+* shapes, dtypes and options are checked in Python at trace time and raise
+  ``ValueError``/``TypeError`` naming what was expected and what was got;
+* values (non-finite parameters, inputs or states) are checked eagerly when the
+  arguments are concrete. Inside ``jax.jit`` the values are tracers and cannot be
+  inspected in Python; wrap the jitted function with :func:`checked` to keep the
+  same checks in the compiled code (they become ``checkify`` checks).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
+
+# Set by `checked`: while tracing under it, value checks on tracers become
+# checkify checks instead of being skipped.
+_TRACED_CHECKS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "gradpaths_traced_checks", default=False
+)
+
+
+class NonFiniteError(ValueError):
+    """A parameter, input or state holds NaN or infinity."""
+
+
+def default_float() -> jnp.dtype:
+    """float64 when ``jax_enable_x64`` is on, else float32."""
+    return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
+
+
+def resolve_dtype(dtype: Any) -> jnp.dtype:
+    """``None`` -> the default float; otherwise a floating dtype, or TypeError."""
+    if dtype is None:
+        return default_float()
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(f"dtype: expected a floating dtype, got {dtype!r}") from err
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise TypeError(f"dtype: expected a floating dtype, got {dt}")
+    return jnp.dtype(jax.dtypes.canonicalize_dtype(dt))
+
+
+def is_concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def as_array(x: Any, name: str) -> jax.Array | np.ndarray:
+    """Array-like -> array (tracers pass through); anything else -> TypeError."""
+    if isinstance(x, (jax.Array, np.ndarray)):
+        return x
+    if isinstance(x, (list, tuple, float, int, np.generic)):
+        try:
+            return np.asarray(x)
+        except ValueError as err:
+            raise TypeError(f"{name}: expected an array, got a ragged {type(x).__name__}") from err
+    raise TypeError(f"{name}: expected an array, got {type(x).__name__}")
+
+
+def check_positive_int(value: Any, name: str, *, allow_zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
+    low = 0 if allow_zero else 1
+    if value < low:
+        raise ValueError(f"{name}: expected an int >= {low}, got {value}")
+    return int(value)
+
+
+def check_choice(value: Any, name: str, choices: Iterable[str]) -> str:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def check_shape(x: Any, expected: tuple[int, ...], name: str) -> None:
+    shape = tuple(np.shape(x))
+    if shape != tuple(expected):
+        raise ValueError(f"{name}: expected shape {tuple(expected)}, got {shape}")
+
+
+def check_finite(tree: Any, name: str) -> None:
+    """Raise :class:`NonFiniteError` if any floating leaf of ``tree`` is not finite.
+
+    Concrete leaves are checked now. Traced leaves are checked in the compiled
+    code when tracing happens under :func:`checked`, and skipped otherwise.
+    """
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if not hasattr(leaf, "dtype") or not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            continue
+        where = name + jax.tree_util.keystr(path)
+        if is_concrete(leaf):
+            bad = ~np.isfinite(np.asarray(leaf))
+            if bad.any():
+                first = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise NonFiniteError(
+                    f"{where}: expected finite values, got {int(bad.sum())} non-finite "
+                    f"(first at index {first}: {np.asarray(leaf)[first]})"
+                )
+        elif _TRACED_CHECKS.get():
+            checkify.check(
+                jnp.all(jnp.isfinite(leaf)), f"{where}: expected finite values, got NaN or inf"
+            )
+
+
+def checked(fn: Callable) -> Callable:
+    """Run ``fn`` (which may be jitted) with gradpaths' value checks compiled in.
+
+    Outside ``jit`` every public function checks its arguments for NaN and inf
+    itself. Inside ``jit`` the values are unknown at trace time, so those checks
+    are skipped unless the traced function is wrapped by ``checked``::
+
+        f = gp.checked(jax.jit(lambda p, xs: gp.step_jacobians(cell, p, xs).matrix))
+        f(params, xs)   # raises NonFiniteError if params or xs hold NaN/inf
+
+    The wrapped function must not have been traced before without ``checked``
+    (a jit cache entry traced without checks would be reused).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        token = _TRACED_CHECKS.set(True)
+        try:
+            err, out = checkify.checkify(fn, errors=checkify.user_checks)(*args, **kwargs)
+        finally:
+            _TRACED_CHECKS.reset(token)
+        message = err.get()
+        if message is not None:
+            raise NonFiniteError(message.split(" (check failed at")[0])
+        return out
+
+    return wrapper

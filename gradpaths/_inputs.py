@@ -1,0 +1,191 @@
+"""Validated inputs of every analysis: ``(cell, params, xs, state0)``.
+
+:func:`prepare` performs the trace-time checks shared by all public functions
+(cell protocol, shapes, dtypes, finiteness) and :func:`call` runs a function
+under ``jax.jit`` with the cell and the non-array parts of ``params`` static, so
+a second call with the same shapes does not recompile.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradpaths import _cells, _checks
+from gradpaths._state import Layout, layout_of
+
+METHODS = ("analytic", "jacfwd", "jacrev")
+
+
+class Prepared(NamedTuple):
+    params: Any
+    xs: jax.Array
+    state0: Any
+    layout: Layout
+
+
+def is_builtin(cell: Any) -> bool:
+    return isinstance(cell, _cells.BUILTIN_CELLS)
+
+
+def has_closed_form(cell: Any) -> bool:
+    return callable(getattr(cell, "edges", None))
+
+
+def check_method(cell: Any, method: Any) -> str:
+    _checks.check_choice(method, "method", METHODS)
+    if method == "analytic" and not has_closed_form(cell):
+        raise ValueError(
+            f"method: 'analytic' needs a cell with a closed form (an edges() method); "
+            f"{type(cell).__name__} has none: use method='jacfwd' or 'jacrev'"
+        )
+    return method
+
+
+def _is_float_leaf(x: Any) -> bool:
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
+
+
+def _state_signature(state: Any) -> tuple:
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    return treedef, tuple(tuple(np.shape(leaf)) for leaf in leaves)
+
+
+def prepare(cell: Any, params: Any, xs: Any, state0: Any) -> Prepared:
+    """Check and normalise the inputs of an analysis; raise clear errors.
+
+    Shapes: ``xs`` (T, m) with T >= 1 (m = 0 for an autonomous map); ``state0`` a
+    pytree like ``cell.initial_state()``, None for zeros. For built-in cells the
+    dtype of the result follows ``params`` and ``xs`` (promoted together).
+    """
+    if not callable(getattr(cell, "step", None)):
+        raise TypeError(
+            f"cell: expected an object with step(params, state, x), got {type(cell).__name__}"
+        )
+    xs = _checks.as_array(xs, "xs")
+    if xs.ndim != 2:
+        expected = f"(T, {cell.input_size})" if is_builtin(cell) else "(T, input_size)"
+        raise ValueError(f"xs: expected shape {expected}, got {tuple(xs.shape)}")
+    if xs.shape[0] < 1:
+        raise ValueError(f"xs: expected at least one step (T >= 1), got shape {tuple(xs.shape)}")
+    if not (jnp.issubdtype(xs.dtype, jnp.floating) or jnp.issubdtype(xs.dtype, jnp.integer)
+            or xs.dtype == bool):
+        raise TypeError(f"xs: expected a real dtype, got {xs.dtype}")
+
+    if is_builtin(cell):
+        if xs.shape[1] != cell.input_size:
+            raise ValueError(
+                f"xs: expected shape (T, {cell.input_size}) for {cell!r}, got {tuple(xs.shape)}"
+            )
+        cell.check_params(params)
+        float_leaves = [leaf for leaf in jax.tree_util.tree_leaves(params) if _is_float_leaf(leaf)]
+        dtype = jnp.result_type(*float_leaves, *([xs] if _is_float_leaf(xs) else []))
+        dtype = _checks.resolve_dtype(dtype)
+        params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params)
+        xs = jnp.asarray(xs, dtype)
+        if state0 is None:
+            state0 = cell.initial_state(dtype)
+        state_type = type(cell.initial_state())
+        if not isinstance(state0, state_type):
+            raise TypeError(
+                f"state0: expected {state_type.__name__}{state_type._fields} for {cell!r}, "
+                f"got {type(state0).__name__}"
+            )
+        for name, value in zip(state0._fields, state0):
+            _checks.check_shape(value, (cell.hidden_size,), f"state0.{name}")
+        state0 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), state0)
+    else:
+        if not _is_float_leaf(xs):
+            xs = jnp.asarray(xs, _checks.default_float())
+        if state0 is None:
+            if not callable(getattr(cell, "initial_state", None)):
+                raise ValueError(
+                    f"state0: {type(cell).__name__} has no initial_state(); pass state0 explicitly"
+                )
+            state0 = cell.initial_state()
+        state0 = jax.tree_util.tree_map(jnp.asarray, state0)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(state0):
+            if not _is_float_leaf(leaf):
+                raise TypeError(
+                    f"state0{jax.tree_util.keystr(path)}: expected a floating array, "
+                    f"got dtype {getattr(leaf, 'dtype', type(leaf).__name__)}"
+                )
+        try:
+            out = jax.eval_shape(lambda s, x: cell.step(params, s, x), state0, xs[0])
+        except Exception as err:
+            raise ValueError(
+                f"cell.step(params, state0, xs[0]) failed while checking shapes: {err}"
+            ) from err
+        if _state_signature(out) != _state_signature(state0):
+            raise ValueError(
+                "cell.step: expected it to return a state of the same structure and shapes as "
+                f"state0 {_state_signature(state0)}, got {_state_signature(out)}"
+            )
+    _checks.check_finite(params, "params")
+    _checks.check_finite(xs, "xs")
+    _checks.check_finite(state0, "state0")
+    return Prepared(params, xs, state0, layout_of(state0))
+
+
+# ---------------------------------------------------------------- jit with static parts
+
+
+def _is_dynamic(leaf: Any) -> bool:
+    return isinstance(leaf, (jax.Array, np.ndarray, np.generic, float, int, complex, bool))
+
+
+class _ById:
+    """Hashable by identity: static data that is not hashable by value."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __hash__(self) -> int:
+        return id(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ById) and other.value is self.value
+
+
+def _hashable(value: Any) -> Any:
+    try:
+        hash(value)
+    except TypeError:
+        return _ById(value)
+    return value
+
+
+def _unwrap(value: Any) -> Any:
+    return value.value if isinstance(value, _ById) else value
+
+
+@functools.cache
+def _jitted(fn: Callable, static_names: tuple[str, ...]) -> Callable:
+    def run(cell, pstatic, pdyn, *args, **kwargs):
+        treedef, static_leaves = pstatic
+        leaves = [s if d is None else d for d, s in zip(pdyn, static_leaves)]
+        params = jax.tree_util.tree_unflatten(treedef, leaves)
+        kwargs = {k: _unwrap(v) for k, v in kwargs.items()}
+        return fn(_unwrap(cell), params, *args, **kwargs)
+
+    return jax.jit(run, static_argnums=(0, 1), static_argnames=static_names)
+
+
+def call(fn: Callable, cell: Any, params: Any, *args: Any, **static: Any) -> Any:
+    """``jax.jit(fn)(cell, params, *args, **static)`` with ``cell``, the non-array
+    leaves of ``params`` and every keyword static; compiled once per shapes."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    pdyn = [leaf if _is_dynamic(leaf) else None for leaf in leaves]
+    pstatic = (treedef, tuple(None if _is_dynamic(leaf) else _hashable(leaf) for leaf in leaves))
+    static = {k: _hashable(v) for k, v in static.items()}
+    return _jitted(fn, tuple(sorted(static)))(_hashable(cell), pstatic, pdyn, *args, **static)
+
+
+def cache_size(fn: Callable, *static_names: str) -> int:
+    """Number of compiled versions of ``fn`` (tests use it to check no recompilation)."""
+    return _jitted(fn, tuple(sorted(static_names)))._cache_size()

@@ -1,0 +1,584 @@
+r"""Long products of step Jacobians: growth curves, singular values, step spectra.
+
+Every quantity here streams through the sequence: the Jacobian of step ``t`` (or
+its action on a few tangent vectors) is formed inside a ``jax.lax.scan`` and
+dropped, so memory does not grow with ``T`` (:func:`gradpaths.step_jacobians`
+materialises the ``(T, d, d)`` stack only when asked). Products are carried as
+``exp(s) M`` with ``M`` normalised and the log scale ``s`` accumulated, so nothing
+overflows or underflows however long the horizon or narrow the dtype.
+
+Which Jacobian sequence (a *spec*):
+
+* ``routes``: None for the full ``J_t``, or a set ``S`` of route names for the
+  restricted ``J_t^S = sum_{r in S} J_t^r`` (routes.md), evaluated along the true
+  trajectory (every route cut only in the derivative, never in the forward pass);
+* ``block``: None for the whole state, or ``(f, f)`` for the diagonal block
+  ``J_t[f, f] = d f_{t+1} / d f_t`` of one state field (LSTM ``("c", "c")``,
+  ``("h", "h")``); the product is then ``prod_t J_t[f, f]``.
+
+Orientation as everywhere in gradpaths: ``J_t[a, b] = d s_{t+1}[a] / d s_t[b]``
+and the product over steps ``a..b-1`` is ``J_{b-1} ... J_a``. Logs are natural.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradpaths import _checks, _inputs, _routes
+from gradpaths._cells import Edge
+from gradpaths._jacobians import assemble
+from gradpaths._state import Layout, layout_of
+
+Array = jax.Array
+_HIGHEST = jax.lax.Precision.HIGHEST
+# The ways a spec's step Jacobian acts: "jvp" pushes tangent vectors without the
+# (d, d) matrix, "matrix" forms the matrix inside the scan and multiplies.
+OPERATOR_METHODS = ("jvp", "matrix")
+
+
+def _dot(A: Array, B: Array) -> Array:
+    # HIGHEST: float32 products stay exact on accelerators that default to TF32.
+    return jnp.matmul(A, B, precision=_HIGHEST)
+
+
+def safe_log(x: Array) -> Array:
+    """``log(x)`` for ``x >= 0`` with ``log(0) = -inf`` and a zero (not NaN) gradient there."""
+    positive = x > 0
+    return jnp.where(positive, jnp.log(jnp.where(positive, x, 1)), -jnp.inf)
+
+
+def kahan_add(total: Array, comp: Array, value: Array) -> tuple[Array, Array]:
+    """Compensated summation ``total + value`` (the true sum is ``total - comp``), for
+    long float32 horizons; ``-inf`` terms stay ``-inf`` (the compensation resets)."""
+    y = value - comp
+    new = total + y
+    comp = (new - total) - y
+    return new, jnp.where(jnp.isfinite(comp), comp, 0)
+
+
+def safe_normalise(v: Array, norm: Array) -> Array:
+    """``v / norm``, leaving ``v`` unchanged where ``norm`` is 0 (no NaN, no NaN gradient)."""
+    positive = norm > 0
+    return jnp.where(positive, v / jnp.where(positive, norm, 1), v)
+
+
+# --------------------------------------------------------------------------- specs
+
+
+class Spec(NamedTuple):
+    """Which Jacobian sequence: ``routes`` (None: all) restricted to ``block`` (None: all)."""
+
+    routes: tuple[str, ...] | None
+    block: tuple[str, str] | None
+
+
+def check_block(layout: Layout, block: Any) -> tuple[str, str] | None:
+    """None, or a pair ``(f, f)`` of one state field name -> a tuple; else a clear error."""
+    if block is None:
+        return None
+    if isinstance(block, str) or not isinstance(block, (tuple, list)) or len(block) != 2:
+        raise TypeError(
+            f"block: expected None or a pair of state field names such as "
+            f"{(layout.names[0], layout.names[0])}, got {block!r}"
+        )
+    out, inp = block
+    for name in (out, inp):
+        if name not in layout.names:
+            raise ValueError(f"block: expected field names among {layout.names}, got {name!r}")
+    if out != inp:
+        raise ValueError(
+            f"block: expected a square diagonal block (f, f) of one state field, got {tuple(block)}"
+        )
+    return (out, inp)
+
+
+def check_spec(cell: Any, layout: Layout, routes: Iterable[str] | None, block: Any) -> Spec:
+    """Validate ``routes`` and ``block`` together."""
+    return Spec(_routes.check_routes(cell, routes), check_block(layout, block))
+
+
+def spec_size(layout: Layout, spec: Spec) -> int:
+    """Side of the spec's square Jacobian: ``d``, or the block's field size."""
+    if spec.block is None:
+        return layout.size
+    return layout.sizes[layout.names.index(spec.block[0])]
+
+
+def check_window(T: int, start: Any, stop: Any) -> tuple[int, int]:
+    """``0 <= start < stop <= T`` (``stop`` None: T) -> ints, else a clear ValueError."""
+    start = _checks.check_positive_int(start, "start", allow_zero=True)
+    stop = T if stop is None else _checks.check_positive_int(stop, "stop")
+    if not start < stop <= T:
+        raise ValueError(
+            f"start, stop: expected 0 <= start < stop <= T = {T}, got start={start}, stop={stop}"
+        )
+    return start, stop
+
+
+def choose_method(cell: Any, method: Any, size: int, k: int | None) -> str:
+    """``"auto"`` -> ``"matrix"`` when all or most directions are wanted, else ``"jvp"``."""
+    _checks.check_choice(method, "method", ("auto",) + OPERATOR_METHODS)
+    if method != "auto":
+        return method
+    return "matrix" if k is None or 2 * k >= size else "jvp"
+
+
+# --------------------------------------------------------------------------- step operators
+
+
+def _block_matrix(edges: dict[str, Edge], layout: Layout, spec: Spec) -> Array:
+    """The spec's (size, size) Jacobian from the entry edges of one step."""
+    if spec.block is None:
+        return assemble(edges, layout, spec.routes)
+    field = spec.block[0]
+    n = layout.sizes[layout.names.index(field)]
+    chosen = tuple(edges) if spec.routes is None else spec.routes
+    coeffs = [c for e in edges.values() for c in e.rows.values() if c is not None]
+    out = jnp.zeros((n, n), jnp.result_type(*coeffs))
+    diag = None
+    for r in chosen:
+        edge = edges[r]
+        coeff = edge.rows.get(field)
+        if edge.source != field or coeff is None:
+            continue
+        if edge.matrix is None:
+            diag = coeff if diag is None else diag + coeff
+        else:
+            out = out + coeff[:, None] * edge.matrix
+    return out if diag is None else out + jnp.diag(diag)
+
+
+def _apply_block(edges: dict[str, Edge], layout: Layout, spec: Spec, V: Array) -> Array:
+    """``J V`` for the spec's Jacobian without forming it; ``V`` (size, k)."""
+    if spec.block is None:
+        return _routes.apply_edges(edges, layout, V, spec.routes)
+    field = spec.block[0]
+    chosen = tuple(edges) if spec.routes is None else spec.routes
+    acc = jnp.zeros_like(V)
+    for r in chosen:
+        edge = edges[r]
+        coeff = edge.rows.get(field)
+        if edge.source != field or coeff is None:
+            continue
+        moved = V if edge.matrix is None else _dot(edge.matrix, V)
+        acc = acc + coeff[:, None] * moved
+    return acc
+
+
+def step_operator(cell: Any, params: Any, layout: Layout, specs: Sequence[Spec], method: str
+                  ) -> Callable[[Any, Array, Sequence[Array]], tuple[Any, tuple[Array, ...]]]:
+    """One step's action on tangent matrices, shared by several specs.
+
+    Returns ``op(state, x, Vs) -> (next_state, (J_1 V_1, ..., J_S V_S))`` with
+    ``V_s`` of shape (size_s, k_s) and ``J_s`` the Jacobian of spec ``s`` at
+    ``(state, x)``. The step's entry edges (closed form) or linearisation
+    (``jax.linearize``, one per distinct route set; custom cells) are formed once
+    and serve every spec. ``method="matrix"`` forms each (size, size) Jacobian and
+    multiplies; ``"jvp"`` never forms it.
+    """
+    specs = tuple(specs)
+    closed = _inputs.has_closed_form(cell)
+
+    if closed:
+        def op(state, x, Vs):
+            edges = cell.edges(params, state, x)
+            out = []
+            for spec, V in zip(specs, Vs, strict=True):
+                if method == "matrix":
+                    out.append(_dot(_block_matrix(edges, layout, spec), V))
+                else:
+                    out.append(_apply_block(edges, layout, spec, V))
+            return cell.step(params, state, x), tuple(out)
+
+        return op
+
+    def op(state, x, Vs):
+        s = layout.ravel(state)
+        d = s.shape[0]
+        lins: dict[Any, Callable] = {}
+        s_next = None
+        for spec in specs:
+            if spec.routes not in lins:
+                step = _routes.flat_step(cell, params, layout, spec.routes)
+                s_next, lin = jax.linearize(lambda u, step=step: step(u, x), s)
+                lins[spec.routes] = jax.vmap(lin, in_axes=1, out_axes=1)
+        out = []
+        for spec, V in zip(specs, Vs, strict=True):
+            push = lins[spec.routes]
+            rows = slice(None) if spec.block is None else layout.slice(spec.block[0])
+            if method == "matrix":
+                J = push(jnp.eye(d, dtype=s.dtype))[rows, rows]
+                out.append(_dot(J, V))
+            elif spec.block is None:
+                out.append(push(V))
+            else:
+                full = jnp.zeros((d, V.shape[1]), V.dtype).at[rows].set(V)
+                out.append(push(full)[rows])
+        return layout.unravel(s_next), tuple(out)
+
+    return op
+
+
+def matrices_operator(cell: Any, params: Any, layout: Layout, specs: Sequence[Spec]
+                      ) -> Callable[[Any, Array], tuple[Any, tuple[Array, ...]]]:
+    """``(state, x) -> (next_state, (J_1, ..., J_S))``: each spec's (size, size) step
+    Jacobian, the entry edges (or linearisations) formed once per step."""
+    specs = tuple(specs)
+    if _inputs.has_closed_form(cell):
+        def op(state, x):
+            edges = cell.edges(params, state, x)
+            return cell.step(params, state, x), tuple(
+                _block_matrix(edges, layout, spec) for spec in specs)
+
+        return op
+    push = step_operator(cell, params, layout, specs, "jvp")
+
+    def op(state, x):
+        dtype = layout.ravel(state).dtype
+        eyes = tuple(jnp.eye(spec_size(layout, s), dtype=dtype) for s in specs)
+        return push(state, x, eyes)
+
+    return op
+
+
+def matrix_operator(cell: Any, params: Any, layout: Layout, spec: Spec
+                    ) -> Callable[[Any, Array], tuple[Any, Array]]:
+    """``(state, x) -> (next_state, J)``: one spec's (size, size) step Jacobian."""
+    op = matrices_operator(cell, params, layout, (spec,))
+
+    def single(state, x):
+        nxt, (J,) = op(state, x)
+        return nxt, J
+
+    return single
+
+
+def advance(cell: Any, params: Any, xs: Array, state: Any) -> Any:
+    """The state after running the cell over ``xs`` (nothing stored)."""
+    if xs.shape[0] == 0:
+        return state
+    return jax.lax.scan(lambda s, x: (cell.step(params, s, x), None), state, xs)[0]
+
+
+def orthonormal_start(seed: int, size: int, k: int, dtype: Any) -> Array:
+    """A seeded random orthonormal (size, k) frame; column ``j`` depends on ``j`` only
+    (through ``fold_in``), so the first k columns agree for every k."""
+    key = jax.random.key(seed)
+    cols = jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(key, j), (size,), dtype))(
+        jnp.arange(k))
+    return jnp.linalg.qr(cols.T)[0]
+
+
+# --------------------------------------------------------------------------- spectral norm
+
+
+def top_singular_value(M: Array, v: Array, *, tol: float, max_iter: int) -> tuple[Array, Array]:
+    """Largest singular value of ``M`` by power iteration on ``M^T M``, warm-started at ``v``.
+
+    The start is whichever of ``v`` and the direction of ``M``'s largest row gives
+    the larger ``||M u||`` (so it never lies in the kernel of a non-zero ``M``).
+    Iterates until the Rayleigh quotient ``||M u||^2`` (non-decreasing) changes
+    by at most ``tol`` relatively, or ``max_iter`` times. Returns ``(sigma, u)``.
+    """
+    rows = jnp.sum(M * M, axis=1)
+    row = M[jnp.argmax(rows)]
+    row = safe_normalise(row, jnp.linalg.norm(row))
+    use_row = jnp.linalg.norm(_dot(M, row)) > jnp.linalg.norm(_dot(M, v))
+    u = jnp.where(use_row, row, v)
+
+    def rayleigh(u):
+        Mu = _dot(M, u)
+        return jnp.vdot(Mu, Mu), Mu
+
+    def body(c):
+        it, u, _, q = c
+        _, Mu = rayleigh(u)
+        w = _dot(M.T, Mu)
+        u = safe_normalise(w, jnp.linalg.norm(w))
+        return it + 1, u, q, rayleigh(u)[0]
+
+    def cond(c):
+        it, _, q_old, q = c
+        return (it < max_iter) & (q - q_old > tol * q)
+
+    q0 = rayleigh(u)[0]
+    _, u, _, q = jax.lax.while_loop(cond, body, body((0, u, -jnp.ones_like(q0), q0)))
+    return jnp.sqrt(q), u
+
+
+# --------------------------------------------------------------------------- growth curve
+
+
+def _growth_curve(cell, params, xs, state0, *, spec, start, method, max_iter):
+    layout = layout_of(state0)
+    size = spec_size(layout, spec)
+    state = advance(cell, params, xs[:start], state0)
+    dtype = layout.ravel(state0).dtype
+    tol = 4 * float(jnp.finfo(dtype).eps)
+    op = step_operator(cell, params, layout, (spec,), method)
+    u0 = jnp.full((size,), 1 / np.sqrt(size), dtype)
+
+    def body(carry, x):
+        state, M, scale, comp, u = carry
+        state, (M,) = op(state, x, (M,))
+        norm = jnp.linalg.norm(M)
+        M = safe_normalise(M, norm)
+        scale, comp = kahan_add(scale, comp, safe_log(norm))
+        sigma, u = top_singular_value(M, u, tol=tol, max_iter=max_iter)
+        return (state, M, scale, comp, u), scale + (safe_log(sigma) - comp)
+
+    zero = jnp.zeros((), dtype)
+    init = (state, jnp.eye(size, dtype=dtype), zero, zero, u0)
+    return jax.lax.scan(body, init, xs[start:])[1]
+
+
+def growth_curve(cell: Any, params: Any, xs: Any, state0: Any = None, *,
+                 routes: Iterable[str] | None = None, block: Any = None, start: int = 0,
+                 method: str = "matrix", max_iter: int = 100) -> Array:
+    r"""Log spectral norm of every partial product of step Jacobians.
+
+    .. math::
+
+        g_j = \log \| J_{start+j} \cdots J_{start+1} J_{start} \|_2, \qquad
+        j = 0, \ldots, T - start - 1
+
+    (``J`` restricted to ``routes`` and ``block``, see the module docstring). The
+    product is carried as ``exp(s) M`` with ``||M||_F = 1``; ``||M||_2`` comes from
+    a power iteration warm-started at the previous step's top right singular
+    vector, run to round-off (relative change of ``||M u||^2`` below ``4 eps``,
+    at most ``max_iter`` iterations). Nothing overflows: ``g`` is finite for any
+    horizon and dtype, or ``-inf`` from the step at which the product is exactly 0
+    (a restricted Jacobian can annihilate everything).
+
+    Args:
+      cell, params, xs, state0: as in :func:`gradpaths.unroll`; xs (T, m).
+      routes: None (all) or an iterable of route names: the product of
+        ``sum_{r in routes} J_t^r``.
+      block: None or ``(f, f)``: the product of the diagonal blocks ``J_t[f, f]``.
+      start: the first step of the product, ``0 <= start < T``.
+      method: ``"matrix"`` (form each step's Jacobian in the scan) or ``"jvp"``
+        (push the product's columns as tangents); equal to round-off.
+      max_iter: cap on the power iterations per step.
+
+    Returns:
+      (T - start,) array in the dtype of the inputs, nats.
+
+    Example::
+
+        g = gp.growth_curve(cell, params, xs)                 # full product
+        g_c = gp.growth_curve(cell, params, xs, block=("c", "c"))
+        rate = g[-1] / len(g)                                 # nats per step
+    """
+    p = _inputs.prepare(cell, params, xs, state0)
+    spec = check_spec(cell, p.layout, routes, block)
+    start, _ = check_window(p.xs.shape[0], start, None)
+    _checks.check_choice(method, "method", OPERATOR_METHODS)
+    max_iter = _checks.check_positive_int(max_iter, "max_iter")
+    return _inputs.call(_growth_curve, cell, p.params, p.xs, p.state0, spec=spec, start=start,
+                        method=method, max_iter=max_iter)
+
+
+# --------------------------------------------------------------------------- singular values
+
+
+def qr_positive(A: Array) -> tuple[Array, Array]:
+    """Reduced QR with ``R``'s diagonal made non-negative: ``(Q, |diag R|)``."""
+    Q, R = jnp.linalg.qr(A)
+    diag = jnp.diagonal(R)
+    sign = jnp.where(diag < 0, -1, 1).astype(Q.dtype)
+    return Q * sign[None, :], jnp.abs(diag)
+
+
+def _product_singular_values(cell, params, xs, state0, *, spec, start, stop, seed, max_sweeps):
+    layout = layout_of(state0)
+    size = spec_size(layout, spec)
+    dtype = layout.ravel(state0).dtype
+    state = advance(cell, params, xs[:start], state0)
+    xs = xs[start:stop]
+    op = matrix_operator(cell, params, layout, spec)
+
+    def keep(s, x):
+        nxt = cell.step(params, s, x)
+        return nxt, s
+
+    states = jax.lax.scan(keep, state, xs)[1]    # states[t]: the state entering step t, O(T d)
+    tol = 8 * float(jnp.finfo(dtype).eps) * max(1.0, float(stop - start))
+
+    def forward(Q):
+        def body(c, inp):
+            Q, acc = c
+            s, x = inp
+            Q, r = qr_positive(_dot(op(s, x)[1], Q))
+            return (Q, acc + safe_log(r)), None
+
+        return jax.lax.scan(body, (Q, jnp.zeros((size,), dtype)), (states, xs))[0]
+
+    def backward(Q):
+        def body(c, inp):
+            Q, acc = c
+            s, x = inp
+            Q, r = qr_positive(_dot(op(s, x)[1].T, Q))
+            return (Q, acc + safe_log(r)), None
+
+        return jax.lax.scan(body, (Q, jnp.zeros((size,), dtype)), (states, xs), reverse=True)[0]
+
+    def sweep(c):
+        it, Q, _, est = c
+        Q1, lf = forward(Q)
+        Q2, lb = backward(Q1)
+        return it + 1, Q2, est, 0.5 * (lf + lb)
+
+    def cond(c):
+        it, _, old, est = c
+        scale = jnp.maximum(1.0, jnp.max(jnp.abs(jnp.where(jnp.isfinite(est), est, 0))))
+        moved = jnp.where(jnp.isfinite(est) | jnp.isfinite(old), jnp.abs(est - old), 0)
+        moved = jnp.where(jnp.isnan(moved), jnp.inf, moved)
+        return (it < max_sweeps) & (jnp.max(moved) > tol * scale)
+
+    Q0 = orthonormal_start(seed, size, size, dtype)
+    nan = jnp.full((size,), jnp.nan, dtype)
+    _, _, _, est = jax.lax.while_loop(cond, sweep, sweep((0, Q0, nan, nan)))
+    return jnp.sort(est)[::-1]
+
+
+def product_singular_values(cell: Any, params: Any, xs: Any, state0: Any = None, *,
+                            routes: Iterable[str] | None = None, block: Any = None,
+                            start: int = 0, stop: int | None = None, seed: int = 0,
+                            max_sweeps: int = 50) -> Array:
+    r"""Log singular values of the product over the window ``[start, stop)``.
+
+    .. math::
+
+        \log \sigma_i(J_{stop-1} \cdots J_{start}), \qquad i = 1, \ldots, \text{size}
+
+    all of them, descending, however far apart (the smallest are not swamped by
+    the largest). Orthogonal iteration on ``P^T P`` in product form: a forward
+    sweep ``J_t Q = Q' R_t`` and a backward sweep ``J_t^T Q = Q' R'_t`` give
+    ``P^T P Q = Q'' (prod R') (prod R)``, whose triangular diagonals are summed in
+    logs; sweeps repeat (from a seeded random orthonormal frame) until the
+    estimates move by less than round-off, at most ``max_sweeps`` times. Long
+    windows converge in one or two sweeps (the gaps grow with the window).
+
+    The states of the window are kept, ``O((stop - start) d)`` memory; each
+    step's Jacobian is formed in the scans and dropped.
+
+    Args:
+      cell, params, xs, state0: as in :func:`gradpaths.unroll`.
+      routes, block: which Jacobian sequence (as in :func:`growth_curve`).
+      start, stop: the window, ``0 <= start < stop <= T`` (``stop`` None: T).
+      seed: the random start frame.
+      max_sweeps: cap on forward-backward sweeps.
+
+    Returns:
+      (size,) log singular values, nats, descending (``-inf`` for exact zeros).
+    """
+    p = _inputs.prepare(cell, params, xs, state0)
+    spec = check_spec(cell, p.layout, routes, block)
+    start, stop = check_window(p.xs.shape[0], start, stop)
+    seed = _checks.check_positive_int(seed, "seed", allow_zero=True)
+    max_sweeps = _checks.check_positive_int(max_sweeps, "max_sweeps")
+    return _inputs.call(_product_singular_values, cell, p.params, p.xs, p.state0, spec=spec,
+                        start=start, stop=stop, seed=seed, max_sweeps=max_sweeps)
+
+
+# --------------------------------------------------------------------------- step spectra
+
+
+class StepSpectra(NamedTuple):
+    """Spectral radius and spectral norm of each step's Jacobian.
+
+    Attributes:
+      radius: (T,) ``rho(J_t) = max |eig(J_t)|``.
+      norm: (T,) ``||J_t||_2``, the largest singular value.
+    """
+
+    radius: Array
+    norm: Array
+
+
+SPECTRA_METHODS = ("eig", "power")
+
+
+def log_radius_by_squaring(A: Array, iters: int) -> Array:
+    r"""``log rho(A)`` by Gelfand's formula with repeated squaring.
+
+    ``A_{j+1} = A_j^2 / ||A_j^2||_F`` and ``r_{j+1} = r_j + log ||A_j^2||_F / 2^{j+1}``
+    give ``r_j = log ||A^{2^j}||_F / 2^j -> log rho(A)``; the error after ``iters``
+    squarings is about ``log(C) / 2^iters`` (C: eigenvector conditioning and
+    multiplicity), so 40 squarings reach round-off. Handles complex-conjugate
+    dominant pairs (where a vector power iteration oscillates); 0 for nilpotent A.
+    """
+    norm = jnp.linalg.norm(A)
+    A = safe_normalise(A, norm)
+
+    def body(j, c):
+        A, r = c
+        B = _dot(A, A)
+        nb = jnp.linalg.norm(B)
+        return safe_normalise(B, nb), r + safe_log(nb) * (0.5 ** (j + 1)).astype(r.dtype)
+
+    r0 = safe_log(norm)
+    return jax.lax.fori_loop(0, iters, body, (A, r0))[1]
+
+
+def _host_radius(J: np.ndarray) -> np.ndarray:
+    return np.asarray(np.max(np.abs(np.linalg.eigvals(np.asarray(J, np.float64)))), J.dtype)
+
+
+def _step_spectra(cell, params, xs, state0, *, spec, method, iters):
+    layout = layout_of(state0)
+    op = matrix_operator(cell, params, layout, spec)
+    on_cpu = jax.default_backend() == "cpu"
+
+    def body(state, x):
+        state_next, J = op(state, x)
+        if method == "eig":
+            if on_cpu:
+                radius = jnp.max(jnp.abs(jnp.linalg.eigvals(J)))
+            else:   # XLA implements eig on CPU only: one host call per step
+                radius = jax.pure_callback(
+                    _host_radius, jax.ShapeDtypeStruct((), J.dtype), J)
+            norm = jnp.linalg.norm(J, 2)
+        else:
+            radius = jnp.exp(log_radius_by_squaring(J, iters))
+            norm = jnp.sqrt(jnp.exp(log_radius_by_squaring(_dot(J.T, J), iters)))
+        return state_next, (radius.astype(J.dtype), norm.astype(J.dtype))
+
+    radius, norm = jax.lax.scan(body, state0, xs)[1]
+    return StepSpectra(radius, norm)
+
+
+def step_spectra(cell: Any, params: Any, xs: Any, state0: Any = None, *,
+                 routes: Iterable[str] | None = None, block: Any = None,
+                 method: str = "eig", iters: int = 40) -> StepSpectra:
+    r"""Spectral radius and spectral norm of each step's Jacobian.
+
+    ``radius[t] = max |eig(J_t)|`` and ``norm[t] = ||J_t||_2`` for the Jacobian
+    restricted to ``routes`` and ``block`` (see :func:`growth_curve`), streamed
+    through the sequence.
+
+    Methods:
+      * ``"eig"``: exact. Non-symmetric ``eig`` is implemented by XLA on CPU
+        only; on another backend each step's eigenvalues are computed on the
+        host (``jax.pure_callback`` to numpy, one transfer per step, slow).
+        The norm is the largest singular value (SVD, any backend).
+      * ``"power"``: runs fully under ``jit`` on any backend: Gelfand's
+        formula by repeated squaring, ``log rho(A) = lim log ||A^{2^j}||_F / 2^j``
+        with ``iters`` squarings (:func:`log_radius_by_squaring`; robust to
+        complex dominant pairs), and ``||J||_2 = sqrt(rho(J^T J))`` the same way.
+        Cost ``iters`` matrix products per step; error ``~ log(C) / 2^iters``.
+
+    Returns:
+      :class:`StepSpectra` with ``radius`` and ``norm`` of shape (T,).
+    """
+    p = _inputs.prepare(cell, params, xs, state0)
+    spec = check_spec(cell, p.layout, routes, block)
+    _checks.check_choice(method, "method", SPECTRA_METHODS)
+    iters = _checks.check_positive_int(iters, "iters")
+    return _inputs.call(_step_spectra, cell, p.params, p.xs, p.state0, spec=spec, method=method,
+                        iters=iters)

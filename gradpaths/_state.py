@@ -1,0 +1,74 @@
+"""The state vector ``s``: a cell's state pytree raveled field by field.
+
+For an LSTM the state is ``LSTMState(c, h)`` and ``s = [c; h]`` (``d = 2n``, c
+first). Any pytree of arrays works: its leaves are raveled in ``jax.tree_util``
+order (NamedTuple field order) and named by their path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _key_name(key: Any) -> str:
+    for attr in ("name", "key", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+class Layout(NamedTuple):
+    """Static description of a state vector: field names, sizes and shapes.
+
+    Hashable, so it can travel as static data through ``jit``.
+    """
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    treedef: Any
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(int(np.prod(s, dtype=int)) for s in self.shapes)
+
+    @property
+    def size(self) -> int:
+        """``d``, the length of the state vector."""
+        return sum(self.sizes)
+
+    def slice(self, name: str) -> slice:
+        """The rows (or columns) of ``s`` that hold field ``name``."""
+        if name not in self.names:
+            raise ValueError(f"state field: expected one of {self.names}, got {name!r}")
+        k = self.names.index(name)
+        start = sum(self.sizes[:k])
+        return slice(start, start + self.sizes[k])
+
+    def ravel(self, state: Any) -> jax.Array:
+        """State pytree -> vector ``s`` of shape (d,)."""
+        leaves = jax.tree_util.tree_leaves(state)
+        return jnp.concatenate([jnp.reshape(leaf, (-1,)) for leaf in leaves])
+
+    def unravel(self, s: jax.Array) -> Any:
+        """Vector ``s`` of shape (d,) -> state pytree."""
+        leaves, start = [], 0
+        for shape, size in zip(self.shapes, self.sizes):
+            leaves.append(jnp.reshape(s[start : start + size], shape))
+            start += size
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+
+def layout_of(state: Any) -> Layout:
+    """The :class:`Layout` of a state pytree (arrays or shape-dtype structs)."""
+    pairs, treedef = jax.tree_util.tree_flatten_with_path(state)
+    if not pairs:
+        raise ValueError("state: expected a pytree with at least one array, got an empty one")
+    names = []
+    for path, _ in pairs:
+        names.append(".".join(_key_name(k) for k in path) or "s")
+    shapes = tuple(tuple(int(n) for n in np.shape(leaf)) for _, leaf in pairs)
+    return Layout(tuple(names), shapes, treedef)

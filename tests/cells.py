@@ -1,0 +1,58 @@
+"""Cell configurations shared by the test modules (one battery over every cell)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+import gradpaths as gp
+
+CONFIGS = {
+    "lstm": lambda m, n: gp.LSTM(m, n),
+    "lstm-peep": lambda m, n: gp.LSTM(m, n, peepholes=True),
+    "lstm-nof": lambda m, n: gp.LSTM(m, n, forget_gate=False),
+    "lstm-peep-nof": lambda m, n: gp.LSTM(m, n, peepholes=True, forget_gate=False),
+    "gru": lambda m, n: gp.GRU(m, n),
+    "rnn-tanh": lambda m, n: gp.RNN(m, n),
+    "rnn-relu": lambda m, n: gp.RNN(m, n, nonlinearity="relu"),
+}
+
+
+def random_state(cell, key, scale=0.8, dtype=jnp.float64):
+    """A non-zero initial state, so that every term of the Jacobian is exercised."""
+    state = cell.initial_state(dtype)
+    keys = jax.random.split(key, len(state))
+    return type(state)(*(scale * jax.random.normal(k, s.shape, dtype) for k, s in zip(keys, state)))
+
+
+def setup(name, m=3, n=5, T=6, seed=0, gain=1.5, dtype=jnp.float64):
+    """(cell, params, xs, state0) with random biases too."""
+    cell = CONFIGS[name](m, n)
+    kp, kx, ks, kb = jax.random.split(jax.random.key(seed), 4)
+    params = cell.init(kp, recurrent_gain=gain, dtype=dtype)
+    # Random biases: the default init sets most to 0, which would hide sign errors.
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    bkeys = jax.random.split(kb, len(leaves))
+    leaves = [leaf + 0.3 * jax.random.normal(k, leaf.shape, dtype) if leaf.ndim == 1 else leaf
+              for k, leaf in zip(bkeys, leaves)]
+    params = jax.tree_util.tree_unflatten(treedef, leaves)
+    xs = jax.random.normal(kx, (T, m), dtype)
+    return cell, params, xs, random_state(cell, ks, dtype=dtype)
+
+
+class HenonState(NamedTuple):
+    x: jax.Array
+    y: jax.Array
+
+
+class Henon:
+    """The Henon map x' = 1 - a x^2 + y, y' = b x as an autonomous custom cell."""
+
+    def step(self, params, state, x):
+        a, b = params
+        return HenonState(1.0 - a * state.x**2 + state.y, b * state.x)
+
+    def initial_state(self):
+        return HenonState(jnp.array([0.1]), jnp.array([0.1]))

@@ -1,0 +1,115 @@
+"""Bad input: clear errors from gradpaths' own checks, never an XLA error or a NaN."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from cells import Henon, setup
+
+import gradpaths as gp
+
+
+@pytest.fixture
+def lstm():
+    return setup("lstm", m=3, n=4, T=5)
+
+
+def test_xs_shape_and_length(lstm):
+    cell, params, xs, s0 = lstm
+    with pytest.raises(ValueError, match=r"xs: expected shape \(T, 3\).*got \(5, 2\)"):
+        gp.step_jacobians(cell, params, xs[:, :2])
+    with pytest.raises(ValueError, match=r"xs: expected shape \(T, 3\), got \(3,\)"):
+        gp.unroll(cell, params, xs[0])
+    with pytest.raises(ValueError, match=r"T >= 1.*\(0, 3\)"):
+        gp.step_jacobians(cell, params, xs[:0])
+    with pytest.raises(TypeError, match="xs: expected an array, got str"):
+        gp.unroll(cell, params, "abc")
+
+
+def test_state_shape_and_type(lstm):
+    cell, params, xs, s0 = lstm
+    with pytest.raises(ValueError, match=r"state0.h: expected shape \(4,\), got \(3,\)"):
+        gp.step_jacobians(cell, params, xs, gp.LSTMState(s0.c, s0.h[:3]))
+    with pytest.raises(TypeError, match=r"state0: expected LSTMState\('c', 'h'\).*got tuple"):
+        gp.step_jacobians(cell, params, xs, (s0.c, s0.h))
+
+
+def test_params_shapes_and_types(lstm):
+    cell, params, xs, s0 = lstm
+    bad = params._replace(R=params.R._replace(o=params.R.o[:, :3]))
+    with pytest.raises(ValueError, match=r"params.R.o: expected shape \(4, 4\), got \(4, 3\)"):
+        gp.step_jacobians(cell, bad, xs)
+    with pytest.raises(TypeError, match="params: expected LSTMParams.*got GRUParams"):
+        gp.step_jacobians(cell, gp.GRU(3, 4).init(jax.random.key(0)), xs)
+    with pytest.raises(ValueError, match=r"params.p: expected Peepholes \(peepholes=True\)"):
+        gp.step_jacobians(gp.LSTM(3, 4, peepholes=True), params, xs)
+    with pytest.raises(ValueError, match=r"params.W.f: expected None \(forget_gate=False\)"):
+        gp.step_jacobians(gp.LSTM(3, 4, forget_gate=False), params, xs)
+    ints = params._replace(b=params.b._replace(z=jnp.zeros(4, jnp.int32)))
+    with pytest.raises(TypeError, match="params.b.z: expected a floating dtype, got int32"):
+        gp.unroll(cell, ints, xs)
+
+
+def test_options():
+    cell, params, xs, s0 = setup("rnn-tanh")
+    with pytest.raises(ValueError, match="method: expected one of 'analytic', 'jacfwd', 'jacrev'"):
+        gp.step_jacobians(cell, params, xs, method="jvp")
+    with pytest.raises(ValueError, match="nonlinearity: expected one of 'tanh', 'relu', got 'ge"):
+        gp.RNN(3, 4, nonlinearity="gelu")
+    with pytest.raises(ValueError, match="hidden_size: expected an int >= 1, got 0"):
+        gp.LSTM(3, 0)
+    with pytest.raises(TypeError, match="input_size: expected an int, got float"):
+        gp.GRU(3.0, 4)
+    with pytest.raises(TypeError, match="peepholes: expected a bool"):
+        gp.LSTM(3, 4, peepholes="yes")
+    with pytest.raises(ValueError, match="forget_bias: this LSTM has no forget gate"):
+        gp.LSTM(3, 4, forget_gate=False).init(jax.random.key(0), forget_bias=1.0)
+    with pytest.raises(TypeError, match="dtype: expected a floating dtype, got int32"):
+        gp.LSTM(3, 4).init(jax.random.key(0), dtype=jnp.int32)
+    with pytest.raises(ValueError, match="'analytic' needs a cell with a closed form"):
+        gp.step_jacobians(Henon(), (1.4, 0.3), jnp.zeros((3, 0)))
+    with pytest.raises(TypeError, match="cell: expected an object with step"):
+        gp.unroll(object(), None, jnp.zeros((3, 0)))
+
+
+def test_custom_cell_state_errors():
+    class NoInit:
+        def step(self, params, state, x):
+            return state * 2
+
+    with pytest.raises(ValueError, match="NoInit has no initial_state"):
+        gp.unroll(NoInit(), None, jnp.zeros((3, 0)))
+
+    class Grows:
+        def step(self, params, state, x):
+            return jnp.concatenate([state, state])
+
+    with pytest.raises(ValueError, match="same structure and shapes as state0"):
+        gp.unroll(Grows(), None, jnp.zeros((3, 0)), jnp.ones(2))
+
+
+@pytest.mark.parametrize("where", ["params", "xs", "state0"])
+def test_non_finite_inputs_are_named(lstm, where):
+    cell, params, xs, s0 = lstm
+    if where == "params":
+        params = params._replace(R=params.R._replace(f=params.R.f.at[1, 2].set(jnp.nan)))
+        match = r"params\.R\.f: expected finite values, got 1 non-finite \(first at index \(1, 2\)"
+    elif where == "xs":
+        xs = xs.at[3, 0].set(jnp.inf)
+        match = r"xs: expected finite values, got 1 non-finite \(first at index \(3, 0\): inf\)"
+    else:
+        s0 = s0._replace(c=s0.c.at[2].set(jnp.nan))
+        match = r"state0\.c: expected finite values"
+    with pytest.raises(gp.NonFiniteError, match=match):
+        gp.step_jacobians(cell, params, xs, s0)
+    with pytest.raises(ValueError):  # NonFiniteError is a ValueError
+        gp.unroll(cell, params, xs, s0)
+
+
+def test_checked_keeps_value_checks_inside_jit(lstm):
+    cell, params, xs, s0 = lstm
+    f = gp.checked(jax.jit(lambda p, x: gp.step_jacobians(cell, p, x, s0).matrix))
+    good = f(params, xs)
+    np.testing.assert_allclose(good, gp.step_jacobians(cell, params, xs, s0).matrix)
+    with pytest.raises(gp.NonFiniteError, match=r"xs: expected finite values, got NaN or inf"):
+        f(params, xs.at[0, 0].set(jnp.nan))
