@@ -52,9 +52,52 @@ from gradpaths._explain import (
 from gradpaths._examples import exploding_lstm as exploding_lstm
 
 # --- gradients and training (issue: training)
+from gradpaths._gradients import (
+    GradientGrowth as GradientGrowth,
+    ParamGradients as ParamGradients,
+    StateGradients as StateGradients,
+    gradient_growth as gradient_growth,
+    param_gradients as param_gradients,
+    state_gradients as state_gradients,
+)
+from gradpaths._tasks import (
+    AddingTask as AddingTask,
+    Batch as Batch,
+    CopyTask as CopyTask,
+    Model as Model,
+    ModelParams as ModelParams,
+    Readout as Readout,
+    SineTask as SineTask,
+    make_task as make_task,
+)
+from gradpaths._train import (
+    Event as Event,
+    GrowthRegularizer as GrowthRegularizer,
+    History as History,
+    InitDiagnostics as InitDiagnostics,
+    Probe as Probe,
+    TrainResult as TrainResult,
+    forget_bias_init as forget_bias_init,
+    init_diagnostics as init_diagnostics,
+    load_checkpoint as load_checkpoint,
+    train as train,
+)
 # --- importers (issue: interop)
 from gradpaths import interop as interop
 
 # --- plots and command line (issue: users)
+from gradpaths import plot as plot
+from gradpaths._report import (
+    Report as Report,
+    explain_report as explain_report,
+    write_report as write_report,
+)
+from gradpaths._sweep import Sweep as Sweep, sweep as sweep
+from gradpaths._views import (
+    GateSaturation as GateSaturation,
+    gate_saturation as gate_saturation,
+    growth_curves as growth_curves,
+    input_events as input_events,
+)
 
 __version__ = "0.1.0"

@@ -34,6 +34,7 @@ from gradpaths import _checks, _inputs, _routes
 from gradpaths._products import (
     Spec,
     advance,
+    check_result,
     check_window,
     matrices_operator,
     safe_log,
@@ -182,8 +183,10 @@ def route_use_counts(cell: Any, params: Any, xs: Any, state0: Any = None, *, rou
         )
     p = _inputs.prepare(cell, params, xs, state0)
     start, stop = check_window(p.xs.shape[0], start, stop)
-    return _inputs.call(_route_use_counts, cell, p.params, p.xs, p.state0, route=route,
-                        start=start, stop=stop, method=method)
+    out = _inputs.call(_route_use_counts, cell, p.params, p.xs, p.state0, route=route,
+                       start=start, stop=stop, method=method)
+    check_result(out.log_norms, "route_use_counts")
+    return check_result(out, "route_use_counts", allow_inf=True)
 
 
 def enumerate_route_uses(cell: Any, params: Any, xs: Any, state0: Any = None, *, route: str,

@@ -61,14 +61,18 @@ def _specs(cell: Any, layout: Any) -> list[tuple[str, str, Spec]]:
 # --------------------------------------------------------------------------- traced part
 
 
-def _activations(cell: Any, params: Any, prev: Any, xs: jax.Array) -> dict[str, tuple]:
-    """Fractions of (step, unit) pairs near each end of every gate's range."""
+def gate_fractions(cell: Any, params: Any, prev: Any, xs: jax.Array) -> dict[str, tuple]:
+    """Per step, the fraction of units near each end of every gate's range.
+
+    ``prev`` holds the states entering each step (leading axis T). Returns gate ->
+    ``(low, high)``, each (T,); empty for a custom cell.
+    """
     if not isinstance(cell, _cells.BUILTIN_CELLS):
         return {}
     g = jax.vmap(lambda s, x: cell.forward(params, s, x))(prev, xs)
 
     def frac(mask):
-        return jnp.mean(mask, dtype=xs.dtype)
+        return jnp.mean(mask, axis=-1, dtype=xs.dtype)
 
     def sigmoid(a):
         return frac(a < _SIGMOID_EDGE), frac(a > 1 - _SIGMOID_EDGE)
@@ -87,7 +91,8 @@ def _activations(cell: Any, params: Any, prev: Any, xs: jax.Array) -> dict[str, 
         return {"r": sigmoid(g["r"]), "z": sigmoid(g["z"]), "n": tanh(g["n"])}
     if cell.nonlinearity == "tanh":
         return {"h": tanh(g["h"])}
-    return {"h (relu)": (frac(g["pre"] <= 0), jnp.zeros((), xs.dtype))}
+    dead = frac(g["pre"] <= 0)
+    return {"h (relu)": (dead, jnp.zeros_like(dead))}
 
 
 _ACTIVATION_ORDER = ("z", "i", "f", "o", "tanh(c)", "r", "n", "h", "h (relu)")
@@ -123,7 +128,7 @@ def _analyse_one(cell, params, xs, state0, *, specs, warmup, seed):
         horizon=growth.horizon,
         local=growth.local[0],
         units=_unit_weights(cell, params, layout, xs, state0, warmup, seed),
-        activations=_activations(cell, params, prev, xs),
+        activations=gate_fractions(cell, params, prev, xs),
     )
 
 
@@ -267,6 +272,19 @@ class Explanation:
 # --------------------------------------------------------------------------- verdict
 
 
+def dominant_route(full: float, alone: dict[str, float], cut: dict[str, float],
+                   margin: float) -> str | None:
+    """The route whose cut lowers the top exponent most: ``argmax_r (full - cut[r])``.
+
+    The carousel never amplifies while ``0 < f < 1``: when it contracts on its own
+    (``alone["carousel"] <= margin``) it only carries what other routes amplify, so
+    the dominant route is sought among the others. None when nothing can be cut.
+    """
+    drops = {r: full - v for r, v in cut.items() if math.isfinite(full - v)
+             and not (r == "carousel" and alone.get("carousel", math.inf) <= margin)}
+    return max(drops, key=drops.get) if drops else None
+
+
 def _driver(rows: dict[str, GrowthRow], cell: Any, margin: float) -> dict[str, Any]:
     full = rows["full"].exponent
     if not _routes.has_routes(cell) or len(cell.routes) < 2:
@@ -278,11 +296,7 @@ def _driver(rows: dict[str, GrowthRow], cell: Any, margin: float) -> dict[str, A
     necessary = [r for r, v in but.items() if v <= margin]
     with_c = [r for r in routes if f"carousel+{r}" in rows and rows[f"carousel+{r}"].exponent
               > margin]
-    # The carousel never amplifies while 0 < f < 1: when it contracts alone, the
-    # amplification enters through another route, so the dominant one is sought there.
-    sources = {r: v for r, v in but.items()
-               if not (r == "carousel" and rows["carousel"].exponent <= margin)}
-    dominant = max(sources, key=lambda r: full - sources[r]) if sources else None
+    dominant = dominant_route(full, {r: rows[r].exponent for r in routes}, but, margin)
     if full <= margin:
         kind = "none"
     elif alone:

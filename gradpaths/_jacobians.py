@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gradpaths import _inputs
 from gradpaths._cells import Edge
@@ -48,35 +49,51 @@ def assemble(edges: dict[str, Edge], layout: Layout, routes: Iterable[str] | Non
              ) -> jax.Array:
     """The (d, d) Jacobian of one step from its entry edges (all, or those in ``routes``).
 
-    Block ``(out, src)`` is ``sum_e diag(rows_e[out]) M_e`` over the edges ``e``
-    entering from ``src``; diagonal edges are summed as vectors first.
+    ``J = sum_e a_e[:, None] * M_e``: ``a_e`` (d,) stacks the edge's row coefficients
+    over the output fields (zeros where ``rows[out]`` is None) and ``M_e`` (d, d)
+    holds its matrix in the rows of those fields and the columns of its source.
+    Diagonal edges from one source are summed as vectors first and enter through a
+    constant identity mask. ``M_e`` depends on the parameters only (built once under
+    ``vmap``), and the sum is one elementwise broadcast, which XLA fuses into a single
+    loop writing each entry once; a concatenation of blocks is not fused on CPU and
+    wrote the (T, d, d) result three times.
     """
     chosen = edges if routes is None else {r: edges[r] for r in routes}
-    diag: dict[tuple[str, str], jax.Array] = {}
-    full: dict[tuple[str, str], jax.Array] = {}
+    arrays = [v for e in chosen.values() for v in (*e.rows.values(), e.matrix) if v is not None]
+    dtype = jnp.result_type(*arrays) if arrays else jnp.float32
+    d = layout.size
+    field = {name: layout.slice(name) for name in layout.names}
+
+    def coefficients(edge: Edge) -> jax.Array:
+        return jnp.concatenate([
+            jnp.zeros((size,), dtype) if edge.rows.get(out) is None else edge.rows[out]
+            for out, size in zip(layout.names, layout.sizes)
+        ])
+
+    total = jnp.zeros((d, d), dtype)
+    diagonal: dict[str, jax.Array] = {}
+    mask = np.zeros((d, d), bool)
     for edge in chosen.values():
-        for out, coeff in edge.rows.items():
-            if coeff is None:
-                continue
-            key = (out, edge.source)
-            if edge.matrix is None:
-                diag[key] = coeff if key not in diag else diag[key] + coeff
-            else:
-                term = coeff[:, None] * edge.matrix
-                full[key] = term if key not in full else full[key] + term
-    dtype = jnp.result_type(*[v for v in (*diag.values(), *full.values())]) if (
-        diag or full) else jnp.float32
-    rows = []
-    for out, n_out in zip(layout.names, layout.sizes):
-        row = []
-        for src, n_src in zip(layout.names, layout.sizes):
-            block = full.get((out, src))
-            if (out, src) in diag:
-                d = jnp.diag(diag[(out, src)])
-                block = d if block is None else block + d
-            row.append(jnp.zeros((n_out, n_src), dtype) if block is None else block)
-        rows.append(jnp.concatenate(row, axis=1))
-    return jnp.concatenate(rows, axis=0)
+        outs = [out for out, coeff in edge.rows.items() if coeff is not None]
+        if not outs:
+            continue
+        a = coefficients(edge)
+        src = field[edge.source]
+        if edge.matrix is None:
+            diagonal[edge.source] = a + diagonal[edge.source] if edge.source in diagonal else a
+            for out in outs:
+                mask[field[out], src] = np.eye(field[out].stop - field[out].start,
+                                               src.stop - src.start, dtype=bool)
+            continue
+        placed = jnp.zeros((d, d), dtype)
+        for out in outs:
+            placed = placed.at[field[out], src].set(edge.matrix)
+        total = total + a[:, None] * placed
+    for source, a in diagonal.items():
+        cols = np.zeros((1, d), bool)
+        cols[:, field[source]] = True
+        total = total + jnp.where(mask & cols, a[:, None], 0)
+    return total
 
 
 def step_jacobian_fn(cell: Any, params: Any, layout: Layout, method: str):

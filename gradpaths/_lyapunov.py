@@ -32,10 +32,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gradpaths import _checks, _inputs
 from gradpaths._products import (
     Spec,
+    check_result,
     check_spec,
     choose_method,
     kahan_add,
@@ -154,7 +156,7 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
 # --------------------------------------------------------------------------- QR method
 
 
-def _qr_logs(cell, params, xs, state0, *, spec, k, warmup, method, seed, reorth_every,
+def _qr_logs(cell, params, xs, state0, warmup, seed, *, spec, k, method, reorth_every,
              per_step):
     """Scan of the QR method. Returns the summed ``log |R_ii|`` over steps ``>= warmup``
     (k,), or with ``per_step`` the (T, k) logs of every step (``reorth_every`` = 1)."""
@@ -165,8 +167,7 @@ def _qr_logs(cell, params, xs, state0, *, spec, k, warmup, method, seed, reorth_
     T = xs.shape[0]
     r = reorth_every
 
-    def qr(Z):
-        return qr_positive(Z)
+    qr = qr_positive
 
     def skip(Z):
         return Z, jnp.ones((k,), Z.dtype)
@@ -192,9 +193,10 @@ def _qr_logs(cell, params, xs, state0, *, spec, k, warmup, method, seed, reorth_
     return logs if per_step else total - comp
 
 
-def _exponents(cell, params, xs, state0, **kw):
-    total = _qr_logs(cell, params, xs, state0, per_step=False, **kw)
-    return jnp.sort(total / (xs.shape[0] - kw["warmup"]))[::-1]
+def _exponents(cell, params, xs, state0, warmup, seed, **kw):
+    # warmup and seed are traced: changing them does not recompile
+    total = _qr_logs(cell, params, xs, state0, warmup, seed, per_step=False, **kw)
+    return jnp.sort(total / (xs.shape[0] - warmup).astype(total.dtype))[::-1]
 
 
 def _check_common(cell, params, xs, state0, routes, block, k, method, seed):
@@ -207,6 +209,8 @@ def _check_common(cell, params, xs, state0, routes, block, k, method, seed):
             raise ValueError(f"k: expected 1 <= k <= {size} (the Jacobian's size), got {k}")
     method = choose_method(cell, method, size, k)
     seed = _checks.check_positive_int(seed, "seed", allow_zero=True)
+    if seed >= 2**32:
+        raise ValueError(f"seed: expected 0 <= seed < 2**32, got {seed}")
     return p, spec, size if k is None else k, method, seed
 
 
@@ -240,8 +244,11 @@ def lyapunov_exponents(cell: Any, params: Any, xs: Any, state0: Any = None, *,
         ``k`` is None or ``2 k >= size``, else jvp). All agree to round-off.
       seed: the random start frame (column ``j`` depends on ``seed`` and ``j``
         only, so the top k for any k agree with the first k of the full set).
-      reorth_every: steps between QR factorisations. Between them the columns
-        grow or shrink freely: keep it small for strongly expanding maps in float32.
+      reorth_every: steps between QR factorisations (1: every step, the safe
+        default). Between them the columns grow, shrink and align freely: once
+        ``exp(reorth_every * (lambda_1 - lambda_k))`` passes ``1 / eps`` the k-th
+        exponent is lost to round-off (float32: a spread of a few nats per step
+        already), and a strongly expanding map can overflow.
 
     Returns:
       (k,) exponents in nats per step, descending, dtype of the inputs.
@@ -260,12 +267,13 @@ def lyapunov_exponents(cell: Any, params: Any, xs: Any, state0: Any = None, *,
     if warmup >= T:
         raise ValueError(f"warmup: expected 0 <= warmup < T = {T}, got {warmup}")
     reorth_every = _checks.check_positive_int(reorth_every, "reorth_every")
-    return _inputs.call(_exponents, cell, p.params, p.xs, p.state0, spec=spec, k=k,
-                        warmup=warmup, method=method, seed=seed, reorth_every=reorth_every)
+    out = _inputs.call(_exponents, cell, p.params, p.xs, p.state0, np.int32(warmup),
+                       np.uint32(seed), spec=spec, k=k, method=method, reorth_every=reorth_every)
+    return check_result(out, "lyapunov_exponents")
 
 
-def _local(cell, params, xs, state0, **kw):
-    return _qr_logs(cell, params, xs, state0, warmup=0, reorth_every=1, per_step=True, **kw)
+def _local(cell, params, xs, state0, seed, **kw):
+    return _qr_logs(cell, params, xs, state0, 0, seed, reorth_every=1, per_step=True, **kw)
 
 
 def local_stretching(cell: Any, params: Any, xs: Any, state0: Any = None, *,
@@ -288,8 +296,9 @@ def local_stretching(cell: Any, params: Any, xs: Any, state0: Any = None, *,
     """
     p, spec, kk, method, seed = _check_common(cell, params, xs, state0, routes, block,
                                               1 if k is None else k, method, seed)
-    out = _inputs.call(_local, cell, p.params, p.xs, p.state0, spec=spec, k=kk, method=method,
-                       seed=seed)
+    out = _inputs.call(_local, cell, p.params, p.xs, p.state0, np.uint32(seed), spec=spec, k=kk,
+                       method=method)
+    check_result(out, "local_stretching")
     return out[:, 0] if k is None else out
 
 
@@ -313,14 +322,14 @@ def finite_time_exponents(cell: Any, params: Any, xs: Any, state0: Any = None, *
     Returns:
       (T // W, k) nats per step.
     """
-    T = _checks.as_array(xs, "xs").shape[0]
+    p, spec, k, method, seed = _check_common(cell, params, xs, state0, routes, block, k,
+                                             method, seed)
+    T = p.xs.shape[0]
     window = _checks.check_positive_int(window, "window")
     if window > T:
         raise ValueError(f"window: expected 1 <= window <= T = {T}, got {window}")
-    p, spec, k, method, seed = _check_common(cell, params, xs, state0, routes, block, k,
-                                             method, seed)
-    logs = _inputs.call(_local, cell, p.params, p.xs, p.state0, spec=spec, k=k, method=method,
-                        seed=seed)
+    logs = _inputs.call(_local, cell, p.params, p.xs, p.state0, np.uint32(seed), spec=spec, k=k,
+                        method=method)
     windows = T // window
     means = jnp.mean(jnp.reshape(logs[: windows * window], (windows, window, k)), axis=1)
-    return jnp.sort(means, axis=1)[:, ::-1]
+    return check_result(jnp.sort(means, axis=1)[:, ::-1], "finite_time_exponents")

@@ -47,9 +47,11 @@ def _dot(A: Array, B: Array) -> Array:
 
 
 def safe_log(x: Array) -> Array:
-    """``log(x)`` for ``x >= 0`` with ``log(0) = -inf`` and a zero (not NaN) gradient there."""
+    """``log(x)`` for ``x >= 0`` with ``log(0) = -inf`` and a zero (not NaN) gradient there;
+    NaN stays NaN."""
     positive = x > 0
-    return jnp.where(positive, jnp.log(jnp.where(positive, x, 1)), -jnp.inf)
+    return jnp.where(positive, jnp.log(jnp.where(positive, x, 1)),
+                     jnp.where(x == 0, -jnp.inf, jnp.nan))
 
 
 def kahan_add(total: Array, comp: Array, value: Array) -> tuple[Array, Array]:
@@ -65,6 +67,25 @@ def safe_normalise(v: Array, norm: Array) -> Array:
     """``v / norm``, leaving ``v`` unchanged where ``norm`` is 0 (no NaN, no NaN gradient)."""
     positive = norm > 0
     return jnp.where(positive, v / jnp.where(positive, norm, 1), v)
+
+
+def check_result(value: Any, name: str, *, allow_inf: bool = False) -> Any:
+    """Raise :class:`gradpaths.NonFiniteError` if a concrete result holds NaN (or
+    ``+inf``, unless ``allow_inf``); ``-inf`` is a legitimate answer (an exactly
+    zero product) and passes. Traced values pass unchecked (inside ``jit``)."""
+    for leaf in jax.tree_util.tree_leaves(value):
+        if not _checks.is_concrete(leaf):
+            continue
+        a = np.asarray(leaf)
+        bad = np.isnan(a) if allow_inf else (np.isnan(a) | (a == np.inf))
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise _checks.NonFiniteError(
+                f"{name}: expected finite results (or -inf for an exactly zero product), got "
+                f"{a[first]} at index {first}: the trajectory or its Jacobians left the finite "
+                "range (a diverging cell?)"
+            )
+    return value
 
 
 # --------------------------------------------------------------------------- specs
@@ -170,6 +191,14 @@ def _apply_block(edges: dict[str, Edge], layout: Layout, spec: Spec, V: Array) -
     return acc
 
 
+def _poison(layout: Layout, state: Any, outs: tuple[Array, ...]) -> tuple[Array, ...]:
+    """NaN outputs where the state entering the step is not finite, so that a diverging
+    trajectory surfaces as NaN (then a clear error, :func:`check_result`) and never
+    as a plausible number such as ``-inf``."""
+    ok = jnp.all(jnp.isfinite(layout.ravel(state)))
+    return tuple(jnp.where(ok, o, jnp.nan) for o in outs)
+
+
 def step_operator(cell: Any, params: Any, layout: Layout, specs: Sequence[Spec], method: str
                   ) -> Callable[[Any, Array, Sequence[Array]], tuple[Any, tuple[Array, ...]]]:
     """One step's action on tangent matrices, shared by several specs.
@@ -193,7 +222,7 @@ def step_operator(cell: Any, params: Any, layout: Layout, specs: Sequence[Spec],
                     out.append(_dot(_block_matrix(edges, layout, spec), V))
                 else:
                     out.append(_apply_block(edges, layout, spec, V))
-            return cell.step(params, state, x), tuple(out)
+            return cell.step(params, state, x), _poison(layout, state, tuple(out))
 
         return op
 
@@ -219,7 +248,7 @@ def step_operator(cell: Any, params: Any, layout: Layout, specs: Sequence[Spec],
             else:
                 full = jnp.zeros((d, V.shape[1]), V.dtype).at[rows].set(V)
                 out.append(push(full)[rows])
-        return layout.unravel(s_next), tuple(out)
+        return layout.unravel(s_next), _poison(layout, state, tuple(out))
 
     return op
 
@@ -232,8 +261,8 @@ def matrices_operator(cell: Any, params: Any, layout: Layout, specs: Sequence[Sp
     if _inputs.has_closed_form(cell):
         def op(state, x):
             edges = cell.edges(params, state, x)
-            return cell.step(params, state, x), tuple(
-                _block_matrix(edges, layout, spec) for spec in specs)
+            return cell.step(params, state, x), _poison(layout, state, tuple(
+                _block_matrix(edges, layout, spec) for spec in specs))
 
         return op
     push = step_operator(cell, params, layout, specs, "jvp")
@@ -277,69 +306,86 @@ def orthonormal_start(seed: int, size: int, k: int, dtype: Any) -> Array:
 # --------------------------------------------------------------------------- spectral norm
 
 
-def top_singular_value(M: Array, v: Array, *, tol: float, max_iter: int) -> tuple[Array, Array]:
-    """Largest singular value of ``M`` by power iteration on ``M^T M``, warm-started at ``v``.
+def top_singular_value(M: Array, v: Array, *, tol: float, max_iter: int
+                       ) -> tuple[Array, Array, Array]:
+    """Largest singular value of ``M`` (``||M||_F = 1``) by power iteration, certified.
 
-    The start is whichever of ``v`` and the direction of ``M``'s largest row gives
-    the larger ``||M u||`` (so it never lies in the kernel of a non-zero ``M``).
-    Iterates until the Rayleigh quotient ``||M u||^2`` (non-decreasing) changes
-    by at most ``tol`` relatively, or ``max_iter`` times. Returns ``(sigma, u)``.
+    From the warm start ``v`` (unit; the previous step's top right singular
+    vector), iterate ``v <- M^T M v / ||M^T M v||`` until the Rayleigh quotient
+    ``q = ||M v||^2`` (non-decreasing, ``<= sigma_1^2``) changes by at most
+    ``tol`` relatively, or ``max_iter`` times. Since ``sum_j sigma_j^2 = 1``, a
+    converged ``q >= 0.55`` certifies the answer: ``sigma_1^2 >= q >= 0.55``
+    leaves every other ``sigma_j^2 <= 0.45``, so ``q`` converged to ``sigma_1^2``
+    at rate ``<= (0.45 / 0.55)^2`` per iteration and is within ``~3 tol`` of it.
+
+    Returns ``(sigma, v, certified)``; where not certified ``sigma`` is only a
+    lower bound (callers fall back to an SVD).
     """
-    rows = jnp.sum(M * M, axis=1)
-    row = M[jnp.argmax(rows)]
-    row = safe_normalise(row, jnp.linalg.norm(row))
-    use_row = jnp.linalg.norm(_dot(M, row)) > jnp.linalg.norm(_dot(M, v))
-    u = jnp.where(use_row, row, v)
-
-    def rayleigh(u):
-        Mu = _dot(M, u)
-        return jnp.vdot(Mu, Mu), Mu
-
     def body(c):
-        it, u, _, q = c
-        _, Mu = rayleigh(u)
-        w = _dot(M.T, Mu)
-        u = safe_normalise(w, jnp.linalg.norm(w))
-        return it + 1, u, q, rayleigh(u)[0]
+        it, v, w, _, q = c
+        z = _dot(w, M)   # M^T w; (not M.T @ w: XLA would copy the transpose)
+        v = safe_normalise(z, jnp.linalg.norm(z))
+        w = _dot(M, v)
+        return it + 1, v, w, q, jnp.vdot(w, w)
 
     def cond(c):
-        it, _, q_old, q = c
+        it, _, _, q_old, q = c
         return (it < max_iter) & (q - q_old > tol * q)
 
-    q0 = rayleigh(u)[0]
-    _, u, _, q = jax.lax.while_loop(cond, body, body((0, u, -jnp.ones_like(q0), q0)))
-    return jnp.sqrt(q), u
+    w = _dot(M, v)
+    q0 = jnp.vdot(w, w)
+    it, v, _, q_old, q = jax.lax.while_loop(cond, body, body((0, v, w, -jnp.ones_like(q0), q0)))
+    converged = q - q_old <= tol * q
+    return jnp.sqrt(jnp.maximum(q, 0)), v, converged & (q >= 0.55)
 
 
 # --------------------------------------------------------------------------- growth curve
 
 
-def _growth_curve(cell, params, xs, state0, *, spec, start, method, max_iter):
+def growth_curves_scan(cell, params, xs, state0, *, specs, start, method, norm, max_iter):
+    """Traced core of :func:`growth_curve` for several specs along one trajectory:
+    (T - start, S) log spectral norms; each step's operator is formed once for all."""
     layout = layout_of(state0)
-    size = spec_size(layout, spec)
+    sizes = [spec_size(layout, spec) for spec in specs]
     state = advance(cell, params, xs[:start], state0)
     dtype = layout.ravel(state0).dtype
     tol = 4 * float(jnp.finfo(dtype).eps)
-    op = step_operator(cell, params, layout, (spec,), method)
-    u0 = jnp.full((size,), 1 / np.sqrt(size), dtype)
+    op = step_operator(cell, params, layout, specs, method)
+
+    def norm2(M, u):
+        if norm == "exact":
+            return jnp.linalg.norm(M, 2), u
+        sigma, u, certified = top_singular_value(M, u, tol=tol, max_iter=max_iter)
+
+        def fallback(M):   # an SVD, and a fresh start: the direction of the largest row
+            row = M[jnp.argmax(jnp.sum(M * M, axis=1))]
+            return jnp.linalg.norm(M, 2), safe_normalise(row, jnp.linalg.norm(row))
+
+        return jax.lax.cond(certified, lambda M: (sigma, u), fallback, M)
 
     def body(carry, x):
-        state, M, scale, comp, u = carry
-        state, (M,) = op(state, x, (M,))
-        norm = jnp.linalg.norm(M)
-        M = safe_normalise(M, norm)
-        scale, comp = kahan_add(scale, comp, safe_log(norm))
-        sigma, u = top_singular_value(M, u, tol=tol, max_iter=max_iter)
-        return (state, M, scale, comp, u), scale + (safe_log(sigma) - comp)
+        state, Ms, scales, comps, us = carry
+        state, Ms = op(state, x, Ms)
+        new = ([], [], [], [], [])
+        for M, scale, comp, u in zip(Ms, scales, comps, us):
+            frob = jnp.linalg.norm(M)
+            M = safe_normalise(M, frob)
+            scale, comp = kahan_add(scale, comp, safe_log(frob))
+            sigma, u = norm2(M, u)
+            for acc, value in zip(new, (M, scale, comp, u, scale + (safe_log(sigma) - comp))):
+                acc.append(value)
+        *carry, out = (tuple(a) for a in new)
+        return (state, *carry), jnp.stack(out)
 
     zero = jnp.zeros((), dtype)
-    init = (state, jnp.eye(size, dtype=dtype), zero, zero, u0)
+    init = (state, tuple(jnp.eye(n, dtype=dtype) for n in sizes), (zero,) * len(specs),
+            (zero,) * len(specs), tuple(orthonormal_start(0, n, 1, dtype)[:, 0] for n in sizes))
     return jax.lax.scan(body, init, xs[start:])[1]
 
 
 def growth_curve(cell: Any, params: Any, xs: Any, state0: Any = None, *,
                  routes: Iterable[str] | None = None, block: Any = None, start: int = 0,
-                 method: str = "matrix", max_iter: int = 100) -> Array:
+                 method: str = "matrix", norm: str = "power", max_iter: int = 100) -> Array:
     r"""Log spectral norm of every partial product of step Jacobians.
 
     .. math::
@@ -348,12 +394,25 @@ def growth_curve(cell: Any, params: Any, xs: Any, state0: Any = None, *,
         j = 0, \ldots, T - start - 1
 
     (``J`` restricted to ``routes`` and ``block``, see the module docstring). The
-    product is carried as ``exp(s) M`` with ``||M||_F = 1``; ``||M||_2`` comes from
-    a power iteration warm-started at the previous step's top right singular
-    vector, run to round-off (relative change of ``||M u||^2`` below ``4 eps``,
-    at most ``max_iter`` iterations). Nothing overflows: ``g`` is finite for any
-    horizon and dtype, or ``-inf`` from the step at which the product is exactly 0
-    (a restricted Jacobian can annihilate everything).
+    product is carried as ``exp(s) M`` with ``||M||_F = 1`` (``s`` summed with
+    compensation). Nothing overflows: ``g`` is finite for any horizon and dtype,
+    or ``-inf`` from the step at which the product is exactly 0 (a restricted
+    Jacobian can annihilate everything).
+
+    ``||M||_2`` per step, by ``norm``:
+
+    * ``"power"`` (default): power iteration on ``M^T M`` warm-started at the
+      previous step's top right singular vector, to round-off (``4 eps``
+      relative change; at most ``max_iter`` iterations, usually one or two): a
+      few matrix-vector products per step. The result is *certified* exact
+      (:func:`top_singular_value`): as ``||M||_F = 1``, a converged estimate
+      with ``sigma^2 >= 0.55`` leaves every other singular value below it; a
+      step without the certificate (early steps, nearly isotropic products)
+      takes an SVD instead. Long products are dominated by their top
+      direction, so almost every step is certified.
+    * ``"exact"``: an SVD of ``M`` at every step (several matrix products' cost).
+
+    Both agree with a float64 reference product to round-off (tests).
 
     Args:
       cell, params, xs, state0: as in :func:`gradpaths.unroll`; xs (T, m).
@@ -363,7 +422,8 @@ def growth_curve(cell: Any, params: Any, xs: Any, state0: Any = None, *,
       start: the first step of the product, ``0 <= start < T``.
       method: ``"matrix"`` (form each step's Jacobian in the scan) or ``"jvp"``
         (push the product's columns as tangents); equal to round-off.
-      max_iter: cap on the power iterations per step.
+      norm: ``"power"`` or ``"exact"`` (above).
+      max_iter: cap on the power iterations per step (``norm="power"``).
 
     Returns:
       (T - start,) array in the dtype of the inputs, nats.
@@ -378,9 +438,11 @@ def growth_curve(cell: Any, params: Any, xs: Any, state0: Any = None, *,
     spec = check_spec(cell, p.layout, routes, block)
     start, _ = check_window(p.xs.shape[0], start, None)
     _checks.check_choice(method, "method", OPERATOR_METHODS)
+    _checks.check_choice(norm, "norm", ("exact", "power"))
     max_iter = _checks.check_positive_int(max_iter, "max_iter")
-    return _inputs.call(_growth_curve, cell, p.params, p.xs, p.state0, spec=spec, start=start,
-                        method=method, max_iter=max_iter)
+    out = _inputs.call(growth_curves_scan, cell, p.params, p.xs, p.state0, specs=(spec,),
+                       start=start, method=method, norm=norm, max_iter=max_iter)
+    return check_result(out[:, 0], "growth_curve")
 
 
 # --------------------------------------------------------------------------- singular values
@@ -482,8 +544,9 @@ def product_singular_values(cell: Any, params: Any, xs: Any, state0: Any = None,
     start, stop = check_window(p.xs.shape[0], start, stop)
     seed = _checks.check_positive_int(seed, "seed", allow_zero=True)
     max_sweeps = _checks.check_positive_int(max_sweeps, "max_sweeps")
-    return _inputs.call(_product_singular_values, cell, p.params, p.xs, p.state0, spec=spec,
-                        start=start, stop=stop, seed=seed, max_sweeps=max_sweeps)
+    out = _inputs.call(_product_singular_values, cell, p.params, p.xs, p.state0, spec=spec,
+                       start=start, stop=stop, seed=seed, max_sweeps=max_sweeps)
+    return check_result(out, "product_singular_values")
 
 
 # --------------------------------------------------------------------------- step spectra
@@ -580,5 +643,6 @@ def step_spectra(cell: Any, params: Any, xs: Any, state0: Any = None, *,
     spec = check_spec(cell, p.layout, routes, block)
     _checks.check_choice(method, "method", SPECTRA_METHODS)
     iters = _checks.check_positive_int(iters, "iters")
-    return _inputs.call(_step_spectra, cell, p.params, p.xs, p.state0, spec=spec, method=method,
-                        iters=iters)
+    out = _inputs.call(_step_spectra, cell, p.params, p.xs, p.state0, spec=spec, method=method,
+                       iters=iters)
+    return check_result(out, "step_spectra")

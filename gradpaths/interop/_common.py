@@ -10,6 +10,7 @@ its params. Nothing is built from a source that fails a check.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -113,7 +114,7 @@ def select(flat: Flat, prefix: str, sep: str) -> Flat:
     sub = {key[len(head):]: value for key, value in flat.items() if key.startswith(head)}
     if not sub:
         raise MissingKeyError(
-            f"prefix {prefix!r}: no key starts with {head!r}; keys: {_listing(flat)}"
+            f"prefix {prefix!r}: no key starts with {head!r}; keys: {listing(flat)}"
         )
     return sub
 
@@ -126,7 +127,7 @@ def strip_common(flat: Flat, first: str, sep: str) -> Flat:
     return flat
 
 
-def _listing(keys: Iterable[str], limit: int = 12) -> str:
+def listing(keys: Iterable[str], limit: int = 12) -> str:
     keys = sorted(keys)
     shown = ", ".join(repr(k) for k in keys[:limit])
     return f"[{shown}{', ...' if len(keys) > limit else ''}]"
@@ -138,7 +139,7 @@ def reject_unknown(flat: Flat, known: Iterable[str], where: str, hint: str = "")
     extra = [key for key in flat if key not in known]
     if extra:
         raise ValueError(
-            f"{where}: unknown key(s) {_listing(extra)}; expected only {_listing(known)}{hint}"
+            f"{where}: unknown key(s) {listing(extra)}; expected only {listing(known)}{hint}"
         )
 
 
@@ -213,9 +214,11 @@ Terms = Sequence[np.ndarray]
 """Arrays summed after the cast (two frameworks' biases, a stored bias and a constant)."""
 
 
-def _dtype(dtype: Any, arrays: Sequence[np.ndarray]) -> np.dtype:
-    if dtype is None:
-        dtype = jnp.result_type(*(a.dtype for a in arrays)) if arrays else None
+def resolve_dtype(dtype: Any, arrays: Sequence[np.ndarray]) -> np.dtype:
+    """``dtype``, or (None) the promoted dtype of ``arrays``; float64 is float32 without x64."""
+    if dtype is None and arrays:
+        # promote_types, unlike result_type, does not warn when x64 is off
+        dtype = functools.reduce(jnp.promote_types, (a.dtype for a in arrays))
     return _checks.resolve_dtype(dtype)
 
 
@@ -229,7 +232,7 @@ def _sum(terms: Terms, dt: Any) -> Any:
 def lstm(m: int, n: int, W: dict[str, Terms], R: dict[str, Terms], b: dict[str, Terms],
          dtype: Any, sources: Sequence[np.ndarray]) -> tuple[LSTM, LSTMParams]:
     """``gp.LSTM(m, n)`` and its params from per-gate terms (keys ``z, i, f, o``)."""
-    dt = _dtype(dtype, sources)
+    dt = resolve_dtype(dtype, sources)
     params = LSTMParams(
         W=Gates(*(_sum(W[g], dt) for g in "zifo")),
         R=Gates(*(_sum(R[g], dt) for g in "zifo")),
@@ -244,7 +247,7 @@ def lstm(m: int, n: int, W: dict[str, Terms], R: dict[str, Terms], b: dict[str, 
 def gru(m: int, n: int, W: dict[str, Terms], R: dict[str, Terms], b: dict[str, Terms],
         b_hn: Terms, dtype: Any, sources: Sequence[np.ndarray]) -> tuple[GRU, GRUParams]:
     """``gp.GRU(m, n)`` and its params from per-gate terms (keys ``r, z, n``)."""
-    dt = _dtype(dtype, sources)
+    dt = resolve_dtype(dtype, sources)
     params = GRUParams(
         W=GRUGates(*(_sum(W[g], dt) for g in "rzn")),
         R=GRUGates(*(_sum(R[g], dt) for g in "rzn")),
@@ -259,7 +262,7 @@ def gru(m: int, n: int, W: dict[str, Terms], R: dict[str, Terms], b: dict[str, T
 def rnn(m: int, n: int, W: Terms, R: Terms, b: Terms, nonlinearity: str, dtype: Any,
         sources: Sequence[np.ndarray]) -> tuple[RNN, RNNParams]:
     """``gp.RNN(m, n, nonlinearity)`` and its params."""
-    dt = _dtype(dtype, sources)
+    dt = resolve_dtype(dtype, sources)
     params = RNNParams(_sum(W, dt), _sum(R, dt), _sum(b, dt))
     cell = RNN(m, n, nonlinearity)
     cell.check_params(params)

@@ -156,7 +156,7 @@ def from_flax(
         layout = {"LSTM": "nnx_fused_lstm", "GRU": "nnx_gru", "RNN": "nnx_simple"}[kind]
     else:
         raise ValueError(
-            f"variables: keys {_common._listing(keys)} match no Flax cell; expected those of "
+            f"variables: keys {_common.listing(keys)} match no Flax cell; expected those of "
             "LSTMCell (ii, if, ig, io, hi, hf, hg, ho), GRUCell (ir, iz, in, hr, hz, hn), "
             "SimpleCell (i, h) or NNX's fused dense_i/dense_h; for a whole model pass "
             "prefix='path/to/the/cell'"

@@ -56,7 +56,7 @@ def _module(flat: Flat, prefix: str) -> tuple[Flat, str, str]:
         where = "/".join(path) or "params"
         hint = f"; pass prefix= one of {cores}" if cores else ""
         raise ValueError(
-            f"{where}: keys {_common._listing(keys)} are not the params of one hk.LSTM "
+            f"{where}: keys {_common.listing(keys)} are not the params of one hk.LSTM "
             f"(linear/w, linear/b) or hk.VanillaRNN (linear/w, linear/b, linear_1/w, "
             f"linear_1/b){hint}"
         )

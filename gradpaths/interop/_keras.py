@@ -32,8 +32,8 @@ _GATES = {"LSTM": ("i", "f", "z", "o"), "GRU": ("z", "r", "n"), "RNN": ("h",)}
 _CELLS = {"LSTMCell": "LSTM", "GRUCell": "GRU", "SimpleRNNCell": "RNN"}
 _NAMES = ("kernel", "recurrent_kernel", "bias")
 _CORE = (
-    "gradpaths' gates use the logistic sigmoid and its candidate tanh; importing "
-    "would change the maths"
+    "gradpaths' LSTM and GRU use the logistic sigmoid on the gates and tanh on the "
+    "candidate, and importing other functions under those names would change the maths"
 )
 
 
@@ -206,11 +206,14 @@ def from_keras(
         return own if config else (default if given is None else given)
 
     act = setting("activation", activation, "tanh")
-    allowed = ("tanh", "relu") if kind == "RNN" else ("tanh",)
-    if act not in allowed:
+    if kind == "RNN" and act not in ("tanh", "relu"):
         raise ValueError(
-            f"activation {act!r} is not supported for a Keras {kind}: expected one of "
-            f"{allowed}; {_CORE}"
+            f"activation {act!r} is not supported for a Keras SimpleRNN: gradpaths' RNN "
+            "applies tanh or relu"
+        )
+    if kind != "RNN" and act != "tanh":
+        raise ValueError(
+            f"activation {act!r} is not supported for a Keras {kind}: expected 'tanh'; {_CORE}"
         )
     if kind == "RNN":
         if recurrent_activation is not None or reset_after is not None:

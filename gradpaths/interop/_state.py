@@ -86,7 +86,7 @@ def state_from(framework: str, cell: Any, state: Any, *, dtype: Any = None) -> A
                              f"got {type(state).__name__}")
         names = ("state.h", "state.c")
         h, c = (_vector(v, n, name, framework) for v, name in zip((h, c), names))
-        dt = _common._dtype(dtype, [c, h])
+        dt = _common.resolve_dtype(dtype, [c, h])
         return LSTMState(jnp.asarray(c, dt), jnp.asarray(h, dt))
     if isinstance(state, (list, tuple)):
         if len(state) != 1:
@@ -94,7 +94,7 @@ def state_from(framework: str, cell: Any, state: Any, *, dtype: Any = None) -> A
                              f"got a sequence of {len(state)}")
         state = state[0]
     h = _vector(state, n, "state", framework)
-    dt = _common._dtype(dtype, [h])
+    dt = _common.resolve_dtype(dtype, [h])
     state_type = GRUState if isinstance(cell, GRU) else RNNState
     return state_type(jnp.asarray(h, dt))
 

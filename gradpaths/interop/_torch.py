@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from gradpaths import _checks
 from gradpaths.interop import _common
@@ -71,7 +71,7 @@ def _parse(reader: Reader) -> dict[tuple[int | None, bool], set[str]]:
         groups.setdefault((None if layer is None else int(layer), bool(reverse)), set()).add(name)
     if unknown:
         raise ValueError(
-            f"state dict: unknown key(s) {_common._listing(reader.name(k) for k in unknown)}; "
+            f"state dict: unknown key(s) {_common.listing(reader.name(k) for k in unknown)}; "
             "expected weight_ih, weight_hh, bias_ih, bias_hh (suffixed _l{k} or _l{k}_reverse "
             "for nn.LSTM/GRU/RNN); for a submodule of a larger model pass prefix='its.name'"
         )
@@ -80,6 +80,94 @@ def _parse(reader: Reader) -> dict[tuple[int | None, bool], set[str]]:
 
 def _suffix(layer: int | None, reverse: bool) -> str:
     return "" if layer is None else f"_l{layer}" + ("_reverse" if reverse else "")
+
+
+class _Layout(NamedTuple):
+    """The structure of a state dict: its layers (``[None]`` for a cell), directions, biases."""
+
+    layers: list[int | None]
+    bidirectional: bool
+    has_bias: bool
+
+    def groups(self) -> list[tuple[int | None, bool]]:
+        reverse = (False, True) if self.bidirectional else (False,)
+        return [(k, rev) for k in self.layers for rev in reverse]
+
+
+def _layout(reader: Reader, groups: dict[tuple[int | None, bool], set[str]]) -> _Layout:
+    """Check the whole dict: layers 0..L-1, both directions or one, the same keys everywhere."""
+    layers = sorted({k for k, _ in groups}, key=lambda k: -1 if k is None else k)
+    if None in layers and len(layers) > 1:
+        raise ValueError("state dict: mixes cell keys (weight_ih) and layer keys (weight_ih_l0)")
+    if layers != [None] and layers != list(range(len(layers))):
+        gap = min(set(range(max(layers) + 1)) - set(layers))
+        raise MissingKeyError(
+            f"state dict: layers {layers} are not 0..{max(layers)}; missing the keys of layer "
+            f"{gap} (weight_ih_l{gap}, weight_hh_l{gap}, ...)"
+        )
+    names = set().union(*groups.values()) | {"weight_ih", "weight_hh"}
+    if "weight_hr" in names:
+        k, rev = next(group for group, have in groups.items() if "weight_hr" in have)
+        raise ValueError(f"{_PROJ} (key {reader.name('weight_hr' + _suffix(k, rev))} present)")
+    if ("bias_ih" in names) != ("bias_hh" in names):
+        key = "bias_hh" if "bias_ih" in names else "bias_ih"
+        raise MissingKeyError(
+            f"{reader.name(key + _suffix(layers[0], False))}: missing; PyTorch stores both "
+            "biases (bias_ih and bias_hh) or neither (bias=False)"
+        )
+    layout = _Layout(layers, any(rev for _, rev in groups), "bias_ih" in names)
+    for k, rev in layout.groups():
+        missing = sorted(names - groups.get((k, rev), set()))
+        if missing:
+            raise MissingKeyError(
+                f"{reader.name(missing[0] + _suffix(k, rev))}: missing (other layers or "
+                "directions have it, and every layer needs weight_ih and weight_hh)"
+            )
+    return layout
+
+
+def _choose(layout: _Layout, layer: int, direction: str) -> tuple[int | None, bool]:
+    """The group of the requested layer and direction, or a ValueError."""
+    if layout.layers == [None]:
+        if layer != 0 or direction != "forward":
+            raise ValueError(
+                f"layer={layer}, direction={direction!r}: the source is a single cell "
+                "(keys without _l{k}); use layer=0, direction='forward'"
+            )
+        return (None, False)
+    if layer >= len(layout.layers):
+        raise ValueError(
+            f"layer: expected 0..{len(layout.layers) - 1} (the state dict has "
+            f"{len(layout.layers)} layer(s)), got {layer}"
+        )
+    if direction == "reverse" and not layout.bidirectional:
+        raise ValueError(
+            f"direction='reverse': the state dict has no *_l{layer}_reverse keys "
+            "(the module is not bidirectional)"
+        )
+    return (layer, direction == "reverse")
+
+
+def _read(reader: Reader, layout: _Layout, g: int, H: int) -> dict[tuple, dict[str, Any]]:
+    """Every group's arrays, shapes checked: layer k > 0 reads num_directions * H inputs."""
+    D = 2 if layout.bidirectional else 1
+    blocks = {}
+    for k, rev in layout.groups():
+        s = _suffix(k, rev)
+        if k in (None, 0):
+            m = _common.matrix_shape(reader, "weight_ih" + s, f"({g}*H, input)")[1]
+            m_sym = "(input)"
+        else:
+            m, m_sym = D * H, f"(num_directions * H = {D}*{H})"
+        got = {
+            "weight_ih": reader.take("weight_ih" + s, (g * H, m), f"({g}*H, m) with m {m_sym}"),
+            "weight_hh": reader.take("weight_hh" + s, (g * H, H), f"({g}*H, H)"),
+        }
+        if layout.has_bias:
+            for name in ("bias_ih", "bias_hh"):
+                got[name] = reader.take(name + s, (g * H,), f"({g}*H,)")
+        blocks[(k, rev)] = got
+    return blocks
 
 
 def from_torch(
@@ -146,65 +234,11 @@ def from_torch(
             f"got {type(source).__name__}"
         )
     reader = Reader(flat, prefix=prefix, sep=".")
-    groups = _parse(reader)
+    layout = _layout(reader, _parse(reader))
+    chosen = _choose(layout, layer, direction)
 
-    # ---- structure of the whole dict: layers 0..L-1, directions, the same keys everywhere
-    layers = sorted({k for k, _ in groups}, key=lambda k: -1 if k is None else k)
-    if None in layers and len(layers) > 1:
-        raise ValueError(
-            "state dict: mixes cell keys (weight_ih) and layer keys (weight_ih_l0)"
-        )
-    is_cell = layers == [None]
-    if not is_cell and layers != list(range(len(layers))):
-        missing = sorted(set(range(max(layers) + 1)) - set(layers))
-        raise MissingKeyError(
-            f"state dict: layers {layers} are not 0..{max(layers)}; missing the keys of layer "
-            f"{missing[0]} (weight_ih_l{missing[0]}, weight_hh_l{missing[0]}, ...)"
-        )
-    bidirectional = any(rev for _, rev in groups)
-    names = set().union(*groups.values()) | {"weight_ih", "weight_hh"}
-    if "weight_hr" in names:
-        k, rev = next(group for group, have in groups.items() if "weight_hr" in have)
-        raise ValueError(f"{_PROJ} (key {reader.name('weight_hr' + _suffix(k, rev))} present)")
-    for k in layers:
-        for rev in (False, True) if bidirectional else (False,):
-            missing = sorted(names - groups.get((k, rev), set()))
-            if missing:
-                raise MissingKeyError(
-                    f"{reader.name(missing[0] + _suffix(k, rev))}: missing (other layers or "
-                    "directions have it, and every layer needs weight_ih and weight_hh)"
-                )
-    if ("bias_ih" in names) != ("bias_hh" in names):
-        key = "bias_hh" if "bias_ih" in names else "bias_ih"
-        raise MissingKeyError(
-            f"{reader.name(key + _suffix(layers[0], False))}: missing; PyTorch stores both "
-            "biases (bias_ih and bias_hh) or neither (bias=False)"
-        )
-    has_bias = "bias_ih" in names
-
-    # ---- the requested layer and direction
-    if is_cell:
-        if layer != 0 or direction != "forward":
-            raise ValueError(
-                f"layer={layer}, direction={direction!r}: the source is a single cell "
-                "(keys without _l{k}); use layer=0, direction='forward'"
-            )
-        chosen: tuple[int | None, bool] = (None, False)
-    else:
-        if layer >= len(layers):
-            raise ValueError(
-                f"layer: expected 0..{len(layers) - 1} (the state dict has {len(layers)} "
-                f"layer(s)), got {layer}"
-            )
-        if direction == "reverse" and not bidirectional:
-            raise ValueError(
-                f"direction='reverse': the state dict has no *_l{layer}_reverse keys "
-                "(the module is not bidirectional)"
-            )
-        chosen = (layer, direction == "reverse")
-
-    # ---- shapes: kind and hidden size from weight_hh of the first group, then all checked
-    first = "weight_hh" + _suffix(layers[0], False)
+    # kind and H from the first weight_hh; then every group's shapes are checked
+    first = "weight_hh" + _suffix(layout.layers[0], False)
     gH, H = _common.matrix_shape(reader, first, "(g*H, H)")
     g = _common.gate_count((gH, H), 0, reader.name(first), _KINDS)
     kind = _KINDS[g]
@@ -218,24 +252,8 @@ def from_torch(
         nonlinearity = nonlinearity or module_nonlinearity or "tanh"
     elif nonlinearity is not None:
         raise ValueError(f"nonlinearity: applies to an RNN only; the source is a torch {kind}")
-    D = 2 if bidirectional else 1
-    blocks: dict[tuple[int | None, bool], dict[str, Any]] = {}
-    for k in layers:
-        for rev in (False, True) if bidirectional else (False,):
-            s = _suffix(k, rev)
-            if k in (None, 0):
-                m = _common.matrix_shape(reader, "weight_ih" + s, f"({g}*H, input)")[1]
-                m_sym = "(input)"
-            else:
-                m, m_sym = D * H, f"(num_directions * H = {D}*{H})"
-            got = {
-                "weight_ih": reader.take("weight_ih" + s, (g * H, m), f"({g}*H, m) with m {m_sym}"),
-                "weight_hh": reader.take("weight_hh" + s, (g * H, H), f"({g}*H, H)"),
-            }
-            if has_bias:
-                for name in ("bias_ih", "bias_hh"):
-                    got[name] = reader.take(name + s, (g * H,), f"({g}*H,)")
-            blocks[(k, rev)] = got
+    blocks = _read(reader, layout, g, H)
+    has_bias = layout.has_bias
 
     # ---- build
     got = blocks[chosen]

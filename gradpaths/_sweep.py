@@ -1,0 +1,237 @@
+r"""A phase diagram: growth of each route and of the whole over a grid of recurrent
+gain and forget bias.
+
+One random LSTM, ``R_g ~ N(0, 1/n)`` and ``W_g ~ N(0, 1/m)`` drawn once, is scaled
+to every grid point: ``R_g -> gain * R_g`` for the routes in ``scaled`` (default
+``R_o``, the question's route; the other recurrent matrices keep ``base_gain``)
+and ``b_f = forget bias``. Along one seeded input sequence ``x_t ~ N(0,
+input_scale^2)`` each point gets the top Lyapunov exponent (nats/step, after
+``warmup``) of the full Jacobian product, of each route alone and of all routes
+but each one, all in one compiled, vectorised scan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradpaths import _checks, _inputs, _lyapunov
+from gradpaths._cells import LSTM
+from gradpaths._products import Spec
+
+
+def _num(x: float) -> float | str:
+    x = float(x)
+    return x if math.isfinite(x) else str(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """What :func:`sweep` found.
+
+    Attributes:
+      gains: (G,) recurrent gains (rows of the grid).
+      forget_biases: (F,) forget biases ``b_f`` (columns).
+      names: the Jacobian sequences: ``"full"``, each route alone (``"carousel"``,
+        ``"z"``, ...), then all routes but each one (``"all but o"``, ...).
+      exponents: (G, F, S) top Lyapunov exponents, nats/step (``-inf`` where a
+        route's product is exactly singular).
+      scaled: the routes whose recurrent matrix the gain multiplies.
+      settings: hidden, inputs, steps, warmup, seed, input_scale, base_gain.
+    """
+
+    gains: np.ndarray
+    forget_biases: np.ndarray
+    names: tuple[str, ...]
+    exponents: np.ndarray
+    scaled: tuple[str, ...]
+    settings: dict[str, Any]
+
+    def exponent(self, name: str) -> np.ndarray:
+        """(G, F) exponents of one Jacobian sequence (``"full"`` or a route)."""
+        if name not in self.names:
+            raise KeyError(f"name: expected one of {self.names}, got {name!r}")
+        return self.exponents[:, :, self.names.index(name)]
+
+    @property
+    def routes(self) -> tuple[str, ...]:
+        """The routes (names of the single-route sequences)."""
+        return tuple(n for n in self.names[1:] if not n.startswith("all but "))
+
+    def regions(self, margin: float = 1e-3) -> np.ndarray:
+        """(G, F) labels: ``"vanish"`` (full below ``-margin``), ``"neutral"``,
+        ``"route"`` (full grows and some route grows alone) or ``"interaction"``
+        (full grows, no route alone does)."""
+        full = self.exponent("full")
+        alone = np.max(np.stack([self.exponent(r) for r in self.routes], axis=2), axis=2)
+        out = np.full(full.shape, "neutral", dtype=object)
+        out[full < -margin] = "vanish"
+        out[(full > margin) & (alone > margin)] = "route"
+        out[(full > margin) & ~(alone > margin)] = "interaction"
+        return out
+
+    def dominant(self, margin: float = 1e-3) -> np.ndarray:
+        """(G, F) where the full product grows (above ``margin``): the route whose
+        removal lowers its exponent most (as in :func:`gradpaths.explain`; the
+        carousel only when it grows alone); ``""`` elsewhere."""
+        full = self.exponent("full")
+        drops = []
+        for r in self.routes:
+            drop = full - self.exponent(f"all but {r}")
+            if r == "carousel":
+                drop = np.where(self.exponent("carousel") > 0, drop, -np.inf)
+            drops.append(drop)
+        best = np.argmax(np.stack(drops, axis=2), axis=2)
+        out = np.asarray(self.routes, dtype=object)[best]
+        out[~(full > margin)] = ""
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: lists, non-finite numbers as strings."""
+        return dict(
+            gains=[float(g) for g in self.gains],
+            forget_biases=[float(b) for b in self.forget_biases],
+            names=list(self.names), scaled=list(self.scaled), units_of_rates="nats/step",
+            exponents={name: [[_num(v) for v in row] for row in self.exponent(name)]
+                       for name in self.names},
+            regions=[list(row) for row in self.regions()],
+            dominant=[list(row) for row in self.dominant()],
+            settings=dict(self.settings),
+        )
+
+    def __str__(self) -> str:
+        head = (f"gradpaths sweep: LSTM n = {self.settings['hidden']}, T = "
+                f"{self.settings['steps']}, warm-up {self.settings['warmup']}; gain scales R_"
+                + ", R_".join(self.scaled))
+        shown = ("full",) + self.routes
+        cols = "".join(f"{n:>10}" for n in shown)
+        lines = [head, "top exponents (nats/step): the whole product and each route alone; "
+                 "'cut' is the route whose removal lowers the growth most", "",
+                 f"{'gain':>8}{'b_f':>8}{cols}  {'region':<12}cut"]
+        regions, dominant = self.regions(), self.dominant()
+        for a, g in enumerate(self.gains):
+            for b, f in enumerate(self.forget_biases):
+                vals = "".join(f"{self.exponent(n)[a, b]:>+10.4f}" for n in shown)
+                cut = dominant[a, b] or "-"
+                lines.append(f"{g:>8.3g}{f:>8.3g}{vals}  {regions[a, b]:<12}{cut}")
+        return "\n".join(lines)
+
+
+def _grid(cell, params, xs, state0, gains, biases, *, scaled, specs, warmup, seed):
+    def one(gain, bias):
+        R = params.R._replace(**{g: gain * getattr(params.R, g) for g in scaled})
+        b = params.b._replace(f=jnp.full_like(params.b.f, bias))
+        p = params._replace(R=R, b=b)
+        return _lyapunov.growth_many(cell, p, xs, state0, specs, warmup=warmup,
+                                     seed=seed).exponent
+
+    return jax.vmap(one)(gains, biases)
+
+
+def _values(values: Any, name: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1 or arr.size < 1:
+        raise ValueError(f"{name}: expected a non-empty 1-D sequence of numbers, got shape "
+                         f"{arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: expected finite numbers, got {arr.tolist()}")
+    return arr
+
+
+DEFAULT_GAINS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+DEFAULT_FORGET_BIASES = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)
+
+
+def sweep(*, gains: Iterable[float] = DEFAULT_GAINS,
+          forget_biases: Iterable[float] = DEFAULT_FORGET_BIASES,
+          hidden: int = 16, inputs: int = 4, steps: int = 200, warmup: int = 50,
+          seed: int = 0, input_scale: float = 1.0,
+          scaled: Iterable[str] = ("o",), base_gain: float = 0.5,
+          dtype: Any = None) -> Sweep:
+    r"""Growth of each route and of the whole over a grid of recurrent gain and forget bias.
+
+    At grid point ``(gain, b_f)``: ``R_g = gain * R^0_g`` for ``g`` in ``scaled``
+    (by default ``R_o`` alone, the question's route; ``base_gain * R^0_g``
+    otherwise), ``b_f`` for every unit, with ``R^0_g ~ N(0, 1/n)`` drawn once
+    from ``seed`` (so only the scale changes across the grid). The routes' gain
+    bounds (routes.md) say what to expect: the carousel never grows while
+    ``0 < f < 1``; the z route can grow only once ``||R_z||_2`` passes 1; the i
+    and o routes need ``||R||_2 > 4`` (``||R^0||_2`` is about 2); and the whole
+    can grow where no route alone does.
+
+    Args:
+      gains: recurrent gains, >= 0 (rows).
+      forget_biases: forget biases (columns).
+      hidden, inputs, steps: n, m, T.
+      warmup: steps left out of the exponents, ``0 <= warmup < steps``.
+      seed: weights, inputs and tangent start.
+      input_scale: standard deviation of the inputs.
+      scaled: which recurrent matrices the gain multiplies (of ``z i f o``;
+        default ``("o",)``, the scenario of :func:`gradpaths.exploding_lstm`).
+      base_gain: gain of the others.
+      dtype: None for the default float.
+
+    Returns:
+      :class:`Sweep` with exponents (G, F, 11): full; carousel, z, i, f, o
+      alone; all but each of them.
+
+    Example::
+
+        sw = gp.sweep(gains=[0.5, 1, 2, 4], forget_biases=[0, 2, 4], steps=150)
+        print(sw)
+        fig = gp.plot.phase_diagram(sw)
+    """
+    gains = _values(gains, "gains")
+    if np.any(gains < 0):
+        raise ValueError(f"gains: expected numbers >= 0, got {gains.tolist()}")
+    biases = _values(forget_biases, "forget_biases")
+    hidden = _checks.check_positive_int(hidden, "hidden")
+    inputs = _checks.check_positive_int(inputs, "inputs", allow_zero=True)
+    steps = _checks.check_positive_int(steps, "steps")
+    warmup = _checks.check_positive_int(warmup, "warmup", allow_zero=True)
+    if warmup >= steps:
+        raise ValueError(f"warmup: expected 0 <= warmup < steps = {steps}, got {warmup}")
+    seed = _checks.check_positive_int(seed, "seed", allow_zero=True)
+    for name, value in (("input_scale", input_scale), ("base_gain", base_gain)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    if isinstance(scaled, str):
+        scaled = (scaled,)
+    scaled = tuple(scaled)
+    bad = [g for g in scaled if g not in ("z", "i", "f", "o")]
+    if bad or not scaled or len(set(scaled)) != len(scaled):
+        raise ValueError(f"scaled: expected distinct routes among ('z', 'i', 'f', 'o'), "
+                         f"got {scaled}")
+    dtype = _checks.resolve_dtype(dtype)
+
+    cell = LSTM(inputs, hidden)
+    k_params, k_xs = jax.random.split(jax.random.key(seed))
+    params = cell.init(k_params, recurrent_gain=1.0, dtype=dtype)
+    others = {g: base_gain * getattr(params.R, g) for g in ("z", "i", "f", "o")
+              if g not in scaled}
+    params = params._replace(R=params.R._replace(**others))
+    xs = input_scale * jax.random.normal(k_xs, (steps, inputs), dtype)
+    routes = cell.routes
+    names = ("full",) + routes + tuple(f"all but {r}" for r in routes)
+    specs = ((Spec(None, None),) + tuple(Spec((r,), None) for r in routes)
+             + tuple(Spec(tuple(q for q in routes if q != r), None) for r in routes))
+    G, F = len(gains), len(biases)
+    gg = jnp.asarray(np.repeat(gains, F), dtype)
+    bb = jnp.asarray(np.tile(biases, G), dtype)
+    out = _inputs.call(_grid, cell, params, xs, cell.initial_state(dtype), gg, bb,
+                       scaled=scaled, specs=specs, warmup=warmup, seed=seed)
+    exponents = np.asarray(out, np.float64).reshape(G, F, len(names))
+    if np.isnan(exponents).any():
+        raise _checks.NonFiniteError("sweep: some exponents came out NaN (the trajectory "
+                                     "overflowed); use smaller gains or input_scale")
+    settings = dict(hidden=hidden, inputs=inputs, steps=steps, warmup=warmup, seed=seed,
+                    input_scale=float(input_scale), base_gain=float(base_gain),
+                    dtype=str(jnp.dtype(dtype)))
+    return Sweep(gains, biases, names, exponents, scaled, settings)

@@ -1,0 +1,396 @@
+r"""Synthetic sequence tasks and the model trained on them.
+
+A task draws batches from an explicit PRNG key (no downloads, no hidden state):
+``task.sample(key, batch_size) -> Batch(xs, targets, weights)`` with inputs ``xs``
+(B, T, m), targets (B, T, k) for a regression task or (B, T) class indices for a
+classification task, and step weights ``w`` (T,) summing to 1. The loss of a batch is
+
+.. math::
+
+    L = \frac{1}{B} \sum_b \sum_t w_t \, \ell(y_{b,t}, \mathrm{target}_{b,t}),
+
+with ``\ell`` the squared error (``"mse"``, averaged over outputs) or the
+cross-entropy of logits (``"xent"``). Each task knows its trivial ``baseline``: the
+loss of the best predictor that ignores what must be remembered.
+
+A :class:`Model` is a cell with a linear readout from its output ``h``:
+``y_t = W_out h_{t+1} + b_out`` (``h_{t+1}`` is the state after reading ``x_t``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradpaths import _checks
+from gradpaths._inputs import is_builtin
+from gradpaths._state import layout_of
+
+Array = jax.Array
+LOSSES = ("mse", "xent")
+
+
+class Batch(NamedTuple):
+    """A batch of sequences.
+
+    Attributes:
+      xs: inputs, (B, T, m).
+      targets: (B, T, k) floats for ``loss="mse"``; (B, T) int class indices for ``"xent"``.
+      weights: (T,) step weights, non-negative, summing to 1 (which steps are scored).
+    """
+
+    xs: Array
+    targets: Array
+    weights: Array
+
+
+def _check_sample_args(batch_size: Any, dtype: Any) -> tuple[int, Any]:
+    return _checks.check_positive_int(batch_size, "batch_size"), _checks.resolve_dtype(dtype)
+
+
+def _jitted_sample(sample: Any) -> Any:
+    """``task.sample`` compiled as one program per (task, batch_size, dtype): called
+    eagerly it would compile each random and indexing op on its own."""
+    return functools.partial(jax.jit, static_argnums=(0, 2, 3))(sample)
+
+
+def _last_step(length: int, dtype: Any) -> Array:
+    return jnp.zeros((length,), dtype).at[-1].set(1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class AddingTask:
+    r"""The adding problem (Hochreiter & Schmidhuber 1997, in the form of Le et al. 2015).
+
+    Input channel 0 holds values ``u_t ~ U(0, 1)``, channel 1 marks two steps with 1:
+    one in the first half, one in the second. At the last step the target is the sum
+    of the two marked values; only the last step is scored (squared error).
+    Baseline: predicting 1 always scores ``Var(u_a + u_b) = 1/6``.
+
+    Args:
+      length: T, the sequence length (>= 2).
+    """
+
+    length: int
+    name = "adding"
+    loss = "mse"
+    input_size = 2
+    output_size = 1
+
+    def __post_init__(self) -> None:
+        _checks.check_positive_int(self.length, "length")
+        if self.length < 2:
+            raise ValueError(f"length: expected >= 2 for the adding task, got {self.length}")
+
+    @property
+    def baseline(self) -> float:
+        return 1.0 / 6.0
+
+    @_jitted_sample
+    def sample(self, key: Array, batch_size: int, dtype: Any = None) -> Batch:
+        batch_size, dtype = _check_sample_args(batch_size, dtype)
+        T, half = self.length, self.length // 2
+        # One draw for everything (random bits are slow to compile on CPU).
+        u = jax.random.uniform(key, (batch_size, T + 2), dtype)
+        values = u[:, :T]
+        first = jnp.minimum(jnp.floor(u[:, T] * half), half - 1).astype(jnp.int32)
+        second = half + jnp.minimum(jnp.floor(u[:, T + 1] * (T - half)), T - half - 1).astype(
+            jnp.int32)
+        steps = jnp.arange(T)[None, :]
+        marks = ((steps == first[:, None]) | (steps == second[:, None])).astype(dtype)
+        total = jnp.sum(values * marks, axis=1)
+        targets = jnp.zeros((batch_size, T, 1), dtype).at[:, -1, 0].set(total)
+        xs = jnp.stack([values, marks], axis=-1)
+        return Batch(xs, targets, _last_step(T, dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class CopyTask:
+    r"""Copy memory (Hochreiter & Schmidhuber 1997; the form of Arjovsky et al. 2016).
+
+    A sequence of ``length`` steps: ``n_copy`` random symbols from ``1..n_symbols``,
+    blanks (0), a delimiter (``n_symbols + 1``) at step ``length - n_copy - 1``, then
+    ``n_copy`` blanks during which the symbols must be reproduced in order. Inputs
+    are one-hot (``m = n_symbols + 2``); outputs are logits over blank and symbols
+    (``k = n_symbols + 1``); every step is scored (cross-entropy, mean over steps).
+    The delay between a symbol and its copy is ``length - n_copy``.
+    Baseline: blanks until the delimiter, then uniform guesses:
+    ``n_copy log(n_symbols) / length``.
+
+    Args:
+      length: total sequence length (>= 2 n_copy + 1).
+      n_symbols: alphabet size (default 8).
+      n_copy: number of symbols to copy (default 5).
+    """
+
+    length: int
+    n_symbols: int = 8
+    n_copy: int = 5
+    name = "copy"
+    loss = "xent"
+
+    def __post_init__(self) -> None:
+        _checks.check_positive_int(self.length, "length")
+        _checks.check_positive_int(self.n_symbols, "n_symbols")
+        _checks.check_positive_int(self.n_copy, "n_copy")
+        if self.length < 2 * self.n_copy + 1:
+            raise ValueError(
+                f"length: expected >= 2 * n_copy + 1 = {2 * self.n_copy + 1} for the copy task "
+                f"with n_copy={self.n_copy}, got {self.length}"
+            )
+
+    @property
+    def input_size(self) -> int:
+        return self.n_symbols + 2
+
+    @property
+    def output_size(self) -> int:
+        return self.n_symbols + 1
+
+    @property
+    def baseline(self) -> float:
+        return self.n_copy * math.log(self.n_symbols) / self.length
+
+    @_jitted_sample
+    def sample(self, key: Array, batch_size: int, dtype: Any = None) -> Batch:
+        batch_size, dtype = _check_sample_args(batch_size, dtype)
+        T, K, A = self.length, self.n_copy, self.n_symbols
+        symbols = jax.random.randint(key, (batch_size, K), 1, A + 1)
+        blank_in = jnp.zeros((batch_size, T - K), symbols.dtype)
+        tokens = jnp.concatenate([symbols, blank_in], axis=1).at[:, T - K - 1].set(A + 1)
+        targets = jnp.concatenate([jnp.zeros((batch_size, T - K), symbols.dtype), symbols], 1)
+        xs = jax.nn.one_hot(tokens, A + 2, dtype=dtype)
+        return Batch(xs, targets, jnp.full((T,), 1.0 / T, dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class SineTask:
+    r"""Next-step prediction of a sine wave of unknown frequency and phase.
+
+    ``x_t = sin(omega t + phi)`` with ``omega ~ U(omega_min, omega_max)`` and
+    ``phi ~ U(0, 2 pi)`` per sequence; the target at step t is ``x_{t+1}``, every
+    step is scored (squared error, mean over steps). The model must infer ``omega``
+    and the phase from what it has seen. Baseline: predicting 0 scores
+    ``E[sin^2] = 1/2``.
+
+    Args:
+      length: T, the sequence length (>= 1).
+      omega_min, omega_max: the frequency range, radians per step.
+    """
+
+    length: int
+    omega_min: float = 0.1
+    omega_max: float = 0.6
+    name = "sine"
+    loss = "mse"
+    input_size = 1
+    output_size = 1
+
+    def __post_init__(self) -> None:
+        _checks.check_positive_int(self.length, "length")
+        if not 0 < self.omega_min <= self.omega_max:
+            raise ValueError(
+                "omega_min, omega_max: expected 0 < omega_min <= omega_max, got "
+                f"{self.omega_min}, {self.omega_max}"
+            )
+
+    @property
+    def baseline(self) -> float:
+        return 0.5
+
+    @_jitted_sample
+    def sample(self, key: Array, batch_size: int, dtype: Any = None) -> Batch:
+        batch_size, dtype = _check_sample_args(batch_size, dtype)
+        T = self.length
+        u = jax.random.uniform(key, (batch_size, 2), dtype)
+        omega = self.omega_min + (self.omega_max - self.omega_min) * u[:, :1]
+        phi = 2 * math.pi * u[:, 1:]
+        wave = jnp.sin(omega * jnp.arange(T + 1, dtype=dtype)[None, :] + phi)
+        return Batch(wave[:, :-1, None], wave[:, 1:, None], jnp.full((T,), 1.0 / T, dtype))
+
+
+TASKS: dict[str, type] = {"adding": AddingTask, "copy": CopyTask, "sine": SineTask}
+
+
+def make_task(name: str, length: int, **options: Any) -> Any:
+    """A task by name: ``"adding"``, ``"copy"`` or ``"sine"``, with sequence length ``length``.
+
+    ``options`` go to the task's class (e.g. ``n_copy`` for ``"copy"``).
+
+    Example::
+
+        task = gp.make_task("adding", 20)
+        batch = task.sample(jax.random.key(0), 32)   # xs (32, 20, 2)
+    """
+    if not isinstance(name, str) or name not in TASKS:
+        raise ValueError(f"task: expected one of {', '.join(map(repr, TASKS))}, got {name!r}")
+    try:
+        return TASKS[name](length, **options)
+    except TypeError as err:
+        if "unexpected keyword" in str(err):
+            fields = [f.name for f in dataclasses.fields(TASKS[name])][1:]
+            raise TypeError(
+                f"options: task {name!r} accepts {fields}, got {sorted(options)}"
+            ) from err
+        raise
+
+
+def check_task(task: Any) -> Any:
+    """Raise TypeError unless ``task`` follows the task protocol."""
+    missing = [a for a in ("length", "input_size", "output_size", "loss", "sample")
+               if not hasattr(task, a)]
+    if missing:
+        raise TypeError(
+            f"task: expected a task (length, input_size, output_size, loss, sample), got "
+            f"{type(task).__name__} without {missing}"
+        )
+    _checks.check_choice(task.loss, "task.loss", LOSSES)
+    return task
+
+
+# --------------------------------------------------------------------------- model
+
+
+class Readout(NamedTuple):
+    """Linear readout ``y = W h + b``: ``W`` (k, n), ``b`` (k,)."""
+
+    W: Array
+    b: Array
+
+
+class ModelParams(NamedTuple):
+    """Parameters of a :class:`Model`: the cell's and the readout's."""
+
+    cell: Any
+    readout: Readout
+
+
+def _features(state: Any) -> Array:
+    """What the readout sees: the output ``h`` when the state has one, else all of ``s``."""
+    if hasattr(state, "h"):
+        return state.h
+    return layout_of(state).ravel(state)
+
+
+def initial_state(cell: Any, dtype: Any) -> Any:
+    """``cell.initial_state()`` in ``dtype``: built-in cells take the dtype, custom cells
+    (``initial_state()`` without arguments) are cast."""
+    if is_builtin(cell):
+        return cell.initial_state(dtype)
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), cell.initial_state())
+
+
+def step_loss(kind: str, y: Array, target: Array) -> Array:
+    r"""One step's loss: ``mean_k (y_k - target_k)^2`` (mse) or
+    ``logsumexp(y) - y[target]`` (xent, ``target`` an int)."""
+    if kind == "mse":
+        return jnp.mean((y - target) ** 2)
+    return jax.nn.logsumexp(y) - jnp.take(y, target)
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    r"""A recurrent cell with a linear readout from its output.
+
+    .. math::
+
+        s_{t+1} = \mathrm{step}(s_t, x_t), \qquad y_t = W_{out} h_{t+1} + b_{out},
+        \qquad L = \sum_t w_t \, \ell(y_t, \mathrm{target}_t)
+
+    Args:
+      cell: a gradpaths cell (``LSTM``, ``GRU``, ``RNN``) or any cell whose state
+        has a field ``h`` (otherwise the readout sees the whole raveled state).
+      output_size: k.
+      loss: ``"mse"`` (squared error) or ``"xent"`` (cross-entropy of logits).
+
+    Example::
+
+        task = gp.make_task("adding", 20)
+        model = gp.Model.for_task(gp.LSTM(task.input_size, 16), task)
+        params = model.init(jax.random.key(0))
+    """
+
+    cell: Any
+    output_size: int
+    loss: str = "mse"
+
+    def __post_init__(self) -> None:
+        if not callable(getattr(self.cell, "step", None)):
+            raise TypeError(
+                f"cell: expected an object with step(params, state, x), got "
+                f"{type(self.cell).__name__}"
+            )
+        _checks.check_positive_int(self.output_size, "output_size")
+        _checks.check_choice(self.loss, "loss", LOSSES)
+
+    @classmethod
+    def for_task(cls, cell: Any, task: Any) -> Model:
+        """The model whose output size and loss fit ``task``."""
+        check_task(task)
+        if getattr(cell, "input_size", task.input_size) != task.input_size:
+            raise ValueError(
+                f"cell: expected input_size {task.input_size} for task {task!r}, "
+                f"got {cell.input_size}"
+            )
+        return cls(cell, task.output_size, task.loss)
+
+    @property
+    def feature_size(self) -> int:
+        return int(np.prod(jax.eval_shape(lambda: _features(self.cell.initial_state())).shape))
+
+    def init(self, key: Array, *, dtype: Any = None, **cell_init: Any) -> ModelParams:
+        """Cell parameters from ``cell.init(key, dtype=dtype, **cell_init)`` and a readout
+        ``W_out ~ N(0, 1/n)``, ``b_out = 0``."""
+        dtype = _checks.resolve_dtype(dtype)
+        kc, kr = jax.random.split(key)
+        cell_params = self.cell.init(kc, dtype=dtype, **cell_init)
+        n = self.feature_size
+        W = jax.random.normal(kr, (self.output_size, n), dtype) / n**0.5
+        return ModelParams(cell_params, Readout(W, jnp.zeros((self.output_size,), dtype)))
+
+    def check_params(self, params: Any) -> None:
+        """Raise TypeError/ValueError unless ``params`` fit this model."""
+        if not isinstance(params, ModelParams):
+            raise TypeError(f"params: expected ModelParams, got {type(params).__name__}")
+        if callable(getattr(self.cell, "check_params", None)):
+            self.cell.check_params(params.cell)
+        if not isinstance(params.readout, Readout):
+            raise TypeError(
+                f"params.readout: expected Readout, got {type(params.readout).__name__}"
+            )
+        k, n = self.output_size, self.feature_size
+        _checks.check_shape(params.readout.W, (k, n), "params.readout.W")
+        _checks.check_shape(params.readout.b, (k,), "params.readout.b")
+
+    def output(self, readout: Readout, state: Any) -> Array:
+        """``y = W_out h + b_out`` for one state: (k,)."""
+        return jnp.dot(readout.W, _features(state), precision=jax.lax.Precision.HIGHEST) + readout.b
+
+    def step_losses(self, params: ModelParams, xs: Array, targets: Array,
+                    state0: Any = None) -> Array:
+        """``l_t`` for one sequence ``xs`` (T, m): shape (T,). No input validation."""
+        state0 = initial_state(self.cell, xs.dtype) if state0 is None else state0
+
+        def body(state, inp):
+            x, target = inp
+            new = self.cell.step(params.cell, state, x)
+            return new, step_loss(self.loss, self.output(params.readout, new), target)
+
+        return jax.lax.scan(body, state0, (xs, targets))[1]
+
+    def sequence_loss(self, params: ModelParams, xs: Array, targets: Array, weights: Array,
+                      state0: Any = None) -> Array:
+        """``sum_t w_t l_t`` for one sequence. No input validation."""
+        return jnp.sum(weights * self.step_losses(params, xs, targets, state0))
+
+    def batch_loss(self, params: ModelParams, batch: Batch) -> Array:
+        """Mean over the batch of ``sum_t w_t l_t``. No input validation (use inside jit)."""
+        per_seq = jax.vmap(self.sequence_loss, in_axes=(None, 0, 0, None))(
+            params, batch.xs, batch.targets, batch.weights)
+        return jnp.mean(per_seq)

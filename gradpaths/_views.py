@@ -1,0 +1,204 @@
+r"""Views of one trajectory for figures: growth curves of many route sets in one
+pass, gate saturation step by step, and the steps where the input is largest.
+
+Each returns plain arrays that :mod:`gradpaths.plot` draws; nothing here imports
+matplotlib.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from gradpaths import _checks, _explain, _inputs, _products, _routes
+from gradpaths._jacobians import _unroll
+from gradpaths._products import Spec, check_block
+from gradpaths._state import Layout
+
+Array = jax.Array
+
+# --------------------------------------------------------------------------- route sets
+
+
+def default_sets(cell: Any) -> tuple[str, ...]:
+    """The route sets a growth-curve figure shows by default.
+
+    ``full``; with routes, ``carousel`` (when the cell has one) and ``all but r``
+    for each other route (cutting one route at a time shows which one the growth
+    needs). A cell without routes (or with one) gets ``full`` only.
+    """
+    if not _routes.has_routes(cell) or len(cell.routes) < 2:
+        return ("full",)
+    sets = ["full"]
+    if "carousel" in cell.routes:
+        sets.append("carousel")
+    if len(cell.routes) > 2:
+        sets += [f"all but {r}" for r in cell.routes if r != "carousel"]
+    return tuple(sets)
+
+
+def parse_set(cell: Any, layout: Layout, name: str) -> Spec:
+    """A route-set name as :func:`gradpaths.explain` writes it -> a :class:`Spec`.
+
+    ``"full"``; a route (``"o"``); routes joined by ``+`` (``"carousel+o"``);
+    ``"all but o"``; a diagonal block ``"dc/dc"``.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"sets: expected route-set names (str), got {name!r}")
+    text = name.strip()
+    if text == "full":
+        return Spec(None, None)
+    if text.startswith("d") and "/" in text:
+        out, _, inp = text.partition("/")
+        if inp.startswith("d") and out[1:] in layout.names:
+            return Spec(None, check_block(layout, (out[1:], inp[1:])))
+    routes = cell.routes if _routes.has_routes(cell) else ()
+    if text.startswith("all but "):
+        cut = text[len("all but "):].strip()
+        if cut not in routes:
+            raise ValueError(f"sets: {name!r} cuts {cut!r}; expected one of {routes}")
+        kept = tuple(r for r in routes if r != cut)
+        if not kept:
+            raise ValueError(f"sets: {name!r} leaves no route")
+        return Spec(kept, None)
+    chosen = tuple(part.strip() for part in text.split("+"))
+    return Spec(_routes.check_routes(cell, chosen), None)
+
+
+def _specs(cell: Any, layout: Layout, sets: Any) -> tuple[tuple[str, ...], tuple[Spec, ...]]:
+    if sets is None:
+        sets = default_sets(cell)
+    if isinstance(sets, str):
+        raise TypeError(f"sets: expected a sequence of route-set names, got the string {sets!r}")
+    if isinstance(sets, Mapping):
+        names = tuple(str(k) for k in sets)
+        specs = tuple(Spec(_routes.check_routes(cell, v), None) for v in sets.values())
+    else:
+        names = tuple(sets)
+        specs = tuple(parse_set(cell, layout, s) for s in names)
+    if not names:
+        raise ValueError("sets: expected at least one route set, got none")
+    if len(set(names)) != len(names):
+        raise ValueError(f"sets: expected distinct names, got {list(names)}")
+    return names, specs
+
+
+def growth_curves(cell: Any, params: Any, xs: Any, state0: Any = None, *,
+                  sets: Sequence[str] | Mapping[str, Iterable[str] | None] | None = None
+                  ) -> dict[str, np.ndarray]:
+    r"""Growth curves of several route sets along one trajectory, in one pass.
+
+    For each set ``S`` (with ``J_t^S = sum_{r in S} J_t^r``, routes.md):
+
+    .. math::
+
+        g^S_j = \log \| J^S_j \cdots J^S_1 J^S_0 \|_2 , \qquad j = 0, \ldots, T - 1
+
+    in nats, the same numbers as :func:`gradpaths.growth_curve` for each set (the
+    same scan, with the step Jacobians formed once per step and shared by every set).
+    ``g[-1] / T`` is the horizon growth rate in nats/step.
+
+    Args:
+      cell, params, xs, state0: as in :func:`gradpaths.unroll`; xs (T, m).
+      sets: route-set names as :func:`gradpaths.explain` writes them (``"full"``,
+        ``"carousel"``, ``"o"``, ``"carousel+o"``, ``"all but o"``, ``"dc/dc"``),
+        or a mapping ``label -> routes`` (None for all); None for
+        :func:`default_sets`.
+
+    Returns:
+      dict ``name -> (T,)`` float numpy array, nats, in the order of ``sets``
+      (``-inf`` from the step where a restricted product becomes exactly 0).
+
+    Example::
+
+        curves = gp.growth_curves(cell, params, xs, sets=["full", "carousel", "all but o"])
+        fig = gp.plot.growth_curves(curves)
+    """
+    p = _inputs.prepare(cell, params, xs, state0)
+    names, specs = _specs(cell, p.layout, sets)
+    out = np.asarray(_inputs.call(_products.growth_curves_scan, cell, p.params, p.xs, p.state0,
+                                  specs=specs, start=0, method="matrix", norm="power",
+                                  max_iter=100))
+    return {name: out[:, k] for k, name in enumerate(names)}
+
+
+# --------------------------------------------------------------------------- saturation
+
+
+class GateSaturation(NamedTuple):
+    """Per-step fraction of units at each end of every gate's range.
+
+    A gate is saturated where its derivative is below 10% of its maximum (the
+    rule of :func:`gradpaths.explain`: sigmoid below 0.0256 or above 0.9744,
+    ``|tanh|`` above 0.9487). Means over steps equal ``explain(...).saturation``
+    (without a warm-up).
+
+    Attributes:
+      gates: names, e.g. ``("z", "i", "f", "o", "tanh(c)")``.
+      low: (T, G) fraction of units near the low end (0 for a sigmoid, -1 for tanh).
+      high: (T, G) fraction near the high end (1).
+    """
+
+    gates: tuple[str, ...]
+    low: np.ndarray
+    high: np.ndarray
+
+
+def _saturation(cell, params, xs, state0):
+    states = _unroll(cell, params, xs, state0)
+    prev = jax.tree_util.tree_map(lambda a: a[:-1], states)
+    return _explain.gate_fractions(cell, params, prev, xs)
+
+
+def gate_saturation(cell: Any, params: Any, xs: Any, state0: Any = None) -> GateSaturation:
+    """How saturated each gate is at each step of the trajectory.
+
+    Args:
+      cell: a built-in ``LSTM``, ``GRU`` or ``RNN``; params, xs (T, m), state0 as
+        in :func:`gradpaths.unroll`.
+
+    Returns:
+      :class:`GateSaturation` with ``low`` and ``high`` of shape (T, G).
+
+    Example::
+
+        sat = gp.gate_saturation(cell, params, xs)
+        fig = gp.plot.gate_saturation(sat)
+    """
+    if not _inputs.is_builtin(cell):
+        raise TypeError(f"cell: expected a built-in LSTM, GRU or RNN, got {type(cell).__name__}")
+    p = _inputs.prepare(cell, params, xs, state0)
+    out = _inputs.call(_saturation, cell, p.params, p.xs, p.state0)
+    order = _explain._ACTIVATION_ORDER   # jit returns dicts with sorted keys
+    gates = tuple(sorted(out, key=order.index))
+    low = np.stack([np.asarray(out[g][0], np.float64) for g in gates], axis=1)
+    high = np.stack([np.asarray(out[g][1], np.float64) for g in gates], axis=1)
+    return GateSaturation(gates, low, high)
+
+
+# --------------------------------------------------------------------------- input events
+
+
+def input_events(xs: Any, *, top: int = 5) -> np.ndarray:
+    """The ``top`` steps where the input is largest, ``|x_t|_2``, in time order.
+
+    Args:
+      xs: (T, m) inputs (m may be 0: then there are no events).
+      top: how many steps at most.
+
+    Returns:
+      (k,) int steps, ascending, ``k = min(top, T)`` (0 when m = 0 or x = 0).
+    """
+    xs = np.asarray(xs)
+    if xs.ndim != 2:
+        raise ValueError(f"xs: expected shape (T, m), got {xs.shape}")
+    top = _checks.check_positive_int(top, "top", allow_zero=True)
+    if xs.shape[1] == 0 or top == 0:
+        return np.zeros((0,), np.int64)
+    size = np.linalg.norm(xs, axis=1)
+    order = np.argsort(-size, kind="stable")[:top]
+    order = order[size[order] > 0]
+    return np.sort(order).astype(np.int64)

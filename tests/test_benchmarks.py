@@ -1,0 +1,116 @@
+"""Smoke test of the benchmark machinery at a tiny size. No timing is ever asserted."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import math
+import os
+import sys
+import types
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+@pytest.fixture(scope="module")
+def runner():
+    if BENCH not in sys.path:
+        sys.path.insert(0, BENCH)
+    spec = importlib.util.spec_from_file_location("_gp_bench_run", os.path.join(BENCH, "run.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def doc(runner):
+    """jacobians.py through the runner at size "tiny" (n = 8, T = 10, one repeat)."""
+    return runner.run(["jacobians"], "tiny", "float32")
+
+
+def test_rows_follow_the_contract(runner, doc):
+    rows = doc["rows"]
+    assert rows
+    for row in rows:
+        for key in runner.REQUIRED_KEYS:
+            assert key in row
+        assert row["status"] in ("ok", "skipped"), row
+        if row["status"] == "ok":
+            assert row["seconds"] is not None and math.isfinite(row["seconds"])
+    json.loads(json.dumps(doc, default=str))  # serialisable
+    env = doc["environment"]
+    for key in ("date", "device", "jax", "numpy", "torch", "dtype", "size"):
+        assert key in env
+
+
+def test_jacobians_checked_before_timing(doc):
+    rows = {r["method"]: r for r in doc["rows"] if r["benchmark"] == "jacobians"}
+    expected = {"memory-fill", "analytic", "analytic-fused", "jacfwd", "jacrev",
+                "eager-jacrev-loop", "torch.func"}
+    assert set(rows) == expected
+    for method, row in rows.items():
+        assert (row["n"], row["T"], row["d"], row["dtype"]) == (8, 10, 16, "float32")
+        if method == "memory-fill" or row["status"] == "skipped":
+            continue
+        assert row["check"] == "ok", row
+        assert row["err_over_tol"] <= 1.0
+        assert row["repeats"] == 1
+    assert rows["analytic"]["status"] == "ok"
+    assert rows["analytic"]["vs_analytic"] == 1.0
+    assert "extrapolated" in rows["eager-jacrev-loop"]["note"]
+    if rows["torch.func"]["status"] == "skipped":
+        assert "torch" in rows["torch.func"]["note"]
+
+
+def test_float64_tolerance(runner):
+    jacobians = runner.load("jacobians")
+    rows = jacobians.main(size="tiny", dtype="float64", methods=("analytic", "jacfwd"))
+    assert [r["check"] for r in rows] == ["ok", "ok"]
+    assert all(r["dtype"] == "float64" for r in rows)
+
+
+def test_render_and_targets(runner, doc):
+    text = runner.render(doc)
+    assert "| n | T | method |" in text
+    assert "not measured" in text  # targets need n = 128, 512 and T = 1000
+
+
+def test_write_never_overwrites_and_compare(runner, doc, tmp_path, capsys):
+    old = tmp_path / "old.json"
+    runner.write_atomic(str(old), json.dumps(doc), force=False)
+    with pytest.raises(FileExistsError):
+        runner.write_atomic(str(old), "{}", force=False)
+    assert json.loads(old.read_text()) == json.loads(json.dumps(doc))
+    assert [p.name for p in tmp_path.iterdir()] == ["old.json"]  # no temporary left
+
+    new_doc = copy.deepcopy(doc)
+    for row in new_doc["rows"]:
+        if row["seconds"] is not None:
+            row["seconds"] *= 2
+    new_doc["rows"].append(dict(new_doc["rows"][0], name="only new", seconds=1.0))
+    new = tmp_path / "new.json"
+    runner.write_atomic(str(new), json.dumps(new_doc), force=True)
+
+    assert runner.main(["--compare", str(old), str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "new/old" in out and "| 2 |" in out and "only new" in out
+
+
+def test_main_without_dtype(runner):
+    module = types.ModuleType("fake")
+    module.main = lambda size="small": [
+        {"benchmark": "fake", "name": size, "status": "ok", "seconds": 1.0}]
+    rows = runner.check_rows("fake", runner.call_main(module, "tiny", "float32"))
+    assert rows[0]["name"] == "tiny"
+
+
+def test_runner_refuses_to_overwrite(runner, tmp_path):
+    existing = tmp_path / "r.json"
+    existing.write_text("{}")
+    with pytest.raises(SystemExit) as info:
+        runner.main(["--size", "tiny", "--out", str(existing)])
+    assert info.value.code == 2
+    assert existing.read_text() == "{}"

@@ -1,0 +1,294 @@
+"""Lyapunov exponents: known answers, matrix-free equals full QR, routes, grad, float32."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from cells import Henon, HenonState, setup
+from helpers import assert_close
+from hypothesis import given, settings, strategies as st
+
+import gradpaths as gp
+from gradpaths import _inputs, _lyapunov
+
+
+class LinearState(NamedTuple):
+    s: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Linear:
+    """``s' = A s``: a custom cell whose exponents are ``log |eig(A)|``."""
+
+    d: int
+
+    def step(self, params, state, x):
+        return LinearState(params["A"] @ state.s)
+
+    def initial_state(self):
+        return LinearState(jnp.zeros((self.d,)))   # stays 0: a bounded trajectory
+
+
+def linear_case(eigs, seed=0):
+    """A non-normal ``A = V diag(eigs) V^{-1}`` with a well-conditioned random ``V``."""
+    d = len(eigs)
+    V = np.eye(d) + 0.3 * np.random.default_rng(seed).standard_normal((d, d))
+    A = V @ np.diag(eigs) @ np.linalg.inv(V)
+    return Linear(d), {"A": jnp.asarray(A)}
+
+
+def scenario(T=300):
+    """The seed question: forget gates near 1 (b_f = 4) and a large R_o (gain 6 / sqrt(n)
+    per entry, past the o route's bound 4), with b_o centring the output gates."""
+    n = 4
+    cell = gp.LSTM(1, n)
+    params = cell.init(jax.random.key(0), forget_bias=4.0, recurrent_gain=0.3, input_gain=0.3)
+    R_o = 12.0 / np.sqrt(n) * jax.random.normal(jax.random.key(100), (n, n))
+    params = params._replace(R=params.R._replace(o=R_o),
+                             b=params.b._replace(z=jnp.full(n, 2.0), o=-R_o @ jnp.full(n, 0.5)))
+    xs = jax.random.normal(jax.random.key(7), (T, 1))
+    return cell, params, xs
+
+
+# --------------------------------------------------------------------------- known answers
+
+
+def test_henon_exponents():
+    # Henon map a = 1.4, b = 0.3: about 0.42 and -1.62; |det J| = b at every step,
+    # so the sum is ln 0.3 to round-off.
+    xs = jnp.zeros((20000, 0))
+    state0 = HenonState(jnp.array([0.1]), jnp.array([0.1]))
+    lam = gp.lyapunov_exponents(Henon(), (1.4, 0.3), xs, state0, warmup=100)
+    assert lam.shape == (2,)
+    np.testing.assert_allclose(np.asarray(lam), [0.42, -1.62], atol=0.01)
+    assert_close(lam.sum(), np.log(0.3), scale=1e3)
+    top = gp.lyapunov_exponents(Henon(), (1.4, 0.3), xs, state0, warmup=100, k=1, method="jvp")
+    assert_close(top, lam[:1], scale=1e3)
+
+
+def test_linear_cell_exponents():
+    # Constant A: exponents are log |eig(A)| (a complex pair counts twice); the finite-T
+    # error is O(log cond(V) / T), the sum is exact.
+    B = np.zeros((4, 4))
+    B[0, 0], B[1:3, 1:3], B[3, 3] = 1.5, [[0.9, 0.3], [-0.3, 0.9]], -0.2
+    V = np.eye(4) + 0.3 * np.random.default_rng(0).standard_normal((4, 4))
+    A = V @ B @ np.linalg.inv(V)
+    cell, params = Linear(4), {"A": jnp.asarray(A)}
+    expected = np.sort(np.log(np.abs(np.linalg.eigvals(A))))[::-1]
+    lam = gp.lyapunov_exponents(cell, params, jnp.zeros((3000, 0)), warmup=50)
+    np.testing.assert_allclose(np.asarray(lam), expected, atol=2e-3)
+    assert_close(lam.sum(), np.log(abs(np.linalg.det(A))), scale=1e4)
+
+
+def test_lstm_without_recurrence_is_the_carousel():
+    # R = 0: J_t = [[diag f, 0], [diag(g_c f), 0]]; the c-block product is diag(prod f),
+    # so its exponents are the per-unit means of log f (sorted).
+    cell, params, xs, s0 = setup("lstm", n=3, T=2000, seed=1)
+    params = params._replace(R=jax.tree_util.tree_map(jnp.zeros_like, params.R))
+    states = gp.unroll(cell, params, xs, s0)
+    f = jax.vmap(lambda c, h, x: cell.forward(params, gp.LSTMState(c, h), x)["f"])(
+        states.c[:-1], states.h[:-1], xs)
+    expected = np.sort(np.mean(np.log(np.asarray(f)), axis=0))[::-1]
+    lam_c = gp.lyapunov_exponents(cell, params, xs, s0, block=("c", "c"))
+    np.testing.assert_allclose(np.asarray(lam_c), expected, atol=2e-3)
+    assert_close(lam_c.sum(), expected.sum(), scale=1e3)
+    assert float(lam_c[0]) < 0   # the carousel alone never grows
+
+
+def test_scenario_carousel_decays_full_grows():
+    # Forget gates near 1 and a large R_o: the carousel alone decays (its exponent is
+    # a mean of log f < 0) while the full product grows through the o route.
+    cell, params, xs = scenario()
+    full = gp.lyapunov_exponents(cell, params, xs, warmup=100, k=1)
+    carousel = gp.lyapunov_exponents(cell, params, xs, warmup=100, k=1, routes={"carousel"})
+    assert -0.03 < float(carousel[0]) < -0.01
+    assert float(full[0]) > 0.08
+
+
+# --------------------------------------------------------------------------- methods agree
+
+
+def test_matrix_free_top_k_equals_full_qr():
+    cell, params, xs, s0 = setup("gru", n=6, T=80, seed=2)
+    full = gp.lyapunov_exponents(cell, params, xs, s0, warmup=10, method="matrix")
+    top = gp.lyapunov_exponents(cell, params, xs, s0, warmup=10, k=3, method="jvp")
+    assert_close(top, full[:3], scale=1e2)
+    auto = gp.lyapunov_exponents(cell, params, xs, s0, warmup=10)
+    assert_close(auto, full, scale=1e2)
+    d = sum(x.size for x in s0)
+    J = np.asarray(gp.step_jacobians(cell, params, xs, s0).matrix)
+    assert full.shape == (d,)
+    assert_close(full.sum(), np.mean(np.log(np.abs(np.linalg.det(J[10:])))), scale=1e3)
+
+
+def test_matrix_free_custom_cell_equals_matrix():
+    cell, params = linear_case([1.2, 0.8, 0.5, 0.3, 0.1])
+    xs = jnp.zeros((200, 0))
+    full = gp.lyapunov_exponents(cell, params, xs, method="matrix")
+    top = gp.lyapunov_exponents(cell, params, xs, k=2, method="jvp")
+    assert_close(top, full[:2], scale=1e2)
+
+
+def test_reorth_every_and_routes_forms():
+    cell, params, xs, s0 = setup("lstm", n=4, T=60, seed=3)
+    every = gp.lyapunov_exponents(cell, params, xs, s0, warmup=7)
+    sparse = gp.lyapunov_exponents(cell, params, xs, s0, warmup=7, reorth_every=4)
+    assert_close(sparse, every, scale=1e3)
+    forms = [gp.lyapunov_exponents(cell, params, xs, s0, k=2, routes=r)
+             for r in ({"o", "carousel"}, ("carousel", "o"), ["o", "carousel"])]
+    assert_close(forms[1], forms[0])
+    assert_close(forms[2], forms[0])
+
+
+def test_local_and_finite_time_exponents():
+    cell, params, xs, s0 = setup("gru", n=4, T=60, seed=4)
+    local = gp.local_stretching(cell, params, xs, s0, k=4)
+    assert local.shape == (60, 4)
+    lam = gp.lyapunov_exponents(cell, params, xs, s0, warmup=20)
+    assert_close(np.sort(np.asarray(local[20:]).mean(axis=0))[::-1], lam, scale=1e2)
+    lead = gp.local_stretching(cell, params, xs, s0)
+    assert lead.shape == (60,)
+    assert_close(lead, local[:, 0], scale=1e2)
+    windows = gp.finite_time_exponents(cell, params, xs, s0, window=25, k=4)
+    assert windows.shape == (2, 4)
+    expected = np.sort(np.asarray(local[:50]).reshape(2, 25, 4).mean(axis=1), axis=1)[:, ::-1]
+    assert_close(windows, expected, scale=1e2)
+
+
+# --------------------------------------------------------------------------- growth_many
+
+
+def test_growth_many_matches_the_single_functions():
+    cell, params, xs, s0 = setup("lstm", n=3, T=50, seed=5)
+    specs = ((None, None), (("carousel",), None), (None, ("c", "c")), (("o", "z"), ("h", "h")))
+    p = _inputs.prepare(cell, params, xs, s0)
+
+    def run(cell, params, xs, state0, *, specs):
+        return _lyapunov.growth_many(cell, params, xs, state0, specs, warmup=5, seed=3)
+
+    g = _inputs.call(run, cell, p.params, p.xs, p.state0, specs=specs)
+    assert g.exponent.shape == g.horizon.shape == (4,) and g.local.shape == (4, 50)
+    kw = dict(routes=specs[3][0], block=specs[3][1])
+    lam = gp.lyapunov_exponents(cell, params, xs, s0, k=1, warmup=5, seed=3, **kw)
+    assert_close(g.exponent[3], lam[0], scale=1e2)
+    local = gp.local_stretching(cell, params, xs, s0, seed=3, method="jvp", **kw)
+    assert_close(g.local[3], local, scale=1e2)
+    assert_close(g.exponent, np.asarray(g.local)[:, 5:].mean(axis=1), scale=1e2)
+    curve = gp.growth_curve(cell, params, xs, s0, block=("c", "c"))
+    assert_close(g.horizon[2], curve[-1] / 50, scale=1e3)
+
+
+def test_growth_many_custom_cell_and_exact_zero():
+    # Henon via JVPs; and the LSTM f route from c_0 = 0, whose first Jacobian is exactly
+    # 0: local -inf there (reported, not NaN), the tangent kept, the rest finite.
+    def run(cell, params, xs, s0, *, specs, warmup):
+        return _lyapunov.growth_many(cell, params, xs, s0, specs, warmup=warmup)
+
+    p = _inputs.prepare(Henon(), (1.4, 0.3), jnp.zeros((3000, 0)), None)
+    g = _inputs.call(run, Henon(), p.params, p.xs, p.state0, specs=((None, None),), warmup=100)
+    assert abs(float(g.exponent[0]) - 0.42) < 0.02
+    cell = gp.LSTM(2, 3)
+    params = cell.init(jax.random.key(0))
+    xs = jax.random.normal(jax.random.key(1), (20, 2))
+    p = _inputs.prepare(cell, params, xs, None)
+    g = _inputs.call(run, cell, p.params, p.xs, p.state0, specs=((("f",), None),), warmup=0)
+    assert float(g.local[0, 0]) == -np.inf and float(g.horizon[0]) == -np.inf
+    assert np.all(np.isfinite(np.asarray(g.local[0, 1:])))
+    assert float(g.exponent[0]) == -np.inf     # warmup 0 counts the zero step
+    g1 = _inputs.call(run, cell, p.params, p.xs, p.state0, specs=((("f",), None),), warmup=1)
+    assert_close(g1.local, g.local)
+    assert_close(g1.exponent[0], np.mean(np.asarray(g.local[0, 1:])))
+
+
+# --------------------------------------------------------------------------- grad, jit, dtype
+
+
+def test_gradient_matches_finite_differences():
+    cell, params, xs, s0 = setup("lstm", n=3, T=30, seed=6)
+
+    def loss(R_o, k, method):
+        p = params._replace(R=params.R._replace(o=R_o))
+        return gp.lyapunov_exponents(cell, p, xs, s0, k=k, method=method, warmup=3).sum()
+
+    for k, method in ((None, "matrix"),):
+        grad = jax.grad(loss)(params.R.o, k, method)
+        assert np.all(np.isfinite(np.asarray(grad)))
+        eps = 1e-6
+        E = jnp.zeros_like(params.R.o).at[1, 2].set(eps)
+        fd = (loss(params.R.o + E, k, method) - loss(params.R.o - E, k, method)) / (2 * eps)
+        np.testing.assert_allclose(float(grad[1, 2]), float(fd), rtol=1e-6, atol=1e-9)
+
+
+def test_jit_vmap_and_no_recompilation():
+    cell, params, xs, s0 = setup("rnn-tanh", n=4, T=30, seed=7)
+    eager = gp.lyapunov_exponents(cell, params, xs, s0, k=2)
+    jitted = jax.jit(lambda p: gp.lyapunov_exponents(cell, p, xs, s0, k=2))(params)
+    assert_close(jitted, eager)
+    batch = jnp.stack([xs, 2 * xs])
+    mapped = jax.vmap(lambda x: gp.lyapunov_exponents(cell, params, x, s0, k=2))(batch)
+    assert_close(mapped[1], gp.lyapunov_exponents(cell, params, 2 * xs, s0, k=2))
+    names = ("spec", "k", "method", "reorth_every")
+    n = _inputs.cache_size(_lyapunov._exponents, *names)
+    gp.lyapunov_exponents(cell, params, xs + 1, s0, k=2, warmup=3, seed=5)  # traced, no retrace
+    assert _inputs.cache_size(_lyapunov._exponents, *names) == n
+
+
+def test_float32_long_horizon_stays_finite():
+    cell = gp.LSTM(2, 2)
+    params = cell.init(jax.random.key(0), recurrent_gain=2.0, dtype=jnp.float32)
+    xs = jax.random.normal(jax.random.key(1), (100_000, 2), jnp.float32)
+    lam = gp.lyapunov_exponents(cell, params, xs, warmup=100)
+    assert lam.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(lam)))
+    p64 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
+    lam64 = gp.lyapunov_exponents(cell, p64, xs.astype(jnp.float64), warmup=100)
+    np.testing.assert_allclose(np.asarray(lam), np.asarray(lam64), atol=1e-4)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_top_k_is_a_prefix_of_the_spectrum(seed):
+    # one compilation per function: only the values change between examples
+    cell, params, xs, s0 = setup("lstm-peep", n=3, T=12, seed=seed)
+    full = gp.lyapunov_exponents(cell, params, xs, s0, method="matrix")
+    top = gp.lyapunov_exponents(cell, params, xs, s0, k=2, method="jvp")
+    assert np.all(np.diff(np.asarray(full)) <= 0)
+    # Over a short horizon the QR directions need not come out in order, so the k
+    # tangents give k of the d values (the first k QR columns), each one exactly.
+    for value in np.asarray(top):
+        assert_close(np.min(np.abs(np.asarray(full) - value)), 0.0, scale=1e3)
+    J = np.asarray(gp.step_jacobians(cell, params, xs, s0).matrix)
+    assert_close(full.sum(), np.mean(np.log(np.abs(np.linalg.det(J)))), scale=1e3)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_errors_are_clear():
+    cell, params, xs, s0 = setup("lstm", n=2, T=5)
+    with pytest.raises(ValueError, match="k: expected 1 <= k <= 4"):
+        gp.lyapunov_exponents(cell, params, xs, s0, k=5)
+    with pytest.raises(ValueError, match="warmup: expected 0 <= warmup < T = 5"):
+        gp.lyapunov_exponents(cell, params, xs, s0, warmup=5)
+    with pytest.raises(ValueError, match="block: expected a square diagonal block"):
+        gp.lyapunov_exponents(cell, params, xs, s0, block=("c", "h"))
+    with pytest.raises(ValueError, match="block: expected field names among"):
+        gp.lyapunov_exponents(cell, params, xs, s0, block=("x", "x"))
+    with pytest.raises(TypeError, match="block: expected None or a pair"):
+        gp.lyapunov_exponents(cell, params, xs, s0, block="c")
+    with pytest.raises(ValueError, match="routes: expected names among"):
+        gp.lyapunov_exponents(cell, params, xs, s0, routes={"q"})
+    with pytest.raises(ValueError, match="method: expected one of"):
+        gp.lyapunov_exponents(cell, params, xs, s0, method="qr")
+    with pytest.raises(ValueError, match="defines no routes"):
+        gp.lyapunov_exponents(Henon(), (1.4, 0.3), jnp.zeros((5, 0)), routes={"a"})
+    with pytest.raises(ValueError, match="window: expected 1 <= window <= T = 5"):
+        gp.finite_time_exponents(cell, params, xs, s0, window=6)
+    # a diverging custom cell: reported, never a silent NaN
+    with pytest.raises(gp.NonFiniteError, match="lyapunov_exponents: expected finite results"):
+        gp.lyapunov_exponents(Henon(), (1.4, 0.3), jnp.zeros((40, 0)),
+                              HenonState(jnp.array([5.0]), jnp.array([0.0])))
