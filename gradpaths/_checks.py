@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -49,6 +50,14 @@ def resolve_dtype(dtype: Any) -> jnp.dtype:
     if not jnp.issubdtype(dt, jnp.floating):
         raise TypeError(f"dtype: expected a floating dtype, got {dt}")
     return jnp.dtype(jax.dtypes.canonicalize_dtype(dt))
+
+
+def json_number(x: Any) -> float | str:
+    """A float for JSON: non-finite values become the strings ``'inf'``, ``'-inf'``,
+    ``'nan'`` (``float()`` reads them back), so ``json.dumps(..., allow_nan=False)``
+    works and ``-inf`` (an exactly singular product) stays distinct from NaN."""
+    x = float(x)
+    return x if math.isfinite(x) else str(x)
 
 
 def is_concrete(x: Any) -> bool:

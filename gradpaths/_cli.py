@@ -133,6 +133,11 @@ def _example_default(name: str) -> Any:
     return inspect.signature(exploding_lstm).parameters[name].default
 
 
+# Initial LSTM of `gradpaths train`: the question's scenario, less extreme than the
+# explanation's default so that training starts from a finite, learnable model.
+_TRAIN_LSTM = {"forget_bias": 3.0, "output_gain": 32.0}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gradpaths",
@@ -253,10 +258,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="clip the gradient's global norm to this (default: no clipping)")
     tr.add_argument("--compare", action="store_true",
                     help="run twice, without and with --clip (default threshold 1.0)")
-    tr.add_argument("--forget-bias", type=_finite, default=3.0,
-                    help="LSTM initial b_f (default 3.0)")
-    tr.add_argument("--output-gain", type=_non_negative_float, default=32.0,
-                    help="LSTM initial gain of R_o (default 32.0: the question's scenario)")
+    tr.add_argument("--forget-bias", type=_finite, default=None,
+                    help=f"LSTM initial b_f (default {_TRAIN_LSTM['forget_bias']:g})")
+    tr.add_argument("--output-gain", type=_non_negative_float, default=None,
+                    help=f"LSTM initial gain of R_o (default {_TRAIN_LSTM['output_gain']:g}: "
+                    "the question's scenario)")
     tr.add_argument("--recurrent-gain", type=_non_negative_float, default=0.5,
                     help="initial gain of the other recurrent matrices (default 0.5)")
     tr.add_argument("--probe-every", type=_positive, default=25,
@@ -573,10 +579,11 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     from gradpaths._train import train
 
     _check_out(args)
-    if args.cell != "lstm":
-        for name, default in (("forget_bias", 3.0), ("output_gain", 32.0)):
-            if getattr(args, name) != default:
-                raise UsageError(f"--{name.replace('_', '-')}: applies to --cell lstm only")
+    for name, default in _TRAIN_LSTM.items():
+        if args.cell != "lstm" and getattr(args, name) is not None:
+            raise UsageError(f"--{name.replace('_', '-')}: applies to --cell lstm only")
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.compare and args.clip is None:
         args.clip = 1.0
     task = make_task(args.task, args.length)

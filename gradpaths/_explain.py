@@ -149,10 +149,7 @@ def _shard(xs: jax.Array) -> jax.Array:
 # --------------------------------------------------------------------------- result
 
 
-def _num(x: float) -> float | str:
-    """JSON-safe float: non-finite values become the strings 'inf', '-inf', 'nan'."""
-    x = float(x)
-    return x if math.isfinite(x) else str(x)
+_num = _checks.json_number
 
 
 @dataclasses.dataclass(frozen=True)

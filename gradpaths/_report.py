@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from gradpaths import _inputs, _routes
+from gradpaths import _checks, _inputs, _routes
 
 REPORT_FILE = "report.json"
 
@@ -40,10 +40,7 @@ REPORT_FILE = "report.json"
 # --------------------------------------------------------------------------- helpers
 
 
-def _num(x: Any) -> float | str:
-    """JSON-safe float: non-finite values become the strings 'inf', '-inf', 'nan'."""
-    x = float(x)
-    return x if math.isfinite(x) else str(x)
+_num = _checks.json_number
 
 
 def _nums(a: Any) -> list:

@@ -25,10 +25,7 @@ from gradpaths import _checks, _inputs, _lyapunov
 from gradpaths._cells import LSTM
 from gradpaths._products import Spec
 
-
-def _num(x: float) -> float | str:
-    x = float(x)
-    return x if math.isfinite(x) else str(x)
+_num = _checks.json_number
 
 
 @dataclasses.dataclass(frozen=True)

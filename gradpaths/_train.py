@@ -292,9 +292,7 @@ class Event(NamedTuple):
     message: str
 
 
-def _json_float(x: Any) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
+_json_float = _checks.json_number
 
 
 def _json_array(a: np.ndarray) -> list:
@@ -307,8 +305,9 @@ def _json_array(a: np.ndarray) -> list:
 def _from_json(values: list, dtype: Any, width: int | None = None) -> np.ndarray:
     if width is not None and not values:
         return np.zeros((0, width), dtype)
-    return np.array([[np.nan if v is None else v for v in row] for row in values] if width
-                    is not None else [np.nan if v is None else v for v in values], dtype)
+    read = lambda v: np.nan if v is None else float(v)
+    return np.array([[read(v) for v in row] for row in values] if width
+                    is not None else [read(v) for v in values], dtype)
 
 
 _STEP_FIELDS = ("loss", "task_loss", "penalty", "grad_norm")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -56,3 +57,21 @@ class Henon:
 
     def initial_state(self):
         return HenonState(jnp.array([0.1]), jnp.array([0.1]))
+
+
+class LinearState(NamedTuple):
+    s: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Linear:
+    """``s' = A s`` (params: the matrix ``A``), a custom autonomous cell whose
+    Lyapunov exponents are ``log |eig(A)|``."""
+
+    d: int
+
+    def step(self, params, state, x):
+        return LinearState(params @ state.s)
+
+    def initial_state(self):
+        return LinearState(jnp.zeros((self.d,)))   # stays 0: a bounded trajectory

@@ -114,3 +114,38 @@ def test_runner_refuses_to_overwrite(runner, tmp_path):
         runner.main(["--size", "tiny", "--out", str(existing)])
     assert info.value.code == 2
     assert existing.read_text() == "{}"
+
+
+@pytest.fixture(scope="module")
+def spectra_rows(runner):
+    """spectra.py at size "tiny" (n = 8 and 16, T = 20 and 100; seconds)."""
+    spectra = runner.load("spectra")
+    return runner.check_rows("spectra", spectra.main(size="tiny", verbose=False))
+
+
+def test_spectra_rows_follow_the_contract_and_pass_their_checks(runner, spectra_rows):
+    spectra = runner.load("spectra")
+    assert {r["part"] for r in spectra_rows} == {"products", "matrix-free", "memory"}
+    for row in spectra_rows:
+        for key in runner.REQUIRED_KEYS:
+            assert key in row
+        assert row["benchmark"] == "spectra"
+        assert row["status"] == "ok", row
+        if row["what"].startswith("baseline"):
+            assert row["check"] is None and row["ratio"] == 1.0
+        elif row["what"] == spectra.QR_EVERY_4:
+            assert row["check"] in ("ok", "FAILED")  # known to lose small exponents
+            if row["check"] == "FAILED":
+                assert row["note"].startswith("expected") and row["met"] is False
+        else:
+            assert row["check"] == "ok", row
+        if row["part"] == "memory":
+            assert row["seconds"] is None and 0 < row["peak_rss_GiB"] < 2
+        else:
+            assert row["seconds"] is not None and math.isfinite(row["seconds"])
+            assert row["repeats"] >= 1 and row["compile_s"] is not None
+            assert isinstance(row["met"], bool) or row["target"] is None
+    json.loads(json.dumps(spectra_rows))  # serialisable as is
+    text = spectra.report(spectra_rows)
+    assert "| part | what |" in text and "Targets:" in text
+    assert "under 2 GiB" in text

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from cells import Henon, HenonState, setup
+from cells import Henon, HenonState, Linear, setup
 from helpers import assert_close
 from hypothesis import given, settings, strategies as st
 
@@ -17,29 +14,12 @@ import gradpaths as gp
 from gradpaths import _inputs, _lyapunov
 
 
-class LinearState(NamedTuple):
-    s: jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class Linear:
-    """``s' = A s``: a custom cell whose exponents are ``log |eig(A)|``."""
-
-    d: int
-
-    def step(self, params, state, x):
-        return LinearState(params["A"] @ state.s)
-
-    def initial_state(self):
-        return LinearState(jnp.zeros((self.d,)))   # stays 0: a bounded trajectory
-
-
 def linear_case(eigs, seed=0):
     """A non-normal ``A = V diag(eigs) V^{-1}`` with a well-conditioned random ``V``."""
     d = len(eigs)
     V = np.eye(d) + 0.3 * np.random.default_rng(seed).standard_normal((d, d))
     A = V @ np.diag(eigs) @ np.linalg.inv(V)
-    return Linear(d), {"A": jnp.asarray(A)}
+    return Linear(d), jnp.asarray(A)
 
 
 def scenario(T=300):
@@ -78,7 +58,7 @@ def test_linear_cell_exponents():
     B[0, 0], B[1:3, 1:3], B[3, 3] = 1.5, [[0.9, 0.3], [-0.3, 0.9]], -0.2
     V = np.eye(4) + 0.3 * np.random.default_rng(0).standard_normal((4, 4))
     A = V @ B @ np.linalg.inv(V)
-    cell, params = Linear(4), {"A": jnp.asarray(A)}
+    cell, params = Linear(4), jnp.asarray(A)
     expected = np.sort(np.log(np.abs(np.linalg.eigvals(A))))[::-1]
     lam = gp.lyapunov_exponents(cell, params, jnp.zeros((3000, 0)), warmup=50)
     np.testing.assert_allclose(np.asarray(lam), expected, atol=2e-3)

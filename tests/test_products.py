@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from cells import Henon, setup
+from cells import Henon, Linear, LinearState, setup
 from helpers import assert_close
 from hypothesis import given, settings, strategies as st
 
 import gradpaths as gp
-
-
-class LinearState(NamedTuple):
-    s: jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class Linear:
-    """``s' = A s``, a custom autonomous cell."""
-
-    d: int
-
-    def step(self, params, state, x):
-        return LinearState(params @ state.s)
-
-    def initial_state(self):
-        return LinearState(jnp.zeros((self.d,)))   # stays 0: a bounded trajectory
 
 
 def reference_curve(J, start=0):

@@ -121,7 +121,7 @@ def test_nan_in_training_is_recorded_and_stops():
     assert np.all(np.isfinite(h.loss[:-1]))           # nothing silent before the event
     assert all(np.all(np.isfinite(a)) for a in jax.tree_util.tree_leaves(result.params))
     d = h.to_dict()
-    assert d["loss"][-1] is None and d["stopped"] == "nonfinite"
+    assert d["loss"][-1] == "nan" and d["stopped"] == "nonfinite"
     json.dumps(d, allow_nan=False)
     # "skip" goes on without applying the bad updates; "raise" raises.
     skipped = gp.train(MODEL, MODEL.init(jax.random.key(0)), task, key=jax.random.key(1),
