@@ -386,7 +386,9 @@ class LSTM:
 
 @dataclasses.dataclass(frozen=True)
 class GRU:
-    r"""GRU cell, PyTorch semantics (reset applied after the recurrent product).
+    r"""GRU cell; by default PyTorch semantics (reset applied after the recurrent product).
+
+    With ``reset_after=True`` (default; PyTorch, Flax, Keras 3's default):
 
     .. math::
 
@@ -395,15 +397,33 @@ class GRU:
         n &= \tanh(W_n x + b_n + r \odot (R_n h + b_{hn})) \\
         h' &= (1 - z) \odot n + z \odot h
 
+    With ``reset_after=False`` (Keras ``reset_after=False``, Haiku's ``hk.GRU`` up
+    to ``z -> 1 - z``) the reset acts on the state before the recurrent product,
+    and ``b_hn`` is simply added to the candidate's pre-activation (it is zero
+    when imported from Keras):
+
+    .. math::
+
+        n = \tanh(W_n x + b_n + b_{hn} + R_n (r \odot h))
+
+    Args:
+      input_size: m, the width of ``x`` (0 for an autonomous cell).
+      hidden_size: n.
+      reset_after: True (default) for ``r * (R_n h + b_hn)``, False for
+        ``R_n (r * h) + b_hn``. The params layout (:class:`GRUParams`) is the same.
+
     Routes: ``carousel`` (h -> h' through ``z * h``), ``r``, ``z``, ``n``
     (through ``R_r``, ``R_z``, ``R_n``).
     """
 
     input_size: int
     hidden_size: int
+    reset_after: bool = True
 
     def __post_init__(self) -> None:
         _check_sizes(self)
+        if not isinstance(self.reset_after, bool):
+            raise TypeError(f"reset_after: expected a bool, got {self.reset_after!r}")
 
     routes = ("carousel", "r", "z", "n")
 
@@ -437,13 +457,18 @@ class GRU:
 
     def forward(self, params: GRUParams, state: GRUState, x: Array,
                 read: Callable[[str, Array], Array] = _keep) -> dict[str, Array]:
-        """One step with intermediates ``r, z, n, a = R_n h + b_hn, h``."""
+        """One step with intermediates ``r, z, n, a, h``: ``a = R_n h + b_hn``
+        (``reset_after=True``) or ``a = R_n (r * h)`` (``reset_after=False``)."""
         W, R, b, b_hn = params
         h = state.h
         r = jax.nn.sigmoid(_mv(W.r, x) + _mv(R.r, read("r", h)) + b.r)
         z = jax.nn.sigmoid(_mv(W.z, x) + _mv(R.z, read("z", h)) + b.z)
-        a = _mv(R.n, read("n", h)) + b_hn
-        n = jnp.tanh(_mv(W.n, x) + b.n + r * a)
+        if self.reset_after:
+            a = _mv(R.n, read("n", h)) + b_hn
+            n = jnp.tanh(_mv(W.n, x) + b.n + r * a)
+        else:
+            a = _mv(R.n, r * read("n", h))
+            n = jnp.tanh(_mv(W.n, x) + b.n + b_hn + a)
         return dict(r=r, z=z, n=n, a=a, h=(1 - z) * n + z * read("carousel", h))
 
     def step(self, params: GRUParams, state: GRUState, x: Array,
@@ -452,17 +477,26 @@ class GRU:
         return GRUState(self.forward(params, state, x, read)["h"])
 
     def edges(self, params: GRUParams, state: GRUState, x: Array) -> dict[str, Edge]:
-        """Entry edges: ``diag(z)``; ``diag((1-z) n' a r(1-r)) R_r``;
-        ``diag((h - n) z(1-z)) R_z``; ``diag((1-z) n' r) R_n`` with ``n' = 1 - n^2``."""
+        """Entry edges, with ``dn = (1-z) n'``, ``n' = 1 - n^2``: carousel ``diag(z)``;
+        z ``diag((h - n) z(1-z)) R_z``; with ``reset_after=True`` r
+        ``diag(dn a r(1-r)) R_r`` and n ``diag(dn r) R_n``; with ``reset_after=False``
+        r ``diag(dn) R_n diag(h r(1-r)) R_r`` and n ``diag(dn) R_n diag(r)``."""
         g = self.forward(params, state, x)
         r, z, n, a = g["r"], g["z"], g["n"], g["a"]
+        h = state.h
         dn = (1 - z) * (1 - n * n)
-        return {
-            "carousel": Edge("h", {"h": z}, None),
-            "r": Edge("h", {"h": dn * a * r * (1 - r)}, params.R.r),
-            "z": Edge("h", {"h": (state.h - n) * z * (1 - z)}, params.R.z),
-            "n": Edge("h", {"h": dn * r}, params.R.n),
-        }
+        carousel = Edge("h", {"h": z}, None)
+        z_edge = Edge("h", {"h": (h - n) * z * (1 - z)}, params.R.z)
+        if self.reset_after:
+            r_edge = Edge("h", {"h": dn * a * r * (1 - r)}, params.R.r)
+            n_edge = Edge("h", {"h": dn * r}, params.R.n)
+        else:
+            Rn = params.R.n
+            r_edge = Edge("h", {"h": dn},
+                          jnp.dot(Rn * (h * r * (1 - r))[None, :], params.R.r,
+                                  precision=_HIGHEST))
+            n_edge = Edge("h", {"h": dn}, Rn * r[None, :])
+        return {"carousel": carousel, "r": r_edge, "z": z_edge, "n": n_edge}
 
 
 # --------------------------------------------------------------------------- RNN

@@ -16,6 +16,7 @@ CONFIGS = {
     "lstm-nof": lambda m, n: gp.LSTM(m, n, forget_gate=False),
     "lstm-peep-nof": lambda m, n: gp.LSTM(m, n, peepholes=True, forget_gate=False),
     "gru": lambda m, n: gp.GRU(m, n),
+    "gru-reset-before": lambda m, n: gp.GRU(m, n, reset_after=False),
     "rnn-tanh": lambda m, n: gp.RNN(m, n),
     "rnn-relu": lambda m, n: gp.RNN(m, n, nonlinearity="relu"),
 }

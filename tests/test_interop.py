@@ -312,6 +312,21 @@ def test_torch_bad_input():
         I.from_torch([np.ones(3)])
 
 
+def test_keras_reset_after_false_reads_the_bias_shape():
+    w = source("keras_gru_reset_before")
+    cell, params = I.from_keras(w)
+    assert cell == gp.GRU(3, 4, reset_after=False)
+    assert I.from_keras(w, reset_after=False)[0] == cell
+    assert np.all(np.asarray(params.b_hn) == 0)
+    bias = w["gru/gru_cell/bias"]
+    assert_close(params.b.z, bias[:4])
+    assert_close(params.b.r, bias[4:8])
+    assert_close(params.b.n, bias[8:])
+    nobias = {key: v for key, v in w.items() if not key.endswith("bias")}
+    assert I.from_keras(nobias, reset_after=False)[0] == cell
+    assert I.from_keras(nobias)[0] == gp.GRU(3, 4)
+
+
 def test_keras_bad_input():
     w = source("keras_gru")
     k = "gru/gru_cell/"
@@ -319,10 +334,10 @@ def test_keras_bad_input():
         I.from_keras(w, recurrent_activation="hard_sigmoid")
     with pytest.raises(ValueError, match="activation 'relu' is not supported for a Keras GRU"):
         I.from_keras(w, activation="relu")
-    with pytest.raises(ValueError, match="reset_after=False is not supported"):
-        I.from_keras(_with(w, k + "bias", np.ones(12)))
-    with pytest.raises(ValueError, match="reset_after=False is not supported"):
+    with pytest.raises(ValueError, match=r"bias: expected shape \(12,\) \(3\*H,\) \(reset_after"):
         I.from_keras(w, reset_after=False)
+    with pytest.raises(ValueError, match=r"bias: expected shape \(2, 12\)"):
+        I.from_keras(source("keras_gru_reset_before"), reset_after=True)
     with pytest.raises(ValueError, match=r"bias: expected shape \(2, 12\)"):
         I.from_keras(_with(w, k + "bias", np.ones((3, 12))))
     with pytest.raises(ValueError, match="reset_after: applies to a GRU only"):

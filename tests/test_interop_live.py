@@ -158,10 +158,12 @@ def test_keras_live_layers(keras_gen):
         I.from_keras(hard)
     with pytest.raises(ValueError, match="the layer uses 'hard_sigmoid', got 'sigmoid'"):
         I.from_keras(hard, recurrent_activation="sigmoid")
-    with pytest.raises(ValueError, match="reset_after=False is not supported"):
-        I.from_keras(built(keras.layers.GRU(4, reset_after=False, **zeros)))
-    with pytest.raises(ValueError, match="reset_after=False is not supported"):
-        I.from_keras(built(keras.layers.GRU(4, reset_after=False, use_bias=False, **zeros)))
+    before = gp.GRU(3, 4, reset_after=False)
+    assert I.from_keras(built(keras.layers.GRU(4, reset_after=False, **zeros)))[0] == before
+    assert I.from_keras(built(keras.layers.GRU(4, reset_after=False, use_bias=False,
+                                               **zeros)))[0] == before
+    with pytest.raises(ValueError, match="reset_after: the layer uses False, got True"):
+        I.from_keras(built(keras.layers.GRU(4, reset_after=False, **zeros)), reset_after=True)
     with pytest.raises(ValueError, match="'linear' is not supported for a Keras SimpleRNN"):
         I.from_keras(built(keras.layers.SimpleRNN(4, activation=None, **zeros)))
     with pytest.raises(ValueError, match="not built"):

@@ -40,7 +40,8 @@ def _central_differences(cell, params, state, x, eps=1e-6):
     return np.stack(cols, axis=1)
 
 
-@pytest.mark.parametrize("name", ["lstm", "lstm-peep", "lstm-peep-nof", "gru", "rnn-tanh"])
+@pytest.mark.parametrize("name", ["lstm", "lstm-peep", "lstm-peep-nof", "gru", "gru-reset-before",
+                                  "rnn-tanh"])
 def test_against_finite_differences(name):
     cell, params, xs, s0 = setup(name, T=3)
     J = gp.step_jacobians(cell, params, xs, s0).matrix
@@ -131,7 +132,7 @@ def test_jit_eager_vmap_agree_and_no_recompile():
     assert _inputs.cache_size(_jacobians._step_jacobians, "method") == before
 
 
-@pytest.mark.parametrize("name", ["lstm-peep", "gru", "rnn-tanh"])
+@pytest.mark.parametrize("name", ["lstm-peep", "gru", "gru-reset-before", "rnn-tanh"])
 def test_float32_follows_params(name):
     cell, p64, x64, s64 = setup(name)
     params, xs, s0 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), (p64, x64, s64))

@@ -15,6 +15,7 @@ EXPECTED_ROUTES = {
     "lstm-nof": ("carousel", "z", "i", "o"),
     "lstm-peep-nof": ("carousel", "z", "i", "o", "peep_i"),
     "gru": ("carousel", "r", "z", "n"),
+    "gru-reset-before": ("carousel", "r", "z", "n"),
     "rnn-tanh": ("R",),
     "rnn-relu": ("R",),
 }

@@ -245,8 +245,9 @@ def lstm(m: int, n: int, W: dict[str, Terms], R: dict[str, Terms], b: dict[str, 
 
 
 def gru(m: int, n: int, W: dict[str, Terms], R: dict[str, Terms], b: dict[str, Terms],
-        b_hn: Terms, dtype: Any, sources: Sequence[np.ndarray]) -> tuple[GRU, GRUParams]:
-    """``gp.GRU(m, n)`` and its params from per-gate terms (keys ``r, z, n``)."""
+        b_hn: Terms, dtype: Any, sources: Sequence[np.ndarray],
+        reset_after: bool = True) -> tuple[GRU, GRUParams]:
+    """``gp.GRU(m, n, reset_after)`` and its params from per-gate terms (keys ``r, z, n``)."""
     dt = resolve_dtype(dtype, sources)
     params = GRUParams(
         W=GRUGates(*(_sum(W[g], dt) for g in "rzn")),
@@ -254,7 +255,7 @@ def gru(m: int, n: int, W: dict[str, Terms], R: dict[str, Terms], b: dict[str, T
         b=GRUGates(*(_sum(b[g], dt) for g in "rzn")),
         b_hn=_sum(b_hn, dt),
     )
-    cell = GRU(m, n)
+    cell = GRU(m, n, reset_after=reset_after)
     cell.check_params(params)
     return cell, params
 

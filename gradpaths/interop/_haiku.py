@@ -12,8 +12,9 @@ f, o, and adds a forget bias of 1 in the forward pass, not in the params:
 
 so gradpaths' ``b.f`` is ``b_f + 1``. ``hk.VanillaRNN`` is
 ``h' = relu(x w_1 + b_1 + h w_2 (+ b_2))`` with ``linear`` and ``linear_1``.
-``hk.GRU`` applies the reset before the recurrent product, ``(r * h) w_ha``, a
-different map from gradpaths' GRU: refused.
+``hk.GRU`` applies the reset before the recurrent product, ``(r * h) w_ha`` (as
+``gp.GRU(..., reset_after=False)``), and its update gate weighs the candidate
+(``z -> 1 - z``); that mapping is not implemented: refused.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def _module(flat: Flat, prefix: str) -> tuple[Flat, str, str]:
             raise ValueError(
                 "hk.GRU is not supported: it applies the reset before the recurrent product, "
                 "(r * h) w_ha, and its update gate weighs the candidate, h' = (1 - z) h + z a; "
-                "gradpaths' GRU computes r * (R_n h + b_hn) (PyTorch's convention)"
+                "gp.GRU(..., reset_after=False) computes the former, but this importer does not "
+                "map the swapped update gate yet"
             )
         firsts = {key.split("/", 1)[0] for key in keys}
         if len(firsts) == 1 and all("/" in key for key in keys):

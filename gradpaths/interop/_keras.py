@@ -12,8 +12,14 @@ side, whose candidate part sits inside the reset product as PyTorch's ``b_hn``:
     \tilde h = \tanh(x W_h + b^{(0)}_h + r \odot (h R_h + b^{(1)}_h)),\qquad
     h' = z \odot h + (1 - z) \odot \tilde h
 
-which is gradpaths' GRU. ``reset_after=False`` (bias (3H,)) applies the reset
-before the product, ``R_h (r \odot h)``: a different map, refused.
+which is gradpaths' GRU. ``reset_after=False`` (bias (3H,), input side only)
+applies the reset before the product,
+
+.. math::
+
+    \tilde h = \tanh(x W_h + b_h + (r \odot h) R_h)
+
+which is ``gp.GRU(..., reset_after=False)`` with ``b_hn = 0``.
 """
 
 from __future__ import annotations
@@ -136,7 +142,9 @@ def from_keras(
     Keras' LSTM (``kernel`` (m, 4H), gates i, f, c, o) becomes
     :class:`gradpaths.LSTM` with ``W.z = kernel[:, 2H:3H].T``, ...; the GRU (z, r,
     h, ``reset_after=True``) becomes :class:`gradpaths.GRU` with the recurrent
-    candidate bias as ``b_hn``; ``SimpleRNN`` becomes :class:`gradpaths.RNN`.
+    candidate bias as ``b_hn``; with ``reset_after=False`` it becomes
+    ``gp.GRU(m, H, reset_after=False)`` with ``b_hn = 0``; ``SimpleRNN`` becomes
+    :class:`gradpaths.RNN`.
 
     Args:
       source: a built Keras layer (``LSTM``, ``GRU``, ``SimpleRNN``, their cells,
@@ -154,7 +162,8 @@ def from_keras(
         never silently imported with the logistic sigmoid.
       reset_after: GRU only. None reads it from the bias shape ((2, 3H): True,
         (3H,): False) or the layer, and assumes True for a GRU without bias.
-        ``reset_after=False`` is refused (reset before the product: another map).
+        ``reset_after=False`` (reset before the product) gives
+        ``gp.GRU(..., reset_after=False)``.
       dtype: of the params; None follows the source.
 
     Returns:
@@ -162,8 +171,8 @@ def from_keras(
       ``[h, c]``: see :func:`state_from`.
 
     Raises:
-      ValueError: unknown or missing weights, shapes that do not fit, an
-        activation other than those above, ``reset_after=False``.
+      ValueError: unknown or missing weights, shapes that do not fit (a bias
+        whose shape contradicts ``reset_after``), an activation other than those above.
 
     Example::
 
@@ -231,20 +240,18 @@ def from_keras(
     # ---- biases
     if kind == "GRU":
         bias_shape = np.shape(reader.array("bias")) if reader.has("bias") else None
-        after = reset_after if reset_after is not None else config.get("reset_after")
+        after = setting("reset_after", reset_after, None)
         if after is None:
             after = bias_shape != (3 * H,)
-        if not after:
-            raise ValueError(
-                "reset_after=False is not supported: Keras then applies the reset before the "
-                "recurrent product, R_h (r * h), while gradpaths' GRU computes r * (R_h h + "
-                f"b_hn) (PyTorch's convention); {reader.name('bias')} of shape {bias_shape}"
-            )
-        if reader.has("bias"):
+        after = bool(after)
+        if not reader.has("bias"):
+            b_in = b_rec = np.zeros((3 * H,), np.float32)
+        elif after:
             bias = reader.take("bias", (2, 3 * H), "(2, 3*H) (reset_after=True)")
             b_in, b_rec = bias[0], bias[1]
         else:
-            b_in = b_rec = np.zeros((3 * H,), np.float32)
+            b_in = reader.take("bias", (3 * H,), "(3*H,) (reset_after=False)")
+            b_rec = np.zeros((3 * H,), np.float32)
     elif reader.has("bias"):
         b_in = reader.take("bias", (g * H,), f"({g}*H,)")
     else:
@@ -263,5 +270,5 @@ def from_keras(
         br = _common.split(b_rec, gates, axis=0)
         b = {"r": [bi["r"], br["r"]], "z": [bi["z"], br["z"]], "n": [bi["n"]]}
         return _common.gru(m, H, {q: [W[q]] for q in gates}, {q: [R[q]] for q in gates}, b,
-                           [br["n"]], dtype, sources)
+                           [br["n"]], dtype, sources, reset_after=after)
     return _common.rnn(m, H, [W["h"]], [R["h"]], [bi["h"]], act, dtype, sources)
