@@ -144,17 +144,33 @@ def memory_budget(fraction: float = 0.7) -> int:
 
 
 def self_peak_rss() -> int:
-    """Peak resident set size of this process in bytes (Linux reports KiB)."""
+    """Peak resident set size of this process image in bytes.
+
+    ``VmHWM`` of /proc/self/status (the high-water mark of the current address
+    space). Not ``ru_maxrss``: on Linux a freshly spawned process inherits into it
+    the peak of the parent it was forked from (exec records the old address space's
+    high-water mark), so a worker started by a large parent reports the parent's
+    peak. ``ru_maxrss`` (KiB) is the fallback where /proc is missing.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def run_worker(argv: Sequence[str], timeout_s: float) -> tuple[int, str, int]:
     """Run ``python *argv`` in a fresh process: (return code, stderr tail, peak RSS bytes).
 
-    The peak RSS is that of the child alone: ``RUSAGE_CHILDREN`` keeps the
-    largest peak of all waited-for children, so it is read before and after and
-    only a rise is attributed to this child (0 when it stayed below an earlier
-    one; workers also report their own peak).
+    The peak RSS comes from ``RUSAGE_CHILDREN``, which keeps the largest peak of
+    all waited-for children, so it is read before and after and only a rise is
+    attributed to this child (0 when it stayed below an earlier one). It is an
+    upper bound at best: a child's ``ru_maxrss`` includes this process's peak at
+    the spawn (see :func:`self_peak_rss`). Workers should report their own
+    ``self_peak_rss`` (``VmHWM``), and callers prefer that.
     """
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     try:

@@ -5,7 +5,8 @@ b_g`` for g in z, i, f, o), the states entering each step (``c, h``: (T, n)),
 the inputs ``xs`` (T, m) and options; it times
 ``torch.func.vmap(torch.func.jacrev(step))`` over the T steps (first call apart,
 then the median of repeats) and writes the times, the Jacobians at the sampled
-steps ``idx`` (for the correctness check in the parent) and its own peak RSS.
+steps ``idx`` (for the correctness check in the parent) and its own peak RSS
+(``VmHWM``).
 
 The step is the maths of ``gp.LSTM`` without peepholes (Greff et al. 2017)::
 
@@ -67,8 +68,21 @@ def main(in_path: str, out_path: str) -> None:
         times=np.asarray(times),
         samples=samples,
         threads=torch.get_num_threads(),
-        peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        peak_rss=peak_rss(),
     )
+
+
+def peak_rss() -> int:
+    """This process's peak RSS in bytes: ``VmHWM`` (``ru_maxrss`` would include the peak
+    of the parent this worker was spawned from; see ``_common.self_peak_rss``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 if __name__ == "__main__":

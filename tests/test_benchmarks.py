@@ -7,9 +7,11 @@ import importlib.util
 import json
 import math
 import os
+import subprocess
 import sys
 import types
 
+import numpy as np
 import pytest
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
@@ -149,3 +151,15 @@ def test_spectra_rows_follow_the_contract_and_pass_their_checks(runner, spectra_
     text = spectra.report(spectra_rows)
     assert "| part | what |" in text and "Targets:" in text
     assert "under 2 GiB" in text
+
+
+def test_worker_peak_rss_is_its_own(runner, tmp_path):
+    """A worker's peak excludes its parent's: ``ru_maxrss`` would inherit it at the spawn."""
+    common = runner.C
+    ballast = np.ones(2**30 // 8)  # 1 GiB held by this (parent) process
+    code = (f"import sys; sys.path.insert(0, {BENCH!r}); import _common as C; "
+            "print(C.self_peak_rss())")
+    child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               check=True).stdout)
+    assert common.self_peak_rss() > 2**30 > child
+    del ballast
