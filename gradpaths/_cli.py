@@ -318,6 +318,19 @@ def _write(args: argparse.Namespace, report: Any) -> None:
           file=sys.stderr if args.json else sys.stdout)
 
 
+def _finish(args: argparse.Namespace, data: Any, make_report: Any) -> int:
+    """With ``--out``, write the report folder (``make_report()``); with ``--json``, print
+    ``data`` (the report's data when a report was written). The text was printed before."""
+    if args.out is not None:
+        report = make_report()
+        if args.json:
+            data = report.data
+        _write(args, report)
+    if args.json:
+        _print_json(data)
+    return 0
+
+
 def _print_json(data: Any) -> None:
     import json
 
@@ -516,24 +529,19 @@ def _explain(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         raise UsageError(f"--counts-route: expected one of {', '.join(routes)}, got "
                          f"{args.counts_route!r}")
     ex = gp.explain(cell, params, xs, warmup=warmup, margin=args.margin, seed=args.seed)
-    if args.json:
-        data = ex.to_dict()
-    else:
+    if not args.json:
         print(ex)
-    if args.out is not None:
+
+    def make_report():
         settings = _settings(args)
         settings.update(steps=T, warmup=warmup, cell_repr=repr(cell),
                         batch=1 if xs.ndim == 2 else int(xs.shape[0]))
-        report = explain_report(cell, params, xs, explanation=ex, warmup=warmup,
-                                heatmap_step=args.heatmap_step, counts_route=args.counts_route,
-                                counts_window=args.counts_window, settings=settings,
-                                command=command_line(argv))
-        if args.json:
-            data = report.data
-        _write(args, report)
-    if args.json:
-        _print_json(data)
-    return 0
+        return explain_report(cell, params, xs, explanation=ex, warmup=warmup,
+                              heatmap_step=args.heatmap_step, counts_route=args.counts_route,
+                              counts_window=args.counts_window, settings=settings,
+                              command=command_line(argv))
+
+    return _finish(args, ex.to_dict() if args.json else None, make_report)
 
 
 # --------------------------------------------------------------------------- sweep
@@ -553,18 +561,11 @@ def _sweep(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
                       inputs=args.inputs, steps=args.steps, warmup=args.warmup, seed=args.seed,
                       input_scale=args.input_scale, scaled=args.scaled,
                       base_gain=args.base_gain)
-    if args.json:
-        data = result.to_dict()
-    else:
+    if not args.json:
         print(result)
-    if args.out is not None:
-        report = sweep_report(result, settings=_settings(args), command=command_line(argv))
-        if args.json:
-            data = report.data
-        _write(args, report)
-    if args.json:
-        _print_json(data)
-    return 0
+    return _finish(args, result.to_dict() if args.json else None,
+                   lambda: sweep_report(result, settings=_settings(args),
+                                        command=command_line(argv)))
 
 
 # --------------------------------------------------------------------------- train
@@ -614,9 +615,8 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
                        batch_size=args.batch_size, clip=clip, probe_every=args.probe_every,
                        **rate)
         histories[label] = result.history
-    if args.json:
-        data = {label: h.to_dict() for label, h in histories.items()}
-    else:
+    data = {label: h.to_dict() for label, h in histories.items()} if args.json else None
+    if not args.json:
         print(f"gradpaths train: {task!r}, {cell!r}, {args.steps} steps, {args.optimizer} "
               f"lr {args.learning_rate:g}, batch {args.batch_size}")
         for label, h in histories.items():
@@ -630,15 +630,9 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
                 print(f"  {e.message}")
             if len(h.events) > 5:
                 print(f"  ... and {len(h.events) - 5} more")
-    if args.out is not None:
-        report = train_report(histories, clip=args.clip, settings=_settings(args),
-                              command=command_line(argv))
-        if args.json:
-            data = report.data
-        _write(args, report)
-    if args.json:
-        _print_json(data)
-    return 0
+    return _finish(args, data, lambda: train_report(histories, clip=args.clip,
+                                                    settings=_settings(args),
+                                                    command=command_line(argv)))
 
 
 # --------------------------------------------------------------------------- main
