@@ -7,12 +7,12 @@ when a framework is installed.
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 import subprocess
 import sys
 from collections import namedtuple
 
+import interop_cases as cases
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,17 +24,6 @@ import gradpaths as gp
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
 
-def _load_module(path: pathlib.Path):
-    name = f"_gradpaths_tests_{path.stem}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-cases = _load_module(FIXTURES / "interop_cases.py")
 I = gp.interop
 
 

@@ -13,6 +13,7 @@ import os
 import pathlib
 import sys
 
+import interop_cases as cases
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +36,6 @@ def _load_module(path: pathlib.Path):
     return sys.modules[name]
 
 
-cases = _load_module(FIXTURES / "interop_cases.py")
 
 
 def _names(framework: str) -> list[str]:
