@@ -30,6 +30,58 @@ def _mv(A: Array, v: Array) -> Array:
     return jnp.dot(A, v, precision=_HIGHEST)
 
 
+# ----------------------------------------------------------------- activations
+#
+# The derivatives are computed from the pre-activation ``a`` in forms that keep
+# their magnitude: ``1 - tanh(a)^2`` and ``s (1 - s)`` from the rounded activation
+# reach 0 once the activation rounds to +/-1 (|a| > 9 in float32, 19 in float64),
+# though the true derivative is ``~4 e^{-2|a|}`` (``e^{-|a|}``), representable
+# far beyond. With ``e = exp(-|a|)`` (never overflows):
+#
+#     sigmoid'(a) = e / (1 + e)^2,        tanh'(a) = 4 e^2 / (1 + e^2)^2.
+#
+# ``sigmoid`` and ``tanh`` below carry these derivatives as custom JVPs, so the
+# closed form and autodiff (jacfwd, jacrev, jvp, vjp) share them.
+
+
+def dsigmoid(a: Array) -> Array:
+    """``sigmoid'(a) = e^{-|a|} / (1 + e^{-|a|})^2``, accurate where ``sigmoid(a)``
+    rounds to 0 or 1."""
+    e = jnp.exp(-jnp.abs(a))
+    return e / (1 + e) ** 2
+
+
+def dtanh(a: Array) -> Array:
+    """``tanh'(a) = 4 e^{-2|a|} / (1 + e^{-2|a|})^2``, accurate where ``tanh(a)``
+    rounds to +/-1."""
+    e = jnp.exp(-2 * jnp.abs(a))
+    return 4 * e / (1 + e) ** 2
+
+
+@jax.custom_jvp
+def sigmoid(a: Array) -> Array:
+    """``1 / (1 + e^{-a})`` whose derivative is :func:`dsigmoid` under autodiff."""
+    return jax.nn.sigmoid(a)
+
+
+@sigmoid.defjvp
+def _sigmoid_jvp(primals, tangents):
+    (a,), (da,) = primals, tangents
+    return sigmoid(a), dsigmoid(a) * da
+
+
+@jax.custom_jvp
+def tanh(a: Array) -> Array:
+    """``tanh(a)`` whose derivative is :func:`dtanh` under autodiff."""
+    return jnp.tanh(a)
+
+
+@tanh.defjvp
+def _tanh_jvp(primals, tangents):
+    (a,), (da,) = primals, tangents
+    return tanh(a), dtanh(a) * da
+
+
 def _keep(route: str, value: Array) -> Array:
     """The default edge reader: every entry edge reads the previous state."""
     del route
@@ -317,29 +369,34 @@ class LSTM:
     ) -> dict[str, Array]:
         """One step with every intermediate. ``read(route, value)`` is applied to the
         previous state on each entry edge (``jax.lax.stop_gradient`` there cuts the
-        route). Returns gates ``z, i, f, o``, ``c`` (new cell state), ``h`` and
-        ``tanh_c`` = tanh(c')."""
+        route). Returns gates ``z, i, f, o``, ``c`` (new cell state), ``h``,
+        ``tanh_c`` = tanh(c'), and the derivatives of each activation at its
+        pre-activation, ``dz = tanh'(zbar)``, ``di``, ``df``, ``do`` (sigmoid') and
+        ``dtanh_c = tanh'(c')``, computed so that they keep their magnitude at
+        saturation (``df = 0`` without a forget gate)."""
         W, R, b, p = params
         c, h = state
-        z = jnp.tanh(_mv(W.z, x) + _mv(R.z, read("z", h)) + b.z)
+        zbar = _mv(W.z, x) + _mv(R.z, read("z", h)) + b.z
         ibar = _mv(W.i, x) + _mv(R.i, read("i", h)) + b.i
         if self.peepholes:
             ibar = ibar + p.i * read("peep_i", c)
-        i = jax.nn.sigmoid(ibar)
+        z, i = tanh(zbar), sigmoid(ibar)
         if self.forget_gate:
             fbar = _mv(W.f, x) + _mv(R.f, read("f", h)) + b.f
             if self.peepholes:
                 fbar = fbar + p.f * read("peep_f", c)
-            f = jax.nn.sigmoid(fbar)
+            f, df = sigmoid(fbar), dsigmoid(fbar)
         else:
-            f = jnp.ones_like(i)
+            f, df = jnp.ones_like(i), jnp.zeros_like(i)
         c_new = z * i + read("carousel", c) * f
         obar = _mv(W.o, x) + _mv(R.o, read("o", h)) + b.o
         if self.peepholes:
             obar = obar + p.o * c_new
-        o = jax.nn.sigmoid(obar)
-        tanh_c = jnp.tanh(c_new)
-        return dict(z=z, i=i, f=f, o=o, c=c_new, h=tanh_c * o, tanh_c=tanh_c)
+        o = sigmoid(obar)
+        tanh_c = tanh(c_new)
+        return dict(z=z, i=i, f=f, o=o, c=c_new, h=tanh_c * o, tanh_c=tanh_c,
+                    dz=dtanh(zbar), di=dsigmoid(ibar), df=df, do=dsigmoid(obar),
+                    dtanh_c=dtanh(c_new))
 
     def step(self, params: LSTMParams, state: LSTMState, x: Array,
              read: Callable[[str, Array], Array] = _keep) -> LSTMState:
@@ -350,28 +407,31 @@ class LSTM:
     def edges(self, params: LSTMParams, state: LSTMState, x: Array) -> dict[str, Edge]:
         """Entry edges of one step (closed form, routes.md).
 
-        With ``g_c = dh'/dc' = o (1 - tanh(c')^2) + tanh(c') o (1 - o) p_o``, each
+        With ``g_c = dh'/dc' = o tanh'(c') + tanh(c') sigmoid'(obar) p_o``, each
         edge's c'-row coefficient ``a`` gives h-row coefficient ``g_c * a``; the o
-        route enters the h rows only, with ``tanh(c') o (1 - o)``.
+        route enters the h rows only, with ``tanh(c') sigmoid'(obar)``. Every
+        activation derivative is taken at its pre-activation (``sigmoid'(a) = s (1 -
+        s)``, ``tanh'(a) = 1 - tanh(a)^2`` in exact arithmetic), so it keeps its
+        magnitude where the gate saturates.
         """
         g = self.forward(params, state, x)
         z, i, f, o, tc = g["z"], g["i"], g["f"], g["o"], g["tanh_c"]
-        do = o * (1 - o)
-        g_c = o * (1 - tc * tc)
+        do = g["do"]
+        g_c = o * g["dtanh_c"]
         if self.peepholes:
             g_c = g_c + tc * do * params.p.o
 
         def edge(source: str, a: Array, matrix: Array | None) -> Edge:
             return Edge(source, {"c": a, "h": g_c * a}, matrix)
 
-        di = i * (1 - i)
+        di = g["di"]
         edges = {
             "carousel": edge("c", f, None),
-            "z": edge("h", i * (1 - z * z), params.R.z),
+            "z": edge("h", i * g["dz"], params.R.z),
             "i": edge("h", z * di, params.R.i),
         }
         if self.forget_gate:
-            df_c = state.c * f * (1 - f)
+            df_c = state.c * g["df"]
             edges["f"] = edge("h", df_c, params.R.f)
         edges["o"] = Edge("h", {"c": None, "h": tc * do}, params.R.o)
         if self.peepholes:
@@ -458,18 +518,24 @@ class GRU:
     def forward(self, params: GRUParams, state: GRUState, x: Array,
                 read: Callable[[str, Array], Array] = _keep) -> dict[str, Array]:
         """One step with intermediates ``r, z, n, a, h``: ``a = R_n h + b_hn``
-        (``reset_after=True``) or ``a = R_n (r * h)`` (``reset_after=False``)."""
+        (``reset_after=True``) or ``a = R_n (r * h)`` (``reset_after=False``), and
+        the activation derivatives at the pre-activations, ``dr``, ``dz``
+        (sigmoid'), ``dn`` (tanh'), with ``zc = 1 - z`` computed as ``sigmoid(-zbar)``
+        (exact where ``z`` rounds to 1)."""
         W, R, b, b_hn = params
         h = state.h
-        r = jax.nn.sigmoid(_mv(W.r, x) + _mv(R.r, read("r", h)) + b.r)
-        z = jax.nn.sigmoid(_mv(W.z, x) + _mv(R.z, read("z", h)) + b.z)
+        rbar = _mv(W.r, x) + _mv(R.r, read("r", h)) + b.r
+        zbar = _mv(W.z, x) + _mv(R.z, read("z", h)) + b.z
+        r, z, zc = sigmoid(rbar), sigmoid(zbar), sigmoid(-zbar)
         if self.reset_after:
             a = _mv(R.n, read("n", h)) + b_hn
-            n = jnp.tanh(_mv(W.n, x) + b.n + r * a)
+            nbar = _mv(W.n, x) + b.n + r * a
         else:
             a = _mv(R.n, r * read("n", h))
-            n = jnp.tanh(_mv(W.n, x) + b.n + b_hn + a)
-        return dict(r=r, z=z, n=n, a=a, h=(1 - z) * n + z * read("carousel", h))
+            nbar = _mv(W.n, x) + b.n + b_hn + a
+        n = tanh(nbar)
+        return dict(r=r, z=z, n=n, a=a, h=zc * n + z * read("carousel", h), zc=zc,
+                    dr=dsigmoid(rbar), dz=dsigmoid(zbar), dn=dtanh(nbar))
 
     def step(self, params: GRUParams, state: GRUState, x: Array,
              read: Callable[[str, Array], Array] = _keep) -> GRUState:
@@ -477,24 +543,25 @@ class GRU:
         return GRUState(self.forward(params, state, x, read)["h"])
 
     def edges(self, params: GRUParams, state: GRUState, x: Array) -> dict[str, Edge]:
-        """Entry edges, with ``dn = (1-z) n'``, ``n' = 1 - n^2``: carousel ``diag(z)``;
-        z ``diag((h - n) z(1-z)) R_z``; with ``reset_after=True`` r
-        ``diag(dn a r(1-r)) R_r`` and n ``diag(dn r) R_n``; with ``reset_after=False``
-        r ``diag(dn) R_n diag(h r(1-r)) R_r`` and n ``diag(dn) R_n diag(r)``."""
+        """Entry edges, with ``dn = (1-z) tanh'(nbar)``: carousel ``diag(z)``;
+        z ``diag((h - n) sigmoid'(zbar)) R_z``; with ``reset_after=True`` r
+        ``diag(dn a sigmoid'(rbar)) R_r`` and n ``diag(dn r) R_n``; with
+        ``reset_after=False`` r ``diag(dn) R_n diag(h sigmoid'(rbar)) R_r`` and n
+        ``diag(dn) R_n diag(r)``. Derivatives are taken at the pre-activations
+        (they keep their magnitude at saturation)."""
         g = self.forward(params, state, x)
-        r, z, n, a = g["r"], g["z"], g["n"], g["a"]
+        r, z, a, dr = g["r"], g["z"], g["a"], g["dr"]
         h = state.h
-        dn = (1 - z) * (1 - n * n)
+        dn = g["zc"] * g["dn"]
         carousel = Edge("h", {"h": z}, None)
-        z_edge = Edge("h", {"h": (h - n) * z * (1 - z)}, params.R.z)
+        z_edge = Edge("h", {"h": (h - g["n"]) * g["dz"]}, params.R.z)
         if self.reset_after:
-            r_edge = Edge("h", {"h": dn * a * r * (1 - r)}, params.R.r)
+            r_edge = Edge("h", {"h": dn * a * dr}, params.R.r)
             n_edge = Edge("h", {"h": dn * r}, params.R.n)
         else:
             Rn = params.R.n
             r_edge = Edge("h", {"h": dn},
-                          jnp.dot(Rn * (h * r * (1 - r))[None, :], params.R.r,
-                                  precision=_HIGHEST))
+                          jnp.dot(Rn * (h * dr)[None, :], params.R.r, precision=_HIGHEST))
             n_edge = Edge("h", {"h": dn}, Rn * r[None, :])
         return {"carousel": carousel, "r": r_edge, "z": z_edge, "n": n_edge}
 
@@ -548,8 +615,7 @@ class RNN:
 
     def _phi(self, u: Array) -> tuple[Array, Array]:
         if self.nonlinearity == "tanh":
-            y = jnp.tanh(u)
-            return y, 1 - y * y
+            return tanh(u), dtanh(u)
         return jax.nn.relu(u), (u > 0).astype(u.dtype)
 
     def forward(self, params: RNNParams, state: RNNState, x: Array,

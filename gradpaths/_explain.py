@@ -9,7 +9,11 @@ growth of many Jacobian sequences along the same trajectory, in one scan:
   one (``sum_{r in S} J_t^r`` for a set ``S``).
 
 For each it reports the top Lyapunov exponent (nats/step, after ``warmup``) and
-the horizon growth ``log ||prod||_2 / T``. Knock-outs then say which route drives
+the horizon growth ``log ||J_{T-1} ... J_w||_2 / (T - w)`` of the product over the
+same window (``w`` the warm-up): the growth of a gradient sent back from the last
+step to step ``w``, as opposed to the exponent's asymptotic rate. A horizon of
+``-inf`` means that product is exactly zero (a step in the window whose route
+Jacobian is exactly 0, e.g. the f route at ``c = 0``). Knock-outs then say which route drives
 the growth: a route *drives* it when it grows on its own; routes *interact* when
 none grows alone but cutting one of them stops the growth. It also reports the
 steps with the largest local stretching, the state units that carry the leading
@@ -161,7 +165,8 @@ class GrowthRow:
       kind: ``"full"``, ``"block"``, ``"alone"``, ``"with carousel"`` or ``"all but"``.
       routes: the route set (None: all routes); block: the diagonal block or None.
       exponent: top Lyapunov exponent, nats/step (mean over the batch).
-      horizon: ``log ||J_{T-1} ... J_0||_2 / T``, nats/step (mean over the batch).
+      horizon: ``log ||J_{T-1} ... J_w||_2 / (T - w)`` with ``w`` the warm-up,
+        nats/step (mean over the batch); ``-inf`` only for an exactly zero product.
       per_sequence: exponents of each sequence of the batch, shape (B,).
     """
 
@@ -254,6 +259,9 @@ class Explanation:
             fold = "-" if not math.isfinite(r.exponent) or r.exponent == 0 else (
                 f"{1 / abs(r.exponent):.3g}")
             lines.append(f"{r.name:<24}{r.exponent:>+14.4f}{r.horizon:>+16.4f}{fold:>14}")
+        if any(v == -math.inf for r in self.rows for v in (r.exponent, r.horizon)):
+            lines.append("(-inf: that product is exactly zero over the window, e.g. a route "
+                         "whose step Jacobian is exactly 0.)")
         if self.saturation:
             lines += ["", f"{'gate saturation':<24}{'near low end':>14}{'near high end':>16}"]
             for gate, d in self.saturation.items():
@@ -314,13 +322,22 @@ def _edge(route: str) -> str:
     return _EDGE_WORDS.get(route, f"the {route} route (through R_{route})")
 
 
+def _sentence(text: str) -> str:
+    """Capitalise the first letter only (``str.capitalize`` would lowercase ``R_o``)."""
+    return text[:1].upper() + text[1:]
+
+
 def _verdict(rows: dict[str, GrowthRow], driver: dict[str, Any], margin: float,
              steps: int) -> str:
     full = rows["full"].exponent
     parts = []
-    if full > margin:
+    span = "the step" if steps == 1 else f"the {steps} steps"
+    if full == -math.inf:
+        parts.append("Gradients vanish exactly: the full product is exactly zero (a step's "
+                     "Jacobian annihilates every direction).")
+    elif full > margin:
         parts.append(f"Gradients explode: the full product grows at {full:+.4f} nats/step "
-                     f"(a factor e^{full * steps:.1f} over the {steps} steps).")
+                     f"(a factor e^{full * steps:.1f} over {span}).")
     elif full < -margin:
         parts.append(f"Gradients vanish: the full product shrinks at {full:+.4f} nats/step "
                      f"(by a factor e every {1 / -full:.3g} steps).")
@@ -330,13 +347,14 @@ def _verdict(rows: dict[str, GrowthRow], driver: dict[str, Any], margin: float,
     if "carousel" in rows:
         c = rows["carousel"].exponent
         carries = c <= margin < full
-        parts.append(f"The carousel alone {'grows' if c > margin else 'contracts'} at "
+        parts.append("The carousel alone is exactly zero over the window." if c == -math.inf
+                     else f"The carousel alone {'grows' if c > margin else 'contracts'} at "
                      f"{c:+.4f} nats/step"
                      + (" (forget gates below 1 never amplify): the cell-state path carries "
                         "the signal but does not amplify it." if carries else "."))
     kind, dom = driver["kind"], driver["dominant"]
     if kind == "route":
-        parts.append(f"{_edge(dom).capitalize()} grows on its own at "
+        parts.append(f"{_sentence(_edge(dom))} grows on its own at "
                      f"{rows[dom].exponent:+.4f} nats/step: its recurrent matrix is multiplied "
                      "step after step, as a vanilla RNN's W is.")
         if driver["necessary"]:

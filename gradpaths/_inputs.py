@@ -47,6 +47,23 @@ def check_method(cell: Any, method: Any) -> str:
     return method
 
 
+def compute_dtype(dtype: Any) -> jnp.dtype:
+    """The dtype analyses run in: float16 and bfloat16 are computed in float32 (XLA's
+    CPU linear algebra has no half-precision QR, SVD or eig, and half precision
+    cannot hold the logs of long products); wider floats are kept."""
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
+        return jnp.dtype(jnp.float32)
+    return dtype
+
+
+def _widen(x: Any) -> Any:
+    """A half-precision float array -> float32; anything else unchanged."""
+    if _is_float_leaf(x) and jnp.dtype(x.dtype).itemsize < 4:
+        return jnp.asarray(x, jnp.float32)
+    return x
+
+
 def _is_float_leaf(x: Any) -> bool:
     return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
 
@@ -62,6 +79,8 @@ def prepare(cell: Any, params: Any, xs: Any, state0: Any) -> Prepared:
     Shapes: ``xs`` (T, m) with T >= 1 (m = 0 for an autonomous map); ``state0`` a
     pytree like ``cell.initial_state()``, None for zeros. For built-in cells the
     dtype of the result follows ``params`` and ``xs`` (promoted together).
+    float16 and bfloat16 arrays are computed in float32 (:func:`compute_dtype`);
+    a custom cell's step must return each state field in the dtype it was given.
     """
     if not callable(getattr(cell, "step", None)):
         raise TypeError(
@@ -85,7 +104,7 @@ def prepare(cell: Any, params: Any, xs: Any, state0: Any) -> Prepared:
         cell.check_params(params)
         float_leaves = [leaf for leaf in jax.tree_util.tree_leaves(params) if _is_float_leaf(leaf)]
         dtype = jnp.result_type(*float_leaves, *([xs] if _is_float_leaf(xs) else []))
-        dtype = _checks.resolve_dtype(dtype)
+        dtype = compute_dtype(_checks.resolve_dtype(dtype))
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params)
         xs = jnp.asarray(xs, dtype)
         if state0 is None:
@@ -102,13 +121,15 @@ def prepare(cell: Any, params: Any, xs: Any, state0: Any) -> Prepared:
     else:
         if not _is_float_leaf(xs):
             xs = jnp.asarray(xs, _checks.default_float())
+        xs = _widen(xs)
+        params = jax.tree_util.tree_map(_widen, params)
         if state0 is None:
             if not callable(getattr(cell, "initial_state", None)):
                 raise ValueError(
                     f"state0: {type(cell).__name__} has no initial_state(); pass state0 explicitly"
                 )
             state0 = cell.initial_state()
-        state0 = jax.tree_util.tree_map(jnp.asarray, state0)
+        state0 = jax.tree_util.tree_map(lambda a: _widen(jnp.asarray(a)), state0)
         for path, leaf in jax.tree_util.tree_leaves_with_path(state0):
             if not _is_float_leaf(leaf):
                 raise TypeError(
@@ -126,6 +147,14 @@ def prepare(cell: Any, params: Any, xs: Any, state0: Any) -> Prepared:
                 "cell.step: expected it to return a state of the same structure and shapes as "
                 f"state0 {_state_signature(state0)}, got {_state_signature(out)}"
             )
+        for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(out),
+                                     jax.tree_util.tree_leaves(state0), strict=True):
+            if got.dtype != want.dtype:
+                raise TypeError(
+                    f"cell.step: expected the state field state{jax.tree_util.keystr(path)} "
+                    f"to keep the dtype of state0 ({want.dtype}), got {got.dtype}; "
+                    "compute the step in the state's dtype"
+                )
     _checks.check_finite(params, "params")
     _checks.check_finite(xs, "xs")
     _checks.check_finite(state0, "state0")

@@ -42,7 +42,7 @@ from gradpaths._products import (
     choose_method,
     kahan_add,
     orthonormal_start,
-    qr_positive,
+    qr_reseeded,
     safe_log,
     safe_normalise,
     spec_size,
@@ -62,8 +62,10 @@ class Growth(NamedTuple):
     Attributes:
       exponent: (S,) top Lyapunov exponent of each spec, nats/step (mean of
         ``local`` over the steps after the warm-up).
-      horizon: (S,) ``log ||J_{T-1} ... J_0||_2 / T`` of each spec (exact
-        spectral norm of the whole-horizon product).
+      horizon: (S,) ``log ||J_{T-1} ... J_w||_2 / (T - w)`` of each spec, ``w``
+        the warm-up: the growth of the product over the same window as the
+        exponent (exact spectral norm). ``-inf`` only when that product is exactly
+        zero.
       local: (S, T) ``log ||J_t v_t||`` with ``v_t`` the unit leading tangent
         direction entering step ``t``.
     """
@@ -88,7 +90,8 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         e^{c_{t+1}} M_{t+1} = J^s_t M_t \;(\|M\|_F = 1)
 
     and returns ``exponent = mean_{t >= warmup} l_t``, ``horizon = (c_T +
-    log ||M_T||_2) / T`` and ``local = l``. The trajectory is unrolled once, each
+    log ||M_T||_2) / (T - warmup)`` with the product started at ``M_w = I`` (the
+    window of the exponent) and ``local = l``. The trajectory is unrolled once, each
     step's entry edges (or linearisation, for custom cells) formed once and
     shared by every spec; ``[v, M]`` is pushed as one (n_s, n_s + 1) tangent block.
     Cost per step ``~ n_s^2 (n_s + 1)`` per spec, memory independent of ``T``.
@@ -135,9 +138,17 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         v = jnp.where(nw > 0, safe_normalise(w, nw), c.v)   # keep v where J v = 0
         return Carry(v, safe_normalise(M, nM), scale, scale_c, total, total_c), local
 
+    def restart(c: Carry, t: Array) -> Carry:
+        # the product is measured over the same window as the exponent, [warmup, T)
+        at = t == warmup
+        M = jnp.where(at, jnp.eye(c.M.shape[0], dtype=c.M.dtype), c.M)
+        return c._replace(M=M, scale=jnp.where(at, 0, c.scale),
+                          scale_c=jnp.where(at, 0, c.scale_c))
+
     def body(carry, inp):
         state, cs = carry
         t, x = inp
+        cs = tuple(restart(c, t) for c in cs)
         state, Ws = op(state, x, tuple(jnp.concatenate([c.v[:, None], c.M], axis=1)
                                        for c in cs))
         new = [update(c, W, t) for c, W in zip(cs, Ws, strict=True)]
@@ -147,8 +158,8 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     init = tuple(Carry(orthonormal_start(seed, n, 1, dtype)[:, 0], jnp.eye(n, dtype=dtype),
                        zero, zero, zero, zero) for n in sizes)
     (_, cs), local = jax.lax.scan(body, (state0, init), (jnp.arange(T), xs))
-    horizon = jnp.stack([(c.scale - c.scale_c + safe_log(jnp.linalg.norm(c.M, 2))) / T
-                         for c in cs])
+    horizon = jnp.stack([(c.scale - c.scale_c + safe_log(jnp.linalg.norm(c.M, 2)))
+                         / (T - warmup) for c in cs])
     exponent = jnp.stack([c.total - c.total_c for c in cs]) / (T - warmup)
     return Growth(exponent, horizon, local.T)
 
@@ -167,36 +178,41 @@ def _qr_logs(cell, params, xs, state0, warmup, seed, *, spec, k, method, reorth_
     T = xs.shape[0]
     r = reorth_every
 
-    qr = qr_positive
+    def qr(Z, t):
+        return qr_reseeded(Z, seed, t)
 
-    def skip(Z):
+    def skip(Z, t):
         return Z, jnp.ones((k,), Z.dtype)
 
     def body(carry, inp):
-        state, Q, total, comp = carry
+        state, Q, total, comp, overflow = carry
         t, x = inp
+        # a finite state with a non-finite frame: the columns outgrew the dtype
+        # between two factorisations (reorth_every too large), not a diverging cell
+        finite_state = jnp.all(jnp.isfinite(layout.ravel(state)))
         state, (Z,) = op(state, x, (Q,))
+        overflow = overflow | (finite_state & ~jnp.all(jnp.isfinite(Z)))
         if r == 1:
-            Q, diag = qr(Z)
+            Q, diag = qr(Z, t)
         else:
             due = ((t + 1) % r == 0) | (t == T - 1) | (t == warmup - 1)
-            Q, diag = jax.lax.cond(due, qr, skip, Z)
+            Q, diag = jax.lax.cond(due, qr, skip, Z, t)
         logs = safe_log(diag)
         if per_step:
-            return (state, Q, total, comp), logs
+            return (state, Q, total, comp, overflow), logs
         total, comp = kahan_add(total, comp, jnp.where(t >= warmup, logs, 0))
-        return (state, Q, total, comp), None
+        return (state, Q, total, comp, overflow), None
 
     zeros = jnp.zeros((k,), dtype)
-    init = (state0, orthonormal_start(seed, size, k, dtype), zeros, zeros)
-    (_, _, total, comp), logs = jax.lax.scan(body, init, (jnp.arange(T), xs))
-    return logs if per_step else total - comp
+    init = (state0, orthonormal_start(seed, size, k, dtype), zeros, zeros, jnp.array(False))
+    (_, _, total, comp, overflow), logs = jax.lax.scan(body, init, (jnp.arange(T), xs))
+    return (logs if per_step else total - comp), overflow
 
 
 def _exponents(cell, params, xs, state0, warmup, seed, **kw):
     # warmup and seed are traced: changing them does not recompile
-    total = _qr_logs(cell, params, xs, state0, warmup, seed, per_step=False, **kw)
-    return jnp.sort(total / (xs.shape[0] - warmup).astype(total.dtype))[::-1]
+    total, overflow = _qr_logs(cell, params, xs, state0, warmup, seed, per_step=False, **kw)
+    return jnp.sort(total / (xs.shape[0] - warmup).astype(total.dtype))[::-1], overflow
 
 
 def _check_common(cell, params, xs, state0, routes, block, k, method, seed):
@@ -267,13 +283,19 @@ def lyapunov_exponents(cell: Any, params: Any, xs: Any, state0: Any = None, *,
     if warmup >= T:
         raise ValueError(f"warmup: expected 0 <= warmup < T = {T}, got {warmup}")
     reorth_every = _checks.check_positive_int(reorth_every, "reorth_every")
-    out = _inputs.call(_exponents, cell, p.params, p.xs, p.state0, np.int32(warmup),
-                       np.uint32(seed), spec=spec, k=k, method=method, reorth_every=reorth_every)
+    out, overflow = _inputs.call(_exponents, cell, p.params, p.xs, p.state0, np.int32(warmup),
+                                 np.uint32(seed), spec=spec, k=k, method=method,
+                                 reorth_every=reorth_every)
+    if _checks.is_concrete(overflow) and bool(overflow):
+        raise _checks.NonFiniteError(
+            f"lyapunov_exponents: the tangent frame overflowed {out.dtype} between two QR "
+            f"factorisations (reorth_every={reorth_every}) while the trajectory stayed "
+            "finite: lower reorth_every (1 is always safe)")
     return check_result(out, "lyapunov_exponents")
 
 
 def _local(cell, params, xs, state0, seed, **kw):
-    return _qr_logs(cell, params, xs, state0, 0, seed, reorth_every=1, per_step=True, **kw)
+    return _qr_logs(cell, params, xs, state0, 0, seed, reorth_every=1, per_step=True, **kw)[0]
 
 
 def local_stretching(cell: Any, params: Any, xs: Any, state0: Any = None, *,

@@ -335,7 +335,9 @@ def route_use_counts(counts: Any, *, route: str | None = None, title: str | None
     Plots ``log ||C_k||_2`` (nats) against ``k``, the number of steps of the
     window at which a path takes ``route`` (:func:`gradpaths.route_use_counts`),
     marks the ``k`` carrying the most, and draws the whole product
-    ``log ||sum_k C_k||_2`` as a horizontal line. Exact zeros are left out.
+    ``log ||sum_k C_k||_2`` as a horizontal line. Exact zeros are left out;
+    coefficients within a factor 10 of their round-off floor (``counts.resolved``
+    False) are drawn as hollow grey markers beside the dotted floor, not as data.
 
     Args:
       counts: a :class:`gradpaths.RouteUseCounts`.
@@ -355,13 +357,20 @@ def route_use_counts(counts: Any, *, route: str | None = None, title: str | None
     fig, axes = _figure(width=7.5, height=4.5)
     ax = axes[0, 0]
     k = np.arange(L + 1)
-    ax.plot(k, _finite(log_norms), marker="o", ms=3.5, lw=1.0, color=_colour(name, 0),
+    resolved = np.asarray(getattr(counts, "resolved", np.ones(L + 1, bool)), bool)
+    shown = np.where(resolved, _finite(log_norms), np.nan)
+    ax.plot(k, shown, marker="o", ms=3.5, lw=1.0, color=_colour(name, 0),
             label=rf"$\log\|C_k\|_2$: paths using {name} exactly k times")
+    if not resolved.all():
+        floor = _finite(_as_1d(counts.log_floor, "counts.log_floor"))
+        ax.plot(k[~resolved], _finite(log_norms)[~resolved], marker="o", ms=3.5, ls="none",
+                mfc="none", color="grey", label="below the round-off floor (not data)")
+        ax.plot(k, floor, color="grey", ls=":", lw=1.0, label="estimated round-off floor")
     if math.isfinite(whole_log):
         ax.axhline(whole_log, color="black", ls="--", lw=1.0,
                    label=rf"whole product $\log\|\sum_k C_k\|_2$ = {whole_log:.2f}")
-    if np.isfinite(log_norms).any():
-        best = int(np.nanargmax(_finite(log_norms)))
+    if np.isfinite(shown).any():
+        best = int(np.nanargmax(shown))
         ax.plot([best], [log_norms[best]], marker="*", ms=13, color="gold", mec="black",
                 ls="none", label=f"largest at k = {best} of {L}")
     ax.set_xlabel(f"k: uses of route {name} in the window of {L} steps")

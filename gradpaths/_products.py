@@ -456,6 +456,41 @@ def qr_positive(A: Array) -> tuple[Array, Array]:
     return Q * sign[None, :], jnp.abs(diag)
 
 
+def fresh_directions(seed: Array, t: Array, size: int, k: int, dtype: Any) -> Array:
+    """Seeded random (size, k) directions for step ``t``: a generic replacement for
+    frame columns a step annihilated (never coordinate vectors)."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 0x5EED), t)
+    return jax.random.normal(key, (size, k), dtype)
+
+
+def qr_reseeded(Z: Array, seed: Array, t: Array) -> tuple[Array, Array]:
+    """:func:`qr_positive` of the pushed frame ``Z = J_t Q``, robust to rank-deficient steps.
+
+    A column whose ``R_jj`` is at round-off level (``<= size * eps * max_j ||Z_j||``,
+    or exactly 0) lies in the span of the columns before it: the step annihilated
+    that direction. Householder QR would complete the frame there with an
+    arbitrary (often a coordinate) vector, and a coordinate vector can lie in the
+    null space of every later step too (an LSTM's f route at ``c = 0``, a diagonal
+    route), so the frame would never recover. Such columns are replaced by seeded
+    random directions and the frame is re-orthonormalised (columns before the
+    first lost one are unchanged). The returned diagonal is the first QR's, so the
+    logs record exactly what the step did (``-inf`` for an exactly zero step).
+
+    Returns ``(Q, |diag R|)``.
+    """
+    Q, diag = qr_positive(Z)
+    size, k = Z.shape
+    scale = jnp.max(jnp.linalg.norm(Z, axis=0))
+    lost = diag <= size * jnp.finfo(Z.dtype).eps * scale
+
+    def reseed(Q):
+        fresh = fresh_directions(seed, t, size, k, Z.dtype)
+        return qr_positive(jnp.where(lost[None, :], fresh, Q))[0]
+
+    Q = jax.lax.cond(jnp.any(lost), reseed, lambda Q: Q, Q)
+    return Q, diag
+
+
 def _product_singular_values(cell, params, xs, state0, *, spec, start, stop, seed, max_sweeps):
     layout = layout_of(state0)
     size = spec_size(layout, spec)

@@ -334,7 +334,8 @@ def _explain_markdown(ex: Any, data: Mapping[str, Any], figs: Mapping[str, Any],
         + (f", warm-up {ex.warmup}" if ex.warmup else "") + ".", "",
         "## Verdict", "", ex.verdict, "",
         "## Growth of each Jacobian sequence", "",
-        "Top Lyapunov exponent and horizon growth `log ||J_{T-1} ... J_0||_2 / T`, "
+        "Top Lyapunov exponent and horizon growth `log ||J_{T-1} ... J_w||_2 / (T - w)` "
+        "(`w` the warm-up), "
         "both in nats/step.", "",
         _table(["Jacobian sequence", "kind", "top exponent", "horizon growth", "e-fold steps"],
                rows), "",

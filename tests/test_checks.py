@@ -113,3 +113,43 @@ def test_checked_keeps_value_checks_inside_jit(lstm):
     np.testing.assert_allclose(good, gp.step_jacobians(cell, params, xs, s0).matrix)
     with pytest.raises(gp.NonFiniteError, match=r"xs: expected finite values, got NaN or inf"):
         f(params, xs.at[0, 0].set(jnp.nan))
+
+
+@pytest.mark.parametrize("half", [jnp.float16, jnp.bfloat16])
+def test_half_precision_is_computed_in_float32(half):
+    # XLA's CPU QR/SVD/eig have no half-precision kernels; gradpaths computes in float32.
+    cell = gp.LSTM(3, 4)
+    params = cell.init(jax.random.key(0), dtype=jnp.float32)
+    xs = jax.random.normal(jax.random.key(1), (30, 3), jnp.float32)
+    p_half = jax.tree_util.tree_map(lambda a: a.astype(half), params)
+    p_back = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), p_half)
+    xs_half = xs.astype(half)
+    expected = gp.lyapunov_exponents(cell, p_back, xs_half.astype(jnp.float32), k=2)
+    got = gp.lyapunov_exponents(cell, p_half, xs_half, k=2)
+    assert got.dtype == jnp.float32
+    np.testing.assert_array_equal(got, expected)
+    assert gp.growth_curve(cell, p_half, xs_half).dtype == jnp.float32
+    assert gp.step_spectra(cell, p_half, xs_half).radius.dtype == jnp.float32
+    assert np.isfinite(gp.explain(cell, p_half, xs_half).exponent)
+
+
+def test_custom_cell_must_keep_the_state_dtype():
+    class Rounds:
+        def initial_state(self):
+            return jnp.zeros(3)
+
+        def step(self, params, s, x):
+            return (2 * s).astype(jnp.int32)
+
+    with pytest.raises(TypeError, match="keep the dtype of state0"):
+        gp.unroll(Rounds(), None, jnp.zeros((4, 0)))
+
+    class Half:   # a float16 state is widened to float32, and so is its step
+        def initial_state(self):
+            return jnp.zeros(3, jnp.float16)
+
+        def step(self, params, s, x):
+            return jnp.tanh(params * s + 1)
+
+    lam = gp.lyapunov_exponents(Half(), jnp.float16(0.5), jnp.zeros((10, 0)), method="jvp")
+    assert lam.dtype == jnp.float32 and np.isfinite(lam).all()

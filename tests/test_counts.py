@@ -100,7 +100,7 @@ def test_errors_are_clear():
     cell, params, xs, s0 = setup("lstm", n=2, T=4)
     with pytest.raises(ValueError, match="route: expected one of"):
         gp.route_use_counts(cell, params, xs, s0, route="q")
-    with pytest.raises(ValueError, match="method: expected one of 'dft', 'recursion'"):
+    with pytest.raises(ValueError, match="method: expected one of 'recursion', 'dft'"):
         gp.route_use_counts(cell, params, xs, s0, route="o", method="fft")
     jax.config.update("jax_enable_x64", False)
     try:
@@ -108,3 +108,25 @@ def test_errors_are_clear():
             gp.route_use_counts(cell, params, xs, s0, route="o")
     finally:
         jax.config.update("jax_enable_x64", True)
+
+
+def test_default_has_no_dft_noise_floor():
+    # The f route over steps 50..90 of the built-in model: C_L (the f route at every
+    # step) is e^{-198}, far below the largest coefficient. The DFT put it at its noise
+    # floor, e^{-36}; the log-scaled recursion gets it to round-off, as the growth curve
+    # of the f route alone (the same product) does.
+    cell, params, xs = gp.exploding_lstm()
+    exact = gp.route_use_counts(cell, params, xs, route="f", start=50, stop=90)
+    only_f = gp.growth_curve(cell, params, xs, routes={"f"}, start=50)[39]
+    assert_close(exact.log_norms[-1], only_f, scale=1e3)
+    assert bool(exact.resolved[-1]) and float(exact.log_floor[-1]) < float(only_f) - 10
+    dft = gp.route_use_counts(cell, params, xs, route="f", start=50, stop=90, method="dft")
+    assert float(dft.log_norms[-1]) > float(only_f) + 100    # noise ...
+    assert not bool(dft.resolved[-1])                         # ... and marked as such
+    top = int(np.argmax(np.asarray(exact.log_norms)))
+    assert bool(dft.resolved[top])
+    assert_close(dft.log_norms[top], exact.log_norms[top], scale=1e4)
+    # every coefficient the DFT resolves agrees with the recursion
+    ok = np.asarray(dft.resolved)
+    np.testing.assert_allclose(np.asarray(dft.log_norms)[ok], np.asarray(exact.log_norms)[ok],
+                               atol=0.1)

@@ -159,8 +159,9 @@ def test_growth_many_matches_the_single_functions():
     local = gp.local_stretching(cell, params, xs, s0, seed=3, method="jvp", **kw)
     assert_close(g.local[3], local, scale=1e2)
     assert_close(g.exponent, np.asarray(g.local)[:, 5:].mean(axis=1), scale=1e2)
-    curve = gp.growth_curve(cell, params, xs, s0, block=("c", "c"))
-    assert_close(g.horizon[2], curve[-1] / 50, scale=1e3)
+    # the horizon is the product over the exponent's window, steps 5..49
+    curve = gp.growth_curve(cell, params, xs, s0, block=("c", "c"), start=5)
+    assert_close(g.horizon[2], curve[-1] / 45, scale=1e3)
 
 
 def test_growth_many_custom_cell_and_exact_zero():
@@ -272,3 +273,73 @@ def test_errors_are_clear():
     with pytest.raises(gp.NonFiniteError, match="lyapunov_exponents: expected finite results"):
         gp.lyapunov_exponents(Henon(), (1.4, 0.3), jnp.zeros((40, 0)),
                               HenonState(jnp.array([5.0]), jnp.array([0.0])))
+
+
+# --------------------------------------------------------------------------- rank-deficient steps
+
+
+def test_frame_recovers_from_an_exactly_zero_step():
+    # c_0 = 0 makes the f route's first Jacobian exactly 0. Householder QR of a zero
+    # frame returns coordinate vectors (c-units), the null space of every later J^f,
+    # so the frame used to stay dead: -inf for all k. The frame is now re-seeded.
+    cell, params, xs = gp.exploding_lstm()
+    lam = np.asarray(gp.lyapunov_exponents(cell, params, xs, k=4, routes={"f"}, warmup=50))
+    assert np.isfinite(lam).all()
+    ex = gp.explain(cell, params, xs, warmup=50)
+    assert_close(lam[0], ex.row("f").exponent, scale=1e3)
+    # the product over a window that starts with the zero step is exactly zero: -inf
+    # there and only there
+    ft = np.asarray(gp.finite_time_exponents(cell, params, xs, window=50, routes={"f"}))
+    assert np.isneginf(ft[0]).all() and np.isfinite(ft[1:]).all()
+    local = np.asarray(gp.local_stretching(cell, params, xs, routes={"f"}))
+    assert np.isneginf(local[0]) and np.isfinite(local[1:]).all()
+    # explain's horizon covers the exponent's window, after the warm-up
+    assert np.isfinite(ex.row("f").horizon)
+    curve = gp.growth_curve(cell, params, xs, routes={"f"}, start=50)
+    assert_close(ex.row("f").horizon, curve[-1] / (xs.shape[0] - 50), scale=1e3)
+
+
+def test_diagonal_route_frame_does_not_lock_onto_one_unit():
+    # peep_f is diagonal in c: after a zero first step the old frame was e_1, and a
+    # product of diagonal matrices keeps e_1, so k = 1 gave unit 0's rate, not the top.
+    cell = gp.LSTM(4, 16, peepholes=True)
+    params = cell.init(jax.random.key(0), forget_bias=1.0)
+    xs = jax.random.normal(jax.random.key(1), (400, 4))
+    lam = float(gp.lyapunov_exponents(cell, params, xs, routes={"peep_f"}, k=1, warmup=50)[0])
+    # reference: the route's c-block is diagonal, so its top exponent is the largest
+    # per-unit mean of log |a_t|, a the diagonal coefficients (float64, numpy)
+    J = np.asarray(gp.route_jacobians(cell, params, xs)["peep_f"].block("c", "c"))[50:]
+    diag = np.abs(np.diagonal(J, axis1=1, axis2=2))
+    assert np.all(diag > 0)
+    rates = np.sort(np.mean(np.log(diag), axis=0))[::-1]
+    # finite-time transients of the leading vector: a few hundredths; the locked frame
+    # was off by the gap to another unit's rate (0.8 nats/step on exploding_lstm-like data)
+    assert abs(lam - rates[0]) < 0.05 < rates[0] - rates[-1]
+
+
+def test_gru_r_route_horizon_after_warmup_is_finite():
+    # h_0 = 0 and b_hn = 0 give a = R_n h + b_hn = 0: the r route's first step is 0.
+    cell = gp.GRU(3, 6)
+    params = cell.init(jax.random.key(0), recurrent_gain=1.5)
+    xs = jax.random.normal(jax.random.key(1), (120, 3))
+    ex = gp.explain(cell, params, xs, warmup=10)
+    assert np.isfinite(ex.row("r").horizon) and np.isfinite(ex.row("r").exponent)
+    assert np.isneginf(gp.explain(cell, params, xs).row("r").horizon)   # from step 0: exact
+
+
+def test_reorth_every_overflow_points_at_reorth_every():
+    # Arnold's cat map stretches by e^{0.96} per step: 200 steps between QRs overflow
+    # float32, while the state stays finite.
+    class Cat:
+        def initial_state(self):
+            return jnp.asarray([0.1, 0.2], jnp.float32)
+
+        def step(self, params, s, x):
+            return jnp.asarray([[2.0, 1.0], [1.0, 1.0]], s.dtype) @ s % 1.0
+
+    xs = jnp.zeros((1000, 0), jnp.float32)
+    lam = gp.lyapunov_exponents(Cat(), None, xs, reorth_every=1)
+    assert_close(lam, np.log([(3 + 5**0.5) / 2, (3 - 5**0.5) / 2]), dtype=jnp.float32,
+                 scale=10)
+    with pytest.raises(gp.NonFiniteError, match="lower reorth_every"):
+        gp.lyapunov_exponents(Cat(), None, xs, reorth_every=200)
