@@ -184,8 +184,9 @@ def check_out(out: str | os.PathLike, force: bool, *, out_name: str = "out",
                 f"{out_name}: {text!r} exists and holds files gradpaths did not write "
                 f"({_listing(foreign)}); it is never replaced: choose a new folder")
         if not force:
-            raise FileExistsError(f"{out_name}: {text!r} exists (a gradpaths report folder); "
-                                  f"pass {force_name} to replace it, or choose a new folder")
+            what = "a gradpaths report folder" if any(path.iterdir()) else "an empty folder"
+            raise FileExistsError(f"{out_name}: {text!r} exists ({what}); pass {force_name} "
+                                  "to replace it, or choose a new folder")
     parent = path.parent
     if not parent.is_dir():
         raise FileNotFoundError(f"{out_name}: {text!r}: the folder {os.fspath(parent)!r} "
