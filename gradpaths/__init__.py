@@ -79,6 +79,7 @@ from gradpaths._train import (
     TrainResult as TrainResult,
     forget_bias_init as forget_bias_init,
     init_diagnostics as init_diagnostics,
+    judged_steps as judged_steps,
     load_checkpoint as load_checkpoint,
     train as train,
 )

@@ -19,9 +19,9 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 FORMATS = ("torch", "keras", "flax", "equinox", "haiku")
 CELLS = ("lstm", "gru", "rnn")
@@ -118,7 +118,8 @@ def _common(p: argparse.ArgumentParser, *, report: bool = True) -> None:
         g.add_argument("--out", metavar="DIR", help="write a report folder here (report.json, "
                        "report.md, PNG figures); refused if it exists, unless --force")
         g.add_argument("--force", action="store_true",
-                       help="replace an existing report folder given by --out")
+                       help="replace a report folder that gradpaths wrote at --out (never a "
+                       "folder holding other files)")
         g.add_argument("--json", action="store_true",
                        help="print the results as JSON instead of the table")
     p.add_argument("--traceback", action="store_true",
@@ -165,7 +166,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="the recurrent layer's name in the weights (e.g. 'encoder.rnn' for "
                    "torch, 'lstm' for haiku)")
     m.add_argument("--layer", type=_non_negative, default=None, metavar="K",
-                   help="layer of a stacked torch module (default 0)")
+                   help="layer of a stacked torch module (default 0); layer K reads the "
+                   "outputs of the imported layers below it, run over the inputs")
     m.add_argument("--direction", choices=("forward", "reverse"), default=None,
                    help="direction of a bidirectional torch/keras layer (default forward)")
     m.add_argument("--cell", choices=CELLS, default=None,
@@ -189,10 +191,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="sequence length T (default 300)")
     i.add_argument("--batch", type=_positive, default=None, metavar="B",
                    help="number of sequences analysed together (default 1)")
-    i.add_argument("--input-scale", type=_non_negative_float, default=1.0, metavar="S",
-                   help="inputs x_t ~ N(0, scale^2) (default 1.0)")
+    i.add_argument("--input-scale", type=_non_negative_float, default=None, metavar="S",
+                   help="random inputs x_t ~ N(0, scale^2) (default 1.0; not with "
+                   "--input-file)")
     i.add_argument("--input-file", metavar="FILE", default=None,
-                   help=".npy inputs of shape (T, m) or (B, T, m), instead of random ones")
+                   help=".npy inputs of shape (T, m) or (B, T, m), instead of random ones "
+                   "(used as they are)")
     i.add_argument("--seed", type=_non_negative, default=0, metavar="SEED",
                    help="random seed of the model and inputs (default 0)")
     a = ex.add_argument_group("analysis")
@@ -204,8 +208,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="step of the Jacobian heatmaps (default: largest local stretching)")
     a.add_argument("--counts-route", default=None, metavar="ROUTE",
                    help="route of the route-use counts (default: the dominant route)")
-    a.add_argument("--counts-window", type=_positive, default=50, metavar="L",
-                   help="steps of the route-use counts window, after the warm-up (50)")
+    a.add_argument("--counts-window", type=_positive, default=None, metavar="L",
+                   help="steps of the route-use counts window, after the warm-up (default "
+                   "50, or all the steps after the warm-up when fewer)")
     _common(ex)
 
     sw = sub.add_parser(
@@ -239,9 +244,10 @@ def _parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser(
         "train", help="train on a synthetic task with or without clipping",
-        description="Train a recurrent model with adam on a synthetic task, recording the "
-        "loss, the gradient norm, explosion events (and the dominant route at each) and the "
-        "routes' growth. --compare runs without and with clipping from the same start.")
+        description="Train a recurrent model on a synthetic task (optimizer: --optimizer), "
+        "recording the loss, the gradient norm, explosion events (and the dominant route at "
+        "each) and the routes' growth. --compare runs without and with clipping from the same "
+        "start. Ctrl-C stops the whole command (exit status 130) and keeps what was recorded.")
     tr.add_argument("--task", choices=TASKS, default="adding", help="task (default adding)")
     tr.add_argument("--length", type=_positive, default=50,
                     help="sequence length of the task (default 50)")
@@ -296,7 +302,7 @@ def _setup_jax() -> None:
 
 
 def _check_out(args: argparse.Namespace) -> None:
-    """Refuse an existing --out before any work (and once more when writing)."""
+    """Refuse a --out that cannot be written before any work (and once more when writing)."""
     if getattr(args, "out", None) is None:
         if getattr(args, "force", False):
             raise UsageError("--force: only applies with --out DIR")
@@ -304,23 +310,29 @@ def _check_out(args: argparse.Namespace) -> None:
     from gradpaths._report import check_out
 
     try:
-        check_out(args.out, args.force)
-    except (FileExistsError, FileNotFoundError) as err:
-        raise UsageError(f"--out: {err}") from None
+        check_out(args.out, args.force, out_name="--out", force_name="--force")
+    except (OSError, ValueError) as err:
+        raise UsageError(str(err)) from None
 
 
 def _write(args: argparse.Namespace, report: Any) -> None:
     from gradpaths._report import write_report
 
-    path = write_report(args.out, report, force=args.force)
+    try:
+        path = write_report(args.out, report, force=args.force)
+    except (OSError, ValueError):
+        _check_out(args)    # in the command line's words when --out is the trouble
+        raise
     names = ["report.json", "report.md", *report.files, *(f"{n}.png" for n in report.figures)]
-    print(f"\nreport written to {os.fspath(path)}/ ({', '.join(names)})",
+    shown = os.fspath(args.out).rstrip(os.sep) or os.fspath(path)
+    print(f"\nreport written to {shown}/ ({', '.join(names)})",
           file=sys.stderr if args.json else sys.stdout)
 
 
-def _finish(args: argparse.Namespace, data: Any, make_report: Any) -> int:
+def _finish(args: argparse.Namespace, data: Any, make_report: Any, status: int = 0) -> int:
     """With ``--out``, write the report folder (``make_report()``); with ``--json``, print
-    ``data`` (the report's data when a report was written). The text was printed before."""
+    ``data`` (the report's data when a report was written). The text was printed before.
+    Returns ``status``."""
     if args.out is not None:
         report = make_report()
         if args.json:
@@ -328,7 +340,7 @@ def _finish(args: argparse.Namespace, data: Any, make_report: Any) -> int:
         _write(args, report)
     if args.json:
         _print_json(data)
-    return 0
+    return status
 
 
 def _print_json(data: Any) -> None:
@@ -346,8 +358,44 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 # --------------------------------------------------------------------------- explain
 
 
-def _load_weights(args: argparse.Namespace) -> tuple[Any, Any]:
-    """Read ``--weights`` and run the importer of ``--format``."""
+class _Imported(NamedTuple):
+    """An imported layer, the imported layers below it and how to name them."""
+
+    cell: Any
+    params: Any
+    below: tuple[tuple[tuple[Any, Any], ...], ...]  # per layer below: (forward[, reverse])
+    input_size: int                                  # of the network's inputs (layer 0)
+    description: str
+
+
+_NOT_A_STATE_DICT = ("--weights: {path!r} is not a state dict gradpaths can read (a mapping "
+                     "of parameter names to tensors); save one with "
+                     "torch.save(model.state_dict(), path)")
+
+
+def _read_torch(args: argparse.Namespace, path: Path, suffix: str) -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise UsageError(f"--weights: reading {suffix} needs torch (not installed); save "
+                         "the state dict as .npz instead: np.savez('w.npz', **{k: v.numpy() "
+                         "for k, v in model.state_dict().items()})") from None
+    try:
+        source = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise UsageError(f"--weights: cannot read {args.weights!r}: "
+                         f"{err.strerror or type(err).__name__}") from None
+    except Exception:
+        # torch's own message can advise an unsafe load and carry terminal escape codes.
+        raise UsageError(_NOT_A_STATE_DICT.format(path=args.weights)) from None
+    if not isinstance(source, Mapping):
+        raise UsageError(_NOT_A_STATE_DICT.format(path=args.weights))
+    return source
+
+
+def _load_weights(args: argparse.Namespace) -> _Imported:
+    """Read ``--weights`` and run the importer of ``--format`` (for ``--layer K > 0``, on
+    the layers below too)."""
     path = Path(args.weights)
     if not path.is_file():
         raise UsageError(f"--weights: no such file {args.weights!r}")
@@ -362,17 +410,7 @@ def _load_weights(args: argparse.Namespace) -> tuple[Any, Any]:
     if suffix in (".pt", ".pth"):
         if fmt != "torch":
             raise UsageError(f"--format: a {suffix} file holds torch weights, got --format {fmt}")
-        try:
-            import torch
-        except ImportError:
-            raise UsageError(f"--weights: reading {suffix} needs torch (not installed); save "
-                             "the state dict as .npz instead: np.savez('w.npz', **{k: v.numpy() "
-                             "for k, v in model.state_dict().items()})") from None
-        try:
-            source = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise UsageError(f"--weights: cannot read {args.weights!r} with torch.load: "
-                             f"{err}") from None
+        source = _read_torch(args, path, suffix)
     elif suffix == ".npz":
         import numpy as np
 
@@ -407,11 +445,58 @@ def _load_weights(args: argparse.Namespace) -> tuple[Any, Any]:
         options[name] = value
     if isinstance(source, dict) and fmt == "torch" and not options.get("prefix"):
         source = _strip_state_dict(source)
-    try:
-        cell, params = importer(source, **options)
-    except (ValueError, TypeError, KeyError) as err:
-        raise UsageError(f"--weights: {args.weights!r} as --format {fmt}: {err}") from None
-    return cell, params
+
+    def load(**changes: Any) -> tuple[Any, Any]:
+        try:
+            return importer(source, **{**options, **changes})
+        except (ValueError, TypeError, KeyError) as err:
+            raise UsageError(f"--weights: {args.weights!r} as --format {fmt}: {err}") from None
+
+    cell, params = load()
+    below = _layers_below(load, cell, options.get("layer", 0))
+    parts = [fmt] + ([f"prefix {options['prefix']!r}"] if options.get("prefix") else [])
+    if fmt == "torch":
+        parts.append(f"layer {options.get('layer', 0)}")
+    if fmt == "torch" or "direction" in options:
+        parts.append(f"{options.get('direction', 'forward')} direction")
+    return _Imported(cell, params, below, below[0][0][0].input_size if below else
+                     cell.input_size, f"{args.weights} ({', '.join(parts)})")
+
+
+def _layers_below(load: Any, cell: Any, layer: int) -> tuple[tuple[tuple[Any, Any], ...], ...]:
+    """Layers 0..layer-1 of the imported stack, each (forward,) or (forward, reverse): the
+    directions are told from the input size of ``cell`` (1 or 2 times their hidden size)."""
+    if layer == 0:
+        return ()
+    forward = [load(layer=k, direction="forward") for k in range(layer)]
+    H = forward[-1][0].hidden_size
+    directions, rest = divmod(cell.input_size, H)
+    if rest or directions not in (1, 2):
+        raise UsageError(f"--layer {layer}: expected an input size of 1 or 2 times the hidden "
+                         f"size {H} of layer {layer - 1}, got {cell.input_size}")
+    return tuple((f, load(layer=k, direction="reverse")) if directions == 2 else (f,)
+                 for k, f in enumerate(forward))
+
+
+def _feed(imported: _Imported, xs: Any, reverse: bool) -> Any:
+    """The sequence the imported layer reads, given the network's inputs ``xs`` (T, m) or
+    (B, T, m): the outputs of the imported layers below (a reverse direction runs from the
+    last step back; directions are concatenated, forward first), read from the last step
+    back when the layer itself is a reverse direction."""
+    import jax.numpy as jnp
+
+    import gradpaths as gp
+
+    def one(x: Any) -> Any:
+        for directions in imported.below:
+            outs = []
+            for j, (cell, params) in enumerate(directions):
+                h = gp.unroll(cell, params, x if j == 0 else x[::-1]).h[1:]
+                outs.append(h if j == 0 else h[::-1])
+            x = jnp.concatenate(outs, axis=-1)
+        return x[::-1] if reverse else x
+
+    return one(xs) if xs.ndim == 2 else jnp.stack([one(x) for x in xs])
 
 
 def _strip_state_dict(source: dict[str, Any]) -> dict[str, Any]:
@@ -465,12 +550,17 @@ def _check_imported(args: argparse.Namespace, cell: Any) -> None:
                          f"{cell.input_size}")
 
 
-def _inputs(args: argparse.Namespace, cell: Any, default_xs: Any, steps: int) -> Any:
+def _inputs(args: argparse.Namespace, width: int, what: str, default_xs: Any,
+            steps: int) -> Any:
+    """The network's inputs: ``--input-file`` as it is, or random ``N(0, scale^2)``."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     if args.input_file is not None:
+        if args.input_scale is not None:
+            raise UsageError("--input-scale: applies to the random inputs, not to --input-file "
+                             "(its arrays are used as they are; scale them in the file)")
         path = Path(args.input_file)
         if not path.is_file():
             raise UsageError(f"--input-file: no such file {args.input_file!r}")
@@ -483,21 +573,42 @@ def _inputs(args: argparse.Namespace, cell: Any, default_xs: Any, steps: int) ->
                 xs.dtype, np.number):
             raise UsageError(f"--input-file: expected a numeric .npy array of shape (T, m) or "
                              f"(B, T, m), got {getattr(xs, 'shape', type(xs).__name__)}")
-        if xs.shape[-1] != cell.input_size:
-            raise UsageError(f"--input-file: expected m = {cell.input_size} inputs per step "
-                             f"for {cell!r}, got shape {xs.shape}")
+        if xs.ndim == 3 and xs.shape[0] == 0:
+            raise UsageError(f"--input-file: {args.input_file!r} holds no sequences (shape "
+                             f"{xs.shape})")
+        if xs.shape[-2] == 0:
+            raise UsageError(f"--input-file: {args.input_file!r} holds no steps (shape "
+                             f"{xs.shape})")
+        if xs.shape[-1] != width:
+            raise UsageError(f"--input-file: expected m = {width} inputs per step for {what}, "
+                             f"got shape {xs.shape}")
         if args.steps is not None and args.steps != xs.shape[-2]:
             raise UsageError(f"--steps {args.steps}: --input-file has {xs.shape[-2]} steps")
         file_batch = 1 if xs.ndim == 2 else xs.shape[0]
         if args.batch is not None and args.batch != file_batch:
             raise UsageError(f"--batch {args.batch}: --input-file has shape {xs.shape}")
-        return jnp.asarray(xs * args.input_scale)
+        return jnp.asarray(xs)
+    scale = 1.0 if args.input_scale is None else args.input_scale
     batch = args.batch or 1
     if default_xs is not None and batch == 1:
-        return default_xs * args.input_scale
+        return default_xs * scale
     key = jax.random.fold_in(jax.random.key(args.seed), 1)
-    shape = (steps, cell.input_size) if batch == 1 else (batch, steps, cell.input_size)
-    return args.input_scale * jax.random.normal(key, shape)
+    shape = (steps, width) if batch == 1 else (batch, steps, width)
+    return scale * jax.random.normal(key, shape)
+
+
+def _inputs_text(args: argparse.Namespace, imported: _Imported) -> str:
+    """What the imported layer reads, in words."""
+    scale = 1.0 if args.input_scale is None else args.input_scale
+    text = (f"{args.input_file} as given" if args.input_file is not None else
+            f"random N(0, {scale:g}^2)")
+    k = len(imported.below)
+    if k:
+        text += (f", through the imported layer{'s 0-' if k > 1 else ' '}{k - 1} below "
+                 f"({imported.cell.input_size} outputs per step)")
+    if args.direction == "reverse":
+        text += ", read from the last step back (reverse direction)"
+    return text
 
 
 def _explain(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
@@ -510,13 +621,20 @@ def _explain(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             if getattr(args, name) is not None:
                 raise UsageError(f"--{name}: applies with --weights only")
     steps = 300 if args.steps is None else args.steps
+    imported = None
     if args.weights is not None:
-        cell, params = _load_weights(args)
+        imported = _load_weights(args)
+        cell, params = imported.cell, imported.params
         _check_imported(args, cell)
-        default_xs = None
+        what = repr(cell) if not imported.below else (
+            f"layer 0 of the imported stack, {imported.below[0][0][0]!r}")
+        xs = _inputs(args, imported.input_size, what, None, steps)
+        xs = _feed(imported, xs, args.direction == "reverse")
+        source = f"{imported.description}; inputs: {_inputs_text(args, imported)}"
     else:
         cell, params, default_xs = _builtin(args, steps)
-    xs = _inputs(args, cell, default_xs, steps)
+        xs = _inputs(args, cell.input_size, repr(cell), default_xs, steps)
+        source = None
     T = xs.shape[-2]
     warmup = min(50, T // 4) if args.warmup is None else args.warmup
     if warmup >= T:
@@ -528,18 +646,25 @@ def _explain(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     if args.counts_route is not None and args.counts_route not in routes:
         raise UsageError(f"--counts-route: expected one of {', '.join(routes)}, got "
                          f"{args.counts_route!r}")
+    after = T - warmup
+    if args.counts_window is not None and args.counts_window > after:
+        raise UsageError(f"--counts-window: expected at most the {after} steps after the "
+                         f"warm-up ({T} steps, warm-up {warmup}), got {args.counts_window}")
+    window = min(50, after) if args.counts_window is None else args.counts_window
     ex = gp.explain(cell, params, xs, warmup=warmup, margin=args.margin, seed=args.seed)
     if not args.json:
+        if source is not None:
+            print(f"weights: {source}")
         print(ex)
 
     def make_report():
         settings = _settings(args)
-        settings.update(steps=T, warmup=warmup, cell_repr=repr(cell),
+        settings.update(steps=T, warmup=warmup, cell_repr=repr(cell), counts_window=window,
                         batch=1 if xs.ndim == 2 else int(xs.shape[0]))
         return explain_report(cell, params, xs, explanation=ex, warmup=warmup,
                               heatmap_step=args.heatmap_step, counts_route=args.counts_route,
-                              counts_window=args.counts_window, settings=settings,
-                              command=command_line(argv))
+                              counts_window=window, settings=settings,
+                              command=command_line(argv), source=source)
 
     return _finish(args, ex.to_dict() if args.json else None, make_report)
 
@@ -575,7 +700,7 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     import jax
 
     import gradpaths as gp
-    from gradpaths._report import command_line, train_report
+    from gradpaths._report import command_line, train_report, unjudged_note
     from gradpaths._tasks import Model, make_task
     from gradpaths._train import train
 
@@ -615,24 +740,41 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
                        batch_size=args.batch_size, clip=clip, probe_every=args.probe_every,
                        **rate)
         histories[label] = result.history
+        if result.history.interrupted:      # Ctrl-C stops the whole command
+            break
+    not_run = [label for label, _ in runs if label not in histories]
+    stopped = next((label for label, h in histories.items() if h.interrupted), None)
     data = {label: h.to_dict() for label, h in histories.items()} if args.json else None
     if not args.json:
         print(f"gradpaths train: {task!r}, {cell!r}, {args.steps} steps, {args.optimizer} "
               f"lr {args.learning_rate:g}, batch {args.batch_size}")
         for label, h in histories.items():
             final = h.loss[-1] if len(h.loss) else float("nan")
-            print(f"\n{label}: final loss {final:.4g} (trivial baseline "
+            print(f"\n{label}: "
+                  + (f"interrupted after {len(h.step)} of {args.steps} steps, " if
+                     h.interrupted else "")
+                  + f"final loss {final:.4g} (trivial baseline "
                   f"{h.baseline if h.baseline is None else f'{h.baseline:.4g}'}), largest "
                   f"gradient norm {max(h.grad_norm, default=float('nan')):.4g}, "
                   f"{len(h.explosions)} explosion events"
                   + (f", stopped: {h.stopped}" if h.stopped else ""))
+            note = unjudged_note(h)
+            if note:
+                print(f"  note: {note}")
             for e in h.events[:5]:
                 print(f"  {e.message}")
             if len(h.events) > 5:
                 print(f"  ... and {len(h.events) - 5} more")
+    if stopped is not None:
+        print(f"gradpaths train: interrupted (Ctrl-C) in run '{stopped}' after "
+              f"{len(histories[stopped].step)} of {args.steps} steps"
+              + (f"; not run: {', '.join(not_run)}" if not_run else "")
+              + "; runs of different lengths are not compared", file=sys.stderr)
     return _finish(args, data, lambda: train_report(histories, clip=args.clip,
                                                     settings=_settings(args),
-                                                    command=command_line(argv)))
+                                                    command=command_line(argv),
+                                                    steps=args.steps, not_run=not_run),
+                   status=130 if stopped is not None else 0)
 
 
 # --------------------------------------------------------------------------- main
@@ -641,13 +783,29 @@ def _train(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
 _COMMANDS = {"explain": _explain, "sweep": _sweep, "train": _train}
 
 
+def _reader_gone() -> int:
+    """stdout's reader has gone (``gradpaths explain | head -1``): stop quietly, as Unix
+    tools do, with the status of a process ended by SIGPIPE (128 + 13)."""
+    try:    # what is still buffered for stdout goes nowhere, not to an error at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):    # stdout without a file descriptor
+        pass
+    return 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad input, 1 failure)."""
     args = _parser().parse_args(argv)
     prog = f"gradpaths {args.command}"
     try:
         _setup_jax()
-        return _COMMANDS[args.command](args, argv)
+        status = _COMMANDS[args.command](args, argv)
+        sys.stdout.flush()      # here, so that a closed pipe is seen below
+        return status
+    except BrokenPipeError:
+        return _reader_gone()
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

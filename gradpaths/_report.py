@@ -6,7 +6,8 @@ as ``report.json``), ``markdown`` (``report.md``, which embeds the figures) and
 text files. :func:`write_report` builds the folder in a fresh temporary sibling
 and renames it into place, so a reader never sees a half-written report; an
 existing folder is replaced only with ``force=True``, and then only if it is
-empty or itself a report folder (holds ``report.json``).
+empty or gradpaths wrote it: its marker file (:data:`MARKER_FILE`) lists every
+file in it.
 
 :func:`explain_report` computes the explanation's figures for one model and
 input sequence; :func:`sweep_report` and :func:`train_report` wrap a sweep and
@@ -23,8 +24,8 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import uuid
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,10 @@ import numpy as np
 from gradpaths import _checks, _inputs, _routes
 
 REPORT_FILE = "report.json"
+#: The file listing what gradpaths wrote in a report folder: only such a folder is
+#: ever replaced (``force=True``, ``--force``).
+MARKER_FILE = ".gradpaths-report.json"
+_MARKER_FORMAT = "gradpaths.report/1"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -99,51 +104,149 @@ class Report:
     files: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-def check_out(out: str | os.PathLike, force: bool) -> Path:
-    """Raise ``FileExistsError``/``FileNotFoundError`` unless ``out`` can be written.
+def _listing(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
-    ``out`` must not exist, or (with ``force``) be a folder that is empty or holds
-    a ``report.json``: a folder that is not a report is never replaced.
+
+def written_files(folder: str | os.PathLike) -> list[str] | None:
+    """The files a gradpaths report folder lists in its marker file (:data:`MARKER_FILE`),
+    or None when ``folder`` has no valid marker (gradpaths did not write it)."""
+    try:
+        marker = json.loads((Path(folder) / MARKER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("format") != _MARKER_FORMAT:
+        return None
+    files = marker.get("files")
+    if not isinstance(files, list) or not all(
+            isinstance(f, str) and f and f == os.path.basename(f) and f not in (".", "..")
+            for f in files):
+        return None
+    return files
+
+
+def foreign_files(folder: str | os.PathLike) -> list[str]:
+    """What ``folder`` holds that gradpaths did not write: every entry not listed in its
+    marker file (all of them when there is no marker); sub-folders end with ``/``."""
+    folder = Path(folder)
+    listed = set(written_files(folder) or ())
+    out = []
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name == MARKER_FILE and listed:
+            continue
+        if entry.is_symlink() or not entry.is_file():
+            out.append(entry.name + ("/" if entry.is_dir() and not entry.is_symlink() else ""))
+        elif entry.name not in listed:
+            out.append(entry.name)
+    return out
+
+
+def check_out(out: str | os.PathLike, force: bool, *, out_name: str = "out",
+              force_name: str = "force=True") -> Path:
+    """The absolute path of the report folder ``out``, or an error saying why it cannot
+    be written there.
+
+    ``out`` must be a new folder in an existing, writable folder; or, with ``force``,
+    a folder that gradpaths wrote (its :data:`MARKER_FILE` lists every file in it) or an
+    empty one. A folder holding anything gradpaths did not write, a symbolic link, the
+    current folder or one above it are never replaced. ``out_name`` and
+    ``force_name`` are how the messages name the two (``"--out"``, ``"--force"`` on the
+    command line).
+
+    Raises:
+      ValueError: ``out`` is empty.
+      FileExistsError: ``out`` exists and cannot (or, without ``force``, may not) be
+        replaced.
+      FileNotFoundError, PermissionError: the parent folder is missing or read-only.
     """
-    path = Path(out)
-    if path.exists() or path.is_symlink():
-        if not path.is_dir() or path.is_symlink():
-            raise FileExistsError(f"{os.fspath(out)!r} exists and is not a folder; choose "
-                                  "another --out")
+    text = os.fspath(out)
+    if not isinstance(text, str):
+        text = os.fsdecode(text)
+    if not text.strip():
+        raise ValueError(f"{out_name}: expected a folder path, got {text!r}")
+    path = Path(os.path.abspath(text))
+    here = Path(os.path.realpath(os.getcwd()))
+    real = Path(os.path.realpath(path))
+    if real == here or real in here.parents:
+        raise FileExistsError(f"{out_name}: {text!r} is the current folder or holds it; it "
+                              "is never replaced: choose a new folder")
+    if path.is_symlink():
+        raise FileExistsError(f"{out_name}: {text!r} is a symbolic link; it is never "
+                              "replaced: choose a new folder")
+    if path.exists():
+        if not path.is_dir():
+            raise FileExistsError(f"{out_name}: {text!r} exists and is not a folder; choose "
+                                  "a new folder")
+        foreign = foreign_files(path)
+        if foreign:
+            raise FileExistsError(
+                f"{out_name}: {text!r} exists and holds files gradpaths did not write "
+                f"({_listing(foreign)}); it is never replaced: choose a new folder")
         if not force:
-            raise FileExistsError(f"{os.fspath(out)!r} exists; pass --force (force=True) to "
-                                  "replace it, or choose another folder")
-        if any(path.iterdir()) and not (path / REPORT_FILE).is_file():
-            raise FileExistsError(f"{os.fspath(out)!r} exists and is not a gradpaths report "
-                                  f"folder (no {REPORT_FILE}); not replacing it, even with force")
-    parent = path.absolute().parent
+            what = "a gradpaths report folder" if any(path.iterdir()) else "an empty folder"
+            raise FileExistsError(f"{out_name}: {text!r} exists ({what}); pass {force_name} "
+                                  "to replace it, or choose a new folder")
+    parent = path.parent
     if not parent.is_dir():
-        raise FileNotFoundError(f"{os.fspath(out)!r}: the parent folder {os.fspath(parent)!r} "
+        raise FileNotFoundError(f"{out_name}: {text!r}: the folder {os.fspath(parent)!r} "
                                 "does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{out_name}: {text!r}: cannot write in the folder "
+                              f"{os.fspath(parent)!r}")
     return path
+
+
+def _file_names(report: Report) -> list[str]:
+    """The files of ``report``, checked: plain names, each once."""
+    names = [REPORT_FILE, "report.md", *report.files, *(f"{n}.png" for n in report.figures)]
+    for name in names:
+        if not name or name != os.path.basename(name) or name in (".", "..", MARKER_FILE):
+            raise ValueError(f"report: expected plain file names, got {name!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"report: expected distinct file names, got {names}")
+    return names
+
+
+def _remove_written(folder: Path) -> bool:
+    """Delete what gradpaths wrote in ``folder`` (its marker's list) and the folder if
+    that empties it; True when it is gone."""
+    for name in written_files(folder) or ():
+        (folder / name).unlink(missing_ok=True)
+    (folder / MARKER_FILE).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        return False
+    return True
 
 
 def write_report(out: str | os.PathLike, report: Report, *, force: bool = False,
                  dpi: int = 120) -> Path:
     """Write ``report`` to the folder ``out`` atomically.
 
-    Everything is written into a temporary folder next to ``out`` and renamed
-    into place at the end: a crash or Ctrl-C leaves either no folder or the old
-    one, never a partial report. With ``force`` an existing report folder is
-    moved aside, the new one moved in, and the old one deleted.
+    Everything is written into a temporary folder next to ``out`` (created with the
+    permissions of the umask, like any new folder) and renamed into place at the
+    end: a crash or Ctrl-C leaves either no folder or the old one, never a partial
+    report. The folder also holds :data:`MARKER_FILE`, the list of what gradpaths
+    wrote. With ``force`` an existing folder that gradpaths wrote (nothing in it but
+    the files its marker lists) is moved aside, the new one moved in, and the old
+    files deleted; see :func:`check_out` for what is refused.
 
     Args:
       out: the folder to create.
       report: a :class:`Report`.
-      force: replace an existing report folder (or an empty folder).
+      force: replace a report folder that gradpaths wrote (or an empty folder).
       dpi: resolution of the PNG figures.
 
     Returns:
-      The folder's path.
+      The folder's absolute path.
     """
     path = check_out(out, force)
+    names = _file_names(report)
     text = json.dumps(report.data, indent=2, allow_nan=False)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.absolute().parent))
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    os.mkdir(tmp, 0o777)            # the umask applies, as to any new folder
     try:
         (tmp / REPORT_FILE).write_text(text + "\n", encoding="utf-8")
         (tmp / "report.md").write_text(report.markdown, encoding="utf-8")
@@ -151,16 +254,20 @@ def write_report(out: str | os.PathLike, report: Report, *, force: bool = False,
             (tmp / name).write_text(content, encoding="utf-8")
         for name, fig in report.figures.items():
             fig.savefig(tmp / f"{name}.png", dpi=dpi)
-        check_out(path, force)      # again: something may have appeared meanwhile
+        marker = {"format": _MARKER_FORMAT, "files": sorted(names)}
+        (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
+        check_out(out, force)       # again: something may have appeared meanwhile
         if path.exists():
-            old = path.absolute().parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(path, old)
             try:
                 os.rename(tmp, path)
             except BaseException:
                 os.rename(old, path)
                 raise
-            shutil.rmtree(old, ignore_errors=True)
+            if not _remove_written(old):
+                warnings.warn(f"write_report: kept {os.fspath(old)!r}: files appeared in the "
+                              "old report folder while it was replaced", stacklevel=2)
         else:
             os.rename(tmp, path)
     except BaseException:
@@ -232,9 +339,9 @@ def _counts_route(ex: Any, cell: Any) -> str | None:
 
 def explain_report(cell: Any, params: Any, xs: Any, state0: Any = None, *,
                    explanation: Any = None, warmup: int = 0, heatmap_step: int | None = None,
-                   counts_route: str | None = None, counts_window: int = 50,
+                   counts_route: str | None = None, counts_window: int | None = None,
                    settings: Mapping[str, Any] | None = None, command: str | None = None,
-                   max_counts_size: int = 64) -> Report:
+                   source: str | None = None, max_counts_size: int = 64) -> Report:
     """The explanation of one model with its figures, ready for :func:`write_report`.
 
     Computes :func:`gradpaths.explain` (unless ``explanation`` is given) and, on
@@ -242,8 +349,9 @@ def explain_report(cell: Any, params: Any, xs: Any, state0: Any = None, *,
     Jacobian by route at ``heatmap_step`` (default: the step of largest local
     stretching), the Lyapunov spectrum (top ``min(d, 32)``), route-use counts of
     ``counts_route`` (default: the dominant route) over ``counts_window`` steps
-    after the warm-up (skipped when the state is larger than
-    ``max_counts_size``), and gate saturation over time.
+    after the warm-up (default ``min(50, T - warmup)``; a longer window is refused,
+    never cut; skipped when the state is larger than ``max_counts_size``), and gate
+    saturation over time.
 
     Args:
       cell, params, xs, state0: as in :func:`gradpaths.explain` (xs (T, m) or (B, T, m)).
@@ -252,6 +360,9 @@ def explain_report(cell: Any, params: Any, xs: Any, state0: Any = None, *,
       heatmap_step, counts_route, counts_window: see above.
       settings: recorded in ``report.json`` and ``report.md``.
       command: the command line, recorded likewise.
+      source: where the model comes from (e.g. the imported file, layer and direction
+        and what the layer reads), shown under the model in ``report.md`` and recorded
+        as ``"source"``.
       max_counts_size: largest state size d for the route-use counts.
 
     Returns:
@@ -265,6 +376,14 @@ def explain_report(cell: Any, params: Any, xs: Any, state0: Any = None, *,
     seq = np.asarray(xs)
     seq = seq[0] if seq.ndim == 3 else seq
     T = seq.shape[0]
+    start = min(ex.warmup, T - 1)
+    if counts_window is None:
+        counts_window = min(50, T - start)
+    elif isinstance(counts_window, bool) or not isinstance(counts_window, (int, np.integer)):
+        raise TypeError(f"counts_window: expected a positive int, got {counts_window!r}")
+    elif not 1 <= counts_window <= T - start:
+        raise ValueError(f"counts_window: expected 1 to {T - start} (the steps after the "
+                         f"warm-up {start} of T = {T}), got {counts_window}")
     figs: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     notes: list[str] = []
@@ -298,8 +417,7 @@ def explain_report(cell: Any, params: Any, xs: Any, state0: Any = None, *,
 
     route = counts_route or _counts_route(ex, cell)
     if route is not None and layout_size <= max_counts_size and jax.config.jax_enable_x64:
-        start = min(ex.warmup, T - 1)
-        stop = min(T, start + counts_window)
+        stop = start + counts_window
         counts = gp.route_use_counts(cell, params, seq, state0, route=route, start=start,
                                      stop=stop)
         figs["route_use_counts"] = gp.plot.route_use_counts(counts, route=route)
@@ -315,6 +433,8 @@ def explain_report(cell: Any, params: Any, xs: Any, state0: Any = None, *,
             gp.gate_saturation(cell, params, seq, state0))
 
     data = _header("explain", settings, command)
+    if source is not None:
+        data["source"] = source
     data["explanation"] = ex.to_dict()
     data["figures"] = {"files": [f"{n}.png" for n in figs], **extra}
     return Report(data, _explain_markdown(ex, data, figs, notes), figs)
@@ -332,6 +452,7 @@ def _explain_markdown(ex: Any, data: Mapping[str, Any], figs: Mapping[str, Any],
         f"**Model:** `{ex.cell}`, T = {ex.steps}"
         + (f", batch of {ex.batch}" if ex.batch > 1 else "")
         + (f", warm-up {ex.warmup}" if ex.warmup else "") + ".", "",
+        *([f"**Weights:** {data['source']}.", ""] if data.get("source") else []),
         "## Verdict", "", ex.verdict, "",
         "## Growth of each Jacobian sequence", "",
         "Top Lyapunov exponent and horizon growth `log ||J_{T-1} ... J_w||_2 / (T - w)` "
@@ -395,31 +516,82 @@ def sweep_report(sweep: Any, *, settings: Mapping[str, Any] | None = None,
     return Report(data, md, {"phase_diagram": fig})
 
 
+def _largest_norm(h: Any, explosion_window: int) -> tuple[int | None, bool]:
+    """Step of the largest finite gradient norm of a history and whether the explosion
+    rule could judge it (:func:`gradpaths._train.judged_steps`)."""
+    from gradpaths._train import judged_steps
+
+    norms = np.asarray(h.grad_norm, np.float64)
+    if not np.isfinite(norms).any():
+        return None, True
+    i = int(np.nanargmax(np.where(np.isfinite(norms), norms, np.nan)))
+    return int(h.step[i]), bool(judged_steps(norms, explosion_window)[i])
+
+
+def unjudged_note(h: Any, explosion_window: int = 20) -> str | None:
+    """A sentence when a history's largest gradient norm came before the explosion rule
+    could judge it (its first steps), else None."""
+    from gradpaths._train import EXPLOSION_MIN_HISTORY
+
+    step, judged = _largest_norm(h, explosion_window)
+    if judged:
+        return None
+    need = min(EXPLOSION_MIN_HISTORY, explosion_window)
+    return (f"the largest gradient norm ({float(np.nanmax(h.grad_norm)):.3g}, step {step}) came "
+            f"before the explosion detector had {need} steps of history, so it was not judged "
+            "(no explosion event can be recorded there)")
+
+
 def train_report(histories: Mapping[str, Any], *, clip: float | None = None,
                  settings: Mapping[str, Any] | None = None,
-                 command: str | None = None) -> Report:
+                 command: str | None = None, steps: int | None = None,
+                 not_run: tuple[str, ...] | list[str] = (),
+                 explosion_window: int = 20) -> Report:
     """Training runs as a report: curves, a summary and each run's full history
-    (``history_<label>.json``)."""
+    (``history_<label>.json``).
+
+    ``steps``: the steps asked for (to tell an interrupted run); ``not_run``: labels of
+    runs that were planned but not started (an interrupt stopped the command first).
+    ``explosion_window``: as in :func:`gradpaths.train` (the summary says when the
+    largest gradient norm came before the explosion rule could judge it)."""
     import gradpaths as gp
 
     fig = gp.plot.training_curves(dict(histories), clip=clip)
     data = _header("train", settings, command)
     summary, files = {}, {}
+    notes = []
     for label, h in histories.items():
         name = "history_" + "".join(c if c.isalnum() else "_" for c in label) + ".json"
         files[name] = json.dumps(h.to_dict(), allow_nan=False) + "\n"
+        top_step, judged = _largest_norm(h, explosion_window)
         summary[label] = {
             "file": name, "steps": int(len(h.step)),
             "final_loss": _num(h.loss[-1]) if len(h.loss) else None,
             "max_grad_norm": _num(np.nanmax(h.grad_norm)) if len(h.grad_norm) else None,
+            "max_grad_norm_step": top_step, "max_grad_norm_judged": judged,
             "explosions": len(h.explosions),
             "nonfinite": sum(e.kind == "nonfinite" for e in h.events),
             "stopped": h.stopped, "interrupted": bool(h.interrupted),
         }
+        note = unjudged_note(h, explosion_window)
+        if note:
+            notes.append(f"- {label}: {note}.")
+    interrupted = [label for label, h in histories.items() if h.interrupted]
+    data["interrupted"] = bool(interrupted)
+    data["not_run"] = list(not_run)
     data["runs"] = summary
     rows = [[label, s["steps"], _fmt(s["final_loss"], ".4g"), _fmt(s["max_grad_norm"], ".3g"),
-             s["explosions"], s["nonfinite"], s["stopped"] or "-"]
+             s["explosions"], s["nonfinite"],
+             "interrupted" if s["interrupted"] else (s["stopped"] or "-")]
             for label, s in summary.items()]
+    rows += [[label, 0, "-", "-", "-", "-", "not run (interrupted)"] for label in not_run]
+    head = []
+    if interrupted:
+        done = ", ".join(f"'{label}' after {summary[label]['steps']}"
+                         + (f" of {steps}" if steps else "") + " steps" for label in interrupted)
+        head = [f"**Interrupted (Ctrl-C):** {done}"
+                + (f"; not run: {', '.join(repr(x) for x in not_run)}" if not_run else "")
+                + ". Runs of different lengths are not comparable.", ""]
     events = []
     for label, h in histories.items():
         for e in h.events[:10]:
@@ -427,9 +599,10 @@ def train_report(histories: Mapping[str, Any], *, clip: float | None = None,
         if len(h.events) > 10:
             events.append(f"- {label}: ... {len(h.events) - 10} more in its history file")
     md = "\n".join([
-        "# gradpaths training", "",
+        "# gradpaths training", "", *head,
         _table(["run", "steps", "final loss", "largest gradient norm", "explosions",
                 "NaN/inf steps", "stopped"], rows), "",
+        *(notes + [""] if notes else []),
         "![training curves](training_curves.png)", "",
         "## Events", "", *(events or ["None."]), "",
         _footer(data)])

@@ -22,6 +22,8 @@ import sys
 import tempfile
 import threading
 import time
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -41,6 +43,10 @@ Array = jax.Array
 NONFINITE_ACTIONS = ("stop", "skip", "raise")
 SIDES = ("above", "both")
 _CHECKPOINT_FORMAT = "gradpaths.train/1"
+#: The explosion rule judges a step once at least this many finite gradient norms
+#: (or ``explosion_window``, if smaller) precede it in its window: the first steps are
+#: not judged (see :func:`judged_steps`).
+EXPLOSION_MIN_HISTORY = 5
 
 
 # --------------------------------------------------------------------------- regulariser
@@ -506,41 +512,105 @@ def save_checkpoint(path: str | os.PathLike, params: Any, opt_state: Any, histor
         raise
 
 
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError)
+
+
 def is_checkpoint(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a file written by :func:`save_checkpoint`."""
-    try:
-        with np.load(os.fspath(path), allow_pickle=False) as data:
+    """Whether ``path`` is a file written by :func:`save_checkpoint` (its format tag is
+    read; a damaged file can still pass, and :func:`load_checkpoint` then says so)."""
+    try:    # np.load(path) leaves the file open when it is a damaged zip: open it here
+        with open(os.fspath(path), "rb") as f, np.load(f, allow_pickle=False) as data:
             return "format" in data.files and str(data["format"]) == _CHECKPOINT_FORMAT
-    except (OSError, ValueError, EOFError):
+    except (*_READ_ERRORS, AttributeError, TypeError):    # TypeError: a .npy, no `with`
         return False
 
 
 def load_checkpoint(path: str | os.PathLike, params: Any, opt_state: Any
                     ) -> tuple[Any, Any, History, dict[str, Any]]:
-    """Read a checkpoint; ``params`` and ``opt_state`` give the expected structure."""
+    """Read a checkpoint; ``params`` and ``opt_state`` give the expected structure.
+
+    Raises:
+      ValueError: naming ``path``: no such file, not a gradpaths checkpoint, damaged
+        (truncated or corrupted), or arrays that do not fit ``params``/``opt_state``.
+    """
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint: no such file {path!r}")
     if not is_checkpoint(path):
+        with open(path, "rb") as f:
+            head = f.read(64)
+        # np.savez writes "format" first: a zip whose first member is format.npy is a
+        # checkpoint that can no longer be read.
+        if head.startswith(b"PK\x03\x04") and b"format.npy" in head:
+            raise ValueError(f"checkpoint: {path!r} is damaged (truncated or corrupted); "
+                             "delete it, or resume from a copy")
         raise ValueError(f"checkpoint: expected a gradpaths training checkpoint, got {path!r}")
-    with np.load(path, allow_pickle=False) as data:
-        history = History.from_dict(json.loads(str(data["history"])))
-        meta = json.loads(str(data["meta"]))
-        trees = []
-        for prefix, like in (("params", params), ("opt", opt_state)):
-            leaves, treedef = jax.tree_util.tree_flatten(like)
-            stored = sorted((k for k in data.files if k.startswith(prefix + "_")),
-                            key=lambda k: int(k.rsplit("_", 1)[1]))
-            if len(stored) != len(leaves):
-                raise ValueError(f"checkpoint: expected {len(leaves)} {prefix} arrays, got "
-                                 f"{len(stored)} in {path!r}")
-            new = []
-            for name, leaf in zip(stored, leaves, strict=True):
-                value = data[name]
-                if value.shape != np.shape(leaf):
-                    raise ValueError(f"checkpoint: {name} expected shape {np.shape(leaf)}, got "
-                                     f"{value.shape} in {path!r}")
-                new.append(jnp.asarray(value, jnp.asarray(leaf).dtype))
-            trees.append(jax.tree_util.tree_unflatten(treedef, new))
+    try:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
+            history_text, meta_text = str(data["history"]), str(data["meta"])
+            stored = {k: data[k] for k in data.files if k.startswith(("params_", "opt_"))}
+    except _READ_ERRORS as err:
+        raise ValueError(f"checkpoint: {path!r} is damaged (truncated or corrupted: {err}); "
+                         "delete it, or resume from a copy") from None
+    try:
+        history = History.from_dict(json.loads(history_text))
+        meta = json.loads(meta_text)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"checkpoint: {path!r} is damaged: its history cannot be read "
+                         f"({type(err).__name__}: {err})") from None
+    trees = []
+    for prefix, like in (("params", params), ("opt", opt_state)):
+        leaves, treedef = jax.tree_util.tree_flatten(like)
+        names = sorted((k for k in stored if k.startswith(prefix + "_")),
+                       key=lambda k: int(k.rsplit("_", 1)[1]))
+        if len(names) != len(leaves):
+            raise ValueError(f"checkpoint: expected {len(leaves)} {prefix} arrays, got "
+                             f"{len(names)} in {path!r}")
+        new = []
+        for name, leaf in zip(names, leaves, strict=True):
+            value = stored[name]
+            if value.shape != np.shape(leaf):
+                raise ValueError(f"checkpoint: {name} expected shape {np.shape(leaf)}, got "
+                                 f"{value.shape} in {path!r}")
+            new.append(jnp.asarray(value, jnp.asarray(leaf).dtype))
+        trees.append(jax.tree_util.tree_unflatten(treedef, new))
     return trees[0], trees[1], history, meta
+
+
+def _check_checkpoint_path(path: Any, resume: bool) -> str:
+    """``path`` as a string, or a clear error before any training: the folder must exist
+    and be writable; an existing file is only continued (``resume=True``)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"checkpoint: expected None or a file path, got {type(path).__name__}")
+    path = os.fspath(path)
+    if not isinstance(path, str):
+        path = os.fsdecode(path)
+    if not path.strip():
+        raise ValueError(f"checkpoint: expected a file path, got {path!r}")
+    if os.path.isdir(path):
+        raise ValueError(f"checkpoint: {path!r} is a folder; expected a file path in it")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"checkpoint: the folder {folder!r} of {path!r} does not exist; "
+                         "create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"checkpoint: cannot write in the folder {folder!r} of {path!r}")
+    if os.path.lexists(path) and not resume:
+        raise FileExistsError(
+            f"checkpoint: {path!r} exists; pass resume=True to continue from it "
+            "or choose another path (it is never overwritten otherwise)")
+    return path
+
+
+def judged_steps(grad_norm: Any, explosion_window: int = 20) -> np.ndarray:
+    """(S,) bool: the steps the explosion rule of :func:`train` could judge, those with
+    at least ``min(EXPLOSION_MIN_HISTORY, explosion_window)`` finite norms among the
+    previous ``explosion_window`` (the first 5 steps of a run are never judged)."""
+    finite = np.isfinite(np.asarray(grad_norm, np.float64))
+    count = np.concatenate([[0], np.cumsum(finite)])
+    t = np.arange(len(finite))
+    before = count[t] - count[np.maximum(t - explosion_window, 0)]
+    return before >= min(EXPLOSION_MIN_HISTORY, explosion_window)
 
 
 # --------------------------------------------------------------------------- progress, Ctrl-C
@@ -637,9 +707,9 @@ def train(model: Model, params: ModelParams, task: Any, *, key: Any, steps: int,
     cut, and gate saturation.
 
     Events: an *explosion* at step t when ``|grad_t| > explosion_factor * median``
-    of the previous ``explosion_window`` norms (at least 5 of them), with the
-    dominant route at that moment (the route whose cut lowers the top exponent on the
-    probes the most);
+    of the previous ``explosion_window`` norms (at least 5 of them: the first 5 steps
+    are never judged, see :func:`judged_steps`), with the dominant route at that
+    moment (the route whose cut lowers the top exponent on the probes the most);
     a *nonfinite* event when the loss, the gradient or the updated parameters hold
     NaN or inf. That update is never applied; then ``on_nonfinite`` says what
     happens: ``"stop"`` (return, ``history.stopped = "nonfinite"``), ``"skip"``
@@ -652,7 +722,9 @@ def train(model: Model, params: ModelParams, task: Any, *, key: Any, steps: int,
     steps and when training ends for any reason; ``resume=True`` continues from
     that file (same model, task, key and settings) up to ``steps`` in total and
     reproduces an uninterrupted run exactly. An existing file is never overwritten
-    unless ``resume=True`` and it is a gradpaths checkpoint.
+    unless ``resume=True`` and it is a gradpaths checkpoint; ``steps`` fewer than the
+    checkpoint holds are refused. The checkpoint's folder is checked before training
+    starts.
 
     Args:
       model: a :class:`gradpaths.Model` that fits ``task`` (see ``Model.for_task``).
@@ -700,6 +772,10 @@ def train(model: Model, params: ModelParams, task: Any, *, key: Any, steps: int,
     explosion_window = _checks.check_positive_int(explosion_window, "explosion_window")
     checkpoint_every = _checks.check_positive_int(checkpoint_every, "checkpoint_every")
     _checks.check_choice(on_nonfinite, "on_nonfinite", NONFINITE_ACTIONS)
+    if checkpoint is not None:      # before any work: a bad path fails now, not at the save
+        checkpoint = _check_checkpoint_path(checkpoint, resume)
+    elif resume:
+        raise ValueError("resume: expected a checkpoint path to resume from, got checkpoint=None")
     if clip is not None:
         clip = _check_positive_float(clip, "clip")
     if optimizer is None:
@@ -745,22 +821,19 @@ def train(model: Model, params: ModelParams, task: Any, *, key: Any, steps: int,
     routes, gates = _route_names(model.cell), saturation(model.cell, params.cell,
                                                          probe_batch.xs[:1])[0]
     history = History(routes, gates, getattr(task, "baseline", None))
-    if checkpoint is not None:
-        checkpoint = os.fspath(checkpoint)
-        if os.path.exists(checkpoint):
-            if not resume:
-                raise FileExistsError(
-                    f"checkpoint: {checkpoint!r} exists; pass resume=True to continue from it "
-                    "or choose another path (it is never overwritten otherwise)")
-            params, opt_state, history, stored = load_checkpoint(checkpoint, params, opt_state)
-            changed = sorted(k for k in meta if stored.get(k) != meta[k])
-            if changed:
-                raise ValueError(
-                    f"checkpoint: {checkpoint!r} was written with other settings: "
-                    + "; ".join(f"{k} expected {stored.get(k)!r}, got {meta[k]!r}"
-                                for k in changed))
-    elif resume:
-        raise ValueError("resume: expected a checkpoint path to resume from, got checkpoint=None")
+    if checkpoint is not None and os.path.exists(checkpoint):     # resume=True: checked above
+        params, opt_state, history, stored = load_checkpoint(checkpoint, params, opt_state)
+        changed = sorted(k for k in meta if stored.get(k) != meta[k])
+        if changed:
+            raise ValueError(
+                f"checkpoint: {checkpoint!r} was written with other settings: "
+                + "; ".join(f"{k} expected {stored.get(k)!r}, got {meta[k]!r}"
+                            for k in changed))
+        if history.next_step > steps:
+            raise ValueError(
+                f"steps: expected at least the {history.next_step} steps that the checkpoint "
+                f"{checkpoint!r} already holds, got steps={steps} (a checkpoint is continued, "
+                "never cut; load_checkpoint reads it as it is)")
 
     record = _Recorder(history)
     step_fn = _compiled_step(_inputs._hashable(model), opt, regularizer)
@@ -797,7 +870,8 @@ def train(model: Model, params: ModelParams, task: Any, *, key: Any, steps: int,
                 grad_norm = float(stats.grad_norm)
                 recent = record.recent_grad_norms(explosion_window)
                 median = _median(recent)
-                enough = np.isfinite(recent).sum() >= min(5, explosion_window)
+                enough = np.isfinite(recent).sum() >= min(EXPLOSION_MIN_HISTORY,
+                                                          explosion_window)
                 event = None
                 if not bool(stats.finite):
                     dominant, exps = route_report(params)

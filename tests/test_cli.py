@@ -23,6 +23,7 @@ SMALL_EXPLAIN = ["explain", *SMALL]
 SWEEP = ["sweep", "--gains", "1:16:3", "--forget-biases", "0,4", "--steps", "50", "--warmup",
          "10", "--hidden", "6", "--scaled", "z,o"]
 PNG = b"\x89PNG\r\n\x1a\n"
+MARKER = ".gradpaths-report.json"
 
 
 @pytest.fixture(autouse=True)
@@ -180,8 +181,9 @@ def test_explain_report_folder(small_report):
     for f in figures:
         assert (out_dir / f"{f}.png").read_bytes()[:8] == PNG
         assert f"]({f}.png)" in md
-    assert sorted(p.name for p in out_dir.iterdir()) == sorted(
-        ["report.json", "report.md", *(f"{f}.png" for f in figures)])
+    written = ["report.json", "report.md", *(f"{f}.png" for f in figures)]
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted([*written, MARKER])
+    assert strict_json((out_dir / MARKER).read_text())["files"] == sorted(written)
     assert [p.name for p in out_dir.parent.iterdir()] == ["rep"]    # no temporary left over
 
 
@@ -193,11 +195,11 @@ def test_existing_folder_is_not_overwritten(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(gp, "explain", lambda *a, **k: pytest.fail("explain ran"))
     code, out, err = run(["explain", *SMALL, "--out", str(out_dir)], capsys)
     assert_one_line_error(code, out, err, "explain")
-    assert "exists" in err and "--force" in err
-    # --force does not replace a folder that is not a report.
+    # --force would not replace it, so it is not suggested.
+    assert "exists" in err and "--force" not in err and "did not write (notes.txt)" in err
     code, out, err = run(["explain", *SMALL, "--out", str(out_dir), "--force"], capsys)
     assert_one_line_error(code, out, err, "explain")
-    assert "not a gradpaths report folder" in err
+    assert "did not write (notes.txt)" in err
     assert [p.name for p in out_dir.iterdir()] == ["notes.txt"]
     assert (out_dir / "notes.txt").read_text() == "mine"
 
@@ -205,15 +207,26 @@ def test_existing_folder_is_not_overwritten(tmp_path, capsys, monkeypatch):
 def test_force_replaces_a_report_folder(tmp_path, capsys):
     out_dir = tmp_path / "sw"
     argv = [*SWEEP, "--out", str(out_dir)]
-    assert run(argv, capsys)[0] == 0
-    (out_dir / "stale.txt").write_text("old")
+    umask = os.umask(0o027)
+    try:
+        assert run(argv, capsys)[0] == 0
+    finally:
+        os.umask(umask)
+    assert out_dir.stat().st_mode & 0o777 == 0o750      # the umask's, like any new folder
     code, out, err = run(argv, capsys)
     assert_one_line_error(code, out, err, "sweep")
-    assert (out_dir / "stale.txt").exists()
+    assert "pass --force to replace it" in err and "force=True" not in err
+    # A file gradpaths did not write: never replaced, even with --force.
+    (out_dir / "stale.txt").write_text("old")
+    code, out, err = run([*argv, "--force"], capsys)
+    assert_one_line_error(code, out, err, "sweep")
+    assert "did not write (stale.txt)" in err and "--force" not in err
+    assert (out_dir / "stale.txt").read_text() == "old"
+    (out_dir / "stale.txt").unlink()
     code, out, err = run([*argv, "--force"], capsys)
     assert code == 0, err
-    assert sorted(p.name for p in out_dir.iterdir()) == ["phase_diagram.png", "report.json",
-                                                         "report.md"]
+    assert sorted(p.name for p in out_dir.iterdir()) == [MARKER, "phase_diagram.png",
+                                                         "report.json", "report.md"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sw"]
 
 
@@ -265,7 +278,8 @@ def test_explain_torch_weights(tmp_path, capsys):
                           "--warmup", "5", "--json"], capsys)
     assert code == 0, err
     data = strict_json(out)
-    ex = gp.explain(cell, params, xs, warmup=5)
+    # The reverse direction reads the inputs from the last step back, as in torch.
+    ex = gp.explain(cell, params, xs[::-1], warmup=5)
     assert data["cell"] == repr(cell) == "LSTM(input_size=2, hidden_size=3, peepholes=False, " \
         "forget_gate=True)"
     np.testing.assert_array_equal(params.W.o, sd["weight_ih_l0_reverse"][9:12])
@@ -400,3 +414,230 @@ def test_help(command, capsys):
                    "sweep": ["--gains", "--forget-biases", "--scaled", "--out"],
                    "train": ["--task", "--clip", "--compare", "--out"]}[command]:
         assert option in out
+
+
+# --------------------------------------------------------------------------- issue 10: no wrong
+# number, no lost file
+
+
+def test_train_interrupt_stops_the_whole_command(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in the first run of --compare: the clipped run never starts, the terminal
+    and report.md say so, and the exit status is 130."""
+    import gradpaths._train as train_module
+
+    real, clips = train_module.train, []
+
+    def ctrl_c_at_step_4(*args, **kwargs):
+        clips.append(kwargs["clip"])
+
+        def press(step, record):
+            if step == 4:
+                raise KeyboardInterrupt
+
+        return real(*args, callback=press, **kwargs)
+
+    monkeypatch.setattr(train_module, "train", ctrl_c_at_step_4)
+    out_dir = tmp_path / "tr"
+    code, out, err = run(["train", "--steps", "30", "--compare", "--out", str(out_dir)], capsys)
+    assert code == 130, err
+    assert clips == [None]                              # the clipped run never started
+    assert "interrupted (Ctrl-C) in run 'no clipping' after 5 of 30 steps" in err
+    assert "not run: clip 1" in err
+    assert "no clipping: interrupted after 5 of 30 steps" in out and "clip 1:" not in out
+    report = strict_json((out_dir / "report.json").read_text())
+    assert list(report["runs"]) == ["no clipping"] and report["runs"]["no clipping"]["steps"] == 5
+    assert report["interrupted"] is True and report["not_run"] == ["clip 1"]
+    md = (out_dir / "report.md").read_text()
+    assert "**Interrupted (Ctrl-C):** 'no clipping' after 5 of 30 steps; not run: 'clip 1'" in md
+    assert "| clip 1 | 0 | - | - | - | - | not run (interrupted) |" in md
+
+
+def test_train_names_the_optimizer_and_an_unjudged_largest_norm(capsys):
+    code, out, err = run(["train", "--help"], capsys)
+    assert code == 0 and "with adam" not in out and "--optimizer" in out
+    # The default model's largest gradient norm comes at step 2, before the explosion
+    # detector has the 5 steps of history it needs: the summary says so.
+    code, out, err = run(["train", "--steps", "12", "--json"], capsys)
+    assert code == 0, err
+    norms = np.array(strict_json(out)["no clipping"]["grad_norm"], float)
+    assert int(np.argmax(norms)) < 5 and norms.max() > 1e4
+    code, out, err = run(["train", "--steps", "12"], capsys)
+    assert code == 0, err
+    assert f"largest gradient norm {norms.max():.4g}, 0 explosion events" in out
+    assert (f"note: the largest gradient norm ({norms.max():.3g}, step {np.argmax(norms)}) came "
+            "before the explosion detector had 5 steps of history, so it was not judged") in out
+
+
+def test_report_destination_is_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(gp, "explain", lambda *a, **k: pytest.fail("explain ran"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    # The item-7 folder: a report.json of the user's, other files and a sub-folder.
+    proj = tmp_path / "proj"
+    (proj / "sub").mkdir(parents=True)
+    (proj / "report.json").write_text('{"my": "own"}')
+    (proj / "data.csv").write_text("a,b\n")
+    (proj / "sub" / "keep.txt").write_text("x")
+    cases = {
+        ".": "'.' is the current folder or holds it",
+        "": "--out: expected a folder path, got ''",
+        "link": "'link' is a symbolic link",
+        "nodir/rep": "does not exist",
+        "proj": "'proj' exists and holds files gradpaths did not write (data.csv, report.json, "
+                "sub/)",
+    }
+    for out_arg, needle in cases.items():
+        for force in ([], ["--force"]):
+            code, out, err = run(["explain", *SMALL, "--out", out_arg, *force], capsys)
+            assert_one_line_error(code, out, err, "explain")
+            assert needle in err, (out_arg, err)
+            assert "--force" not in err and "force=True" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "proj", "target"]
+    assert sorted(str(p.relative_to(proj)) for p in proj.rglob("*")) == [
+        "data.csv", "report.json", "sub", "sub/keep.txt"]
+    assert (proj / "report.json").read_text() == '{"my": "own"}'
+
+
+def test_write_report_speaks_keyword_arguments(tmp_path):
+    report = gp._report.Report({"report": "test"}, "# test\n", files={"notes.txt": "x"})
+    path = gp.write_report(tmp_path / "rep", report)
+    assert sorted(p.name for p in path.iterdir()) == [MARKER, "notes.txt", "report.json",
+                                                      "report.md"]
+    with pytest.raises(FileExistsError, match=r"out: .* pass force=True to replace it"):
+        gp.write_report(tmp_path / "rep", report)
+    (path / "mine.csv").write_text("a")
+    with pytest.raises(FileExistsError, match=r"did not write \(mine.csv\); it is never"):
+        gp.write_report(tmp_path / "rep", report, force=True)
+    assert (path / "mine.csv").read_text() == "a"
+    with pytest.raises(ValueError, match="expected plain file names"):
+        gp.write_report(tmp_path / "other", gp._report.Report({}, "", files={"../x": ""}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]
+
+
+def test_input_file_is_used_as_it_is(tmp_path, capsys):
+    xs = tmp_path / "xs.npy"
+    np.save(xs, np.ones((30, 4)))
+    code, out, err = run(["explain", "--input-file", str(xs), "--input-scale", "3"], capsys)
+    assert_one_line_error(code, out, err, "explain")
+    assert "--input-scale: applies to the random inputs, not to --input-file" in err
+    empty = tmp_path / "empty.npy"
+    np.save(empty, np.zeros((0, 4)))
+    code, out, err = run(["explain", "--input-file", str(empty)], capsys)
+    assert_one_line_error(code, out, err, "explain")
+    assert f"--input-file: {str(empty)!r} holds no steps (shape (0, 4))" in err
+    code, out, err = run(["explain", *SMALL, "--counts-window", "100000"], capsys)
+    assert_one_line_error(code, out, err, "explain")
+    assert ("--counts-window: expected at most the 45 steps after the warm-up (60 steps, "
+            "warm-up 15), got 100000") in err
+
+
+def test_explain_report_counts_window_is_never_cut():
+    cell, params, xs = gp.exploding_lstm(hidden=4, steps=30)
+    with pytest.raises(ValueError, match=r"counts_window: expected 1 to 20 .*got 21"):
+        gp.explain_report(cell, params, xs, warmup=10, counts_window=21)
+
+
+class _FakeTorch:
+    """``torch`` with a ``load`` that fails as torch does on files it will not read."""
+
+    def __init__(self, error=None, value=None):
+        self.error, self.value = error, value
+
+    def load(self, *args, **kwargs):
+        assert kwargs["weights_only"] is True
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def test_unreadable_torch_files_get_safe_advice(tmp_path, capsys, monkeypatch):
+    import pickle
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"garbage")
+    advice = ("weights_only=False", "\x1b[")
+    errors = [
+        RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central "
+                     "directory. ... you can load with `weights_only=False` ..."),
+        pickle.UnpicklingError("Weights only load failed. \x1b[1mWeightsUnpickler error: "
+                               "Unsupported global: GLOBAL __main__.Net\x1b[0m ... "
+                               "weights_only=False"),
+    ]
+    for fake in [_FakeTorch(error=e) for e in errors] + [_FakeTorch(value=[1, 2, 3])]:
+        monkeypatch.setitem(sys.modules, "torch", fake)
+        code, out, err = run(["explain", "--weights", str(path)], capsys)
+        assert_one_line_error(code, out, err, "explain")
+        assert (f"--weights: {str(path)!r} is not a state dict gradpaths can read" in err
+                and "save one with torch.save(model.state_dict(), path)" in err), err
+        assert not any(a in err for a in advice), err
+
+
+def test_closed_pipe_ends_quietly(tmp_path):
+    """``gradpaths explain | head -1``: no error message, the status of SIGPIPE."""
+    env = {**os.environ, "GRADPATHS_CACHE_DIR": "off"}
+    proc = subprocess.Popen([sys.executable, "-m", "gradpaths", "explain", "--steps", "20",
+                             "--hidden", "3"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()                     # the reader is gone before anything is written
+    with proc.stderr:
+        err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == b""
+
+
+def _manual_stack(sd, xs, state0=None):
+    """Layer 0 of the torch fixture (both directions) over ``xs``: layer 1's inputs."""
+    outs = []
+    for d, direction in (("f", "forward"), ("r", "reverse")):
+        cell, params = gp.interop.from_torch(sd, layer=0, direction=direction)
+        s0 = None if state0 is None else state0(d, cell)
+        seq = xs if d == "f" else xs[::-1]
+        h = np.asarray(gp.unroll(cell, params, seq, s0).h[1:])
+        outs.append(h if d == "f" else h[::-1])
+    return np.concatenate(outs, axis=-1)
+
+
+def test_explain_layer_reads_the_layers_below(tmp_path, capsys):
+    """--layer 1 of a 2-layer bidirectional torch LSTM reads layer 0's outputs, not N(0, 1)
+    inputs, and the header names the layer and direction."""
+    with np.load(os.path.join(FIXTURES, "torch_lstm.npz")) as data:
+        arrays = {k: data[k] for k in data.files}
+    sd = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
+
+    def state0(d, cell):    # torch's (h0, c0) of layer 0 in the fixture
+        return cell.initial_state(np.float64)._replace(c=arrays[f"state0/0{d}/1"],
+                                                       h=arrays[f"state0/0{d}/0"])
+
+    # The stacking convention checked against torch: layer 1 (both directions) on the
+    # stacked outputs of layer 0 gives the module's output.
+    below = _manual_stack(sd, arrays["xs"], state0)
+    outs = []
+    for d, direction in (("f", "forward"), ("r", "reverse")):
+        cell, params = gp.interop.from_torch(sd, layer=1, direction=direction)
+        s0 = cell.initial_state(np.float64)._replace(c=arrays[f"state0/1{d}/1"],
+                                                     h=arrays[f"state0/1{d}/0"])
+        seq = below if d == "f" else below[::-1]
+        h = np.asarray(gp.unroll(cell, params, seq, s0).h[1:])
+        outs.append(h if d == "f" else h[::-1])
+    assert_close(np.concatenate(outs, axis=-1), arrays["out"])
+
+    path = tmp_path / "lstm.npz"
+    np.savez(path, **sd)
+    out_dir = tmp_path / "rep"
+    code, out, err = run(["explain", "--weights", str(path), "--format", "torch", "--layer", "1",
+                          "--direction", "reverse", "--steps", "40", "--warmup", "5", "--out",
+                          str(out_dir)], capsys)
+    assert code == 0, err
+    xs = np.asarray(jax.random.normal(jax.random.fold_in(jax.random.key(0), 1), (40, 2)))
+    cell, params = gp.interop.from_torch(sd, layer=1, direction="reverse")
+    ex = gp.explain(cell, params, _manual_stack(sd, xs)[::-1], warmup=5)
+    report = strict_json((out_dir / "report.json").read_text())
+    assert_close(report["explanation"]["rows"][0]["exponent"], ex.exponent)
+    assert report["explanation"]["verdict"] == ex.verdict
+    header = (f"{path} (torch, layer 1, reverse direction); inputs: random N(0, 1^2), through "
+              "the imported layer 0 below (6 outputs per step), read from the last step back "
+              "(reverse direction)")
+    assert out.splitlines()[0] == f"weights: {header}"
+    assert report["source"] == header
+    assert f"**Weights:** {header}." in (out_dir / "report.md").read_text()

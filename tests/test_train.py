@@ -316,3 +316,80 @@ def test_bad_inputs():
         gp.GrowthRegularizer(side="below")
     with pytest.raises(TypeError, match="routes: expected None or route names"):
         gp.GrowthRegularizer(routes="o")
+
+
+# --------------------------------------------------------------------------- issue 10
+
+
+def _no_training(step, record):
+    pytest.fail("training ran")
+
+
+def test_resume_with_fewer_steps_is_refused(tmp_path):
+    params = MODEL.init(jax.random.key(0))
+    kw = dict(key=jax.random.key(1), learning_rate=1e-2, probe_every=5, **SMALL)
+    path = tmp_path / "run.ckpt"
+    gp.train(MODEL, params, TASK, steps=12, checkpoint=path, **kw)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"steps: expected at least the 12 steps that the "
+                       r"checkpoint .*run.ckpt' already holds, got steps=5"):
+        gp.train(MODEL, params, TASK, steps=5, checkpoint=path, resume=True,
+                 callback=_no_training, **kw)
+    assert path.read_bytes() == before                  # never rewritten
+    same = gp.train(MODEL, params, TASK, steps=12, checkpoint=path, resume=True,
+                    callback=_no_training, **kw)
+    assert list(same.history.step) == list(range(12))
+    assert list(same.history.probe_step) == [0, 5, 10, 12]
+
+
+def test_damaged_checkpoints_are_named(tmp_path):
+    params = MODEL.init(jax.random.key(0))
+    kw = dict(key=jax.random.key(1), steps=3, learning_rate=1e-2, **SMALL)
+    path = tmp_path / "run.ckpt"
+    result = gp.train(MODEL, params, TASK, checkpoint=path, **kw)
+    good = path.read_bytes()
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good[: len(good) // 2])
+    flipped = tmp_path / "flipped.ckpt"
+    at = good.index(b"history.npy") + 400               # inside the history's data
+    flipped.write_bytes(good[:at] + bytes([good[at] ^ 0xFF]) + good[at + 1:])
+    for bad in (truncated, flipped):
+        with pytest.raises(ValueError, match=rf"checkpoint: '{bad}' is damaged \(truncated or "
+                           "corrupted"):
+            gp.load_checkpoint(bad, params, result.opt_state)
+        with pytest.raises(ValueError, match=rf"checkpoint: '{bad}' is damaged"):
+            gp.train(MODEL, params, TASK, checkpoint=bad, resume=True, callback=_no_training,
+                     **kw)
+    with pytest.raises(ValueError, match="checkpoint: no such file"):
+        gp.load_checkpoint(tmp_path / "none.ckpt", params, result.opt_state)
+
+
+def test_checkpoint_folder_is_checked_before_training(tmp_path):
+    params = MODEL.init(jax.random.key(0))
+    kw = dict(key=jax.random.key(1), steps=3, learning_rate=1e-2, callback=_no_training,
+              **SMALL)
+    missing = tmp_path / "nodir" / "x.ckpt"
+    with pytest.raises(ValueError, match=rf"checkpoint: the folder '{tmp_path / 'nodir'}' of "
+                       rf"'{missing}' does not exist"):
+        gp.train(MODEL, params, TASK, checkpoint=missing, **kw)
+    with pytest.raises(ValueError, match="is a folder; expected a file path"):
+        gp.train(MODEL, params, TASK, checkpoint=tmp_path, **kw)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_first_steps_are_not_judged_for_explosions():
+    np.testing.assert_array_equal(gp.judged_steps(np.ones(8)), [False] * 5 + [True] * 3)
+    norms = np.array([1.0, np.nan, 1.0, 1.0, 1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(gp.judged_steps(norms), [False] * 6 + [True])
+    np.testing.assert_array_equal(gp.judged_steps(np.ones(4), explosion_window=2),
+                                  [False, False, True, True])
+    # A run whose largest norm falls there: no event, and the report says why.
+    result = gp.train(MODEL, exploding_params(), TASK, key=jax.random.key(1), steps=8,
+                      learning_rate=1e-2, **SMALL)
+    h = result.history
+    top = int(np.argmax(h.grad_norm))
+    assert top < 5 and not h.explosions
+    report = gp._report.train_report({"run": h})
+    assert report.data["runs"]["run"]["max_grad_norm_step"] == top
+    assert report.data["runs"]["run"]["max_grad_norm_judged"] is False
+    assert "came before the explosion detector had 5 steps of history" in report.markdown
