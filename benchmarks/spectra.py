@@ -176,7 +176,7 @@ def part_chain(n: int, T: int) -> list[dict[str, Any]]:
     def spectrum(reorth_every):
         return lambda p, x: _lyapunov._exponents(cell, p, x, s0, np.int32(0), np.uint32(0),
                                                  spec=spec, k=d, method="matrix",
-                                                 reorth_every=reorth_every)
+                                                 reorth_every=reorth_every)[0]
 
     def check_curve(out):
         err, rel = C.closeness(out, ref_curve, "float32")
@@ -214,7 +214,7 @@ def part_topk(n: int, T: int, k: int = 8) -> list[dict[str, Any]]:
 
     def top(p, x):
         return _lyapunov._exponents(cell, p, x, s0, np.int32(0), np.uint32(0), spec=spec, k=k,
-                                    method="jvp", reorth_every=1)
+                                    method="jvp", reorth_every=1)[0]
 
     # correctness: the k tangents agree with the formed (d, d) matrices on a short prefix
     short = min(T, 20)
