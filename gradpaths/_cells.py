@@ -88,6 +88,27 @@ def _keep(route: str, value: Array) -> Array:
     return value
 
 
+def _recurrent(R: Any, gates: tuple[str, ...], h: Array, read: Callable[[str, Array], Array]
+               ) -> dict[str, Array]:
+    """``R_g h`` for each gate g. With the default reader the matrices are stacked into
+    one ``(G n, n)`` product (fused: the recurrent matrices are read once per step,
+    and XLA hoists the stacking out of a scan); a reader that cuts routes needs each
+    gate to read its own ``read(g, h)``."""
+    if read is _keep and len(gates) > 1:
+        stacked = jnp.concatenate([getattr(R, g) for g in gates])
+        parts = jnp.split(_mv(stacked, h), len(gates))
+        return dict(zip(gates, parts, strict=True))
+    return {g: _mv(getattr(R, g), read(g, h)) for g in gates}
+
+
+def _projection(W: Any, b: Any, gates: tuple[str, ...], xs: Array) -> Array:
+    """``W_g x_t + b_g`` for every step and gate at once: (T, G, n), one
+    ``(T, m) x (m, G n)`` product."""
+    Ws = jnp.stack([getattr(W, g) for g in gates])      # (G, n, m)
+    bs = jnp.stack([getattr(b, g) for g in gates])      # (G, n)
+    return jnp.einsum("tm,gnm->tgn", xs, Ws, precision=_HIGHEST) + bs[None]
+
+
 def _normal(key: Array, shape: tuple[int, ...], scale: float, dtype: Any) -> Array:
     return scale * jax.random.normal(key, shape, dtype)
 
@@ -374,22 +395,34 @@ class LSTM:
         pre-activation, ``dz = tanh'(zbar)``, ``di``, ``df``, ``do`` (sigmoid') and
         ``dtanh_c = tanh'(c')``, computed so that they keep their magnitude at
         saturation (``df = 0`` without a forget gate)."""
-        W, R, b, p = params
+        return self.forward_projected(params, state, self.project(params, x[None])[0], read)
+
+    def project(self, params: LSTMParams, xs: Array) -> Array:
+        """The input part of every gate's pre-activation for all steps at once:
+        ``u[t, g] = W_g x_t + b_g``, shape (T, G, n), gates in :attr:`gates` order."""
+        return _projection(params.W, params.b, self.gates, xs)
+
+    def forward_projected(self, params: LSTMParams, state: LSTMState, u: Array,
+                          read: Callable[[str, Array], Array] = _keep) -> dict[str, Array]:
+        """:meth:`forward` from the projected input ``u`` (G, n) of :meth:`project`."""
+        R, p = params.R, params.p
         c, h = state
-        zbar = _mv(W.z, x) + _mv(R.z, read("z", h)) + b.z
-        ibar = _mv(W.i, x) + _mv(R.i, read("i", h)) + b.i
+        u = dict(zip(self.gates, u, strict=True))
+        rec = _recurrent(R, self.gates, h, read)
+        zbar = u["z"] + rec["z"]
+        ibar = u["i"] + rec["i"]
         if self.peepholes:
             ibar = ibar + p.i * read("peep_i", c)
         z, i = tanh(zbar), sigmoid(ibar)
         if self.forget_gate:
-            fbar = _mv(W.f, x) + _mv(R.f, read("f", h)) + b.f
+            fbar = u["f"] + rec["f"]
             if self.peepholes:
                 fbar = fbar + p.f * read("peep_f", c)
             f, df = sigmoid(fbar), dsigmoid(fbar)
         else:
             f, df = jnp.ones_like(i), jnp.zeros_like(i)
         c_new = z * i + read("carousel", c) * f
-        obar = _mv(W.o, x) + _mv(R.o, read("o", h)) + b.o
+        obar = u["o"] + rec["o"]
         if self.peepholes:
             obar = obar + p.o * c_new
         o = sigmoid(obar)
@@ -398,6 +431,11 @@ class LSTM:
                     dz=dtanh(zbar), di=dsigmoid(ibar), df=df, do=dsigmoid(obar),
                     dtanh_c=dtanh(c_new))
 
+    def step_projected(self, params: LSTMParams, state: LSTMState, u: Array) -> LSTMState:
+        """:meth:`step` from the projected input ``u`` (G, n) (the fused forward pass)."""
+        out = self.forward_projected(params, state, u)
+        return LSTMState(out["c"], out["h"])
+
     def step(self, params: LSTMParams, state: LSTMState, x: Array,
              read: Callable[[str, Array], Array] = _keep) -> LSTMState:
         """``(c, h), x -> (c', h')``; pure. ``read`` as in :meth:`forward`."""
@@ -405,7 +443,12 @@ class LSTM:
         return LSTMState(out["c"], out["h"])
 
     def edges(self, params: LSTMParams, state: LSTMState, x: Array) -> dict[str, Edge]:
-        """Entry edges of one step (closed form, routes.md).
+        """Entry edges of one step (closed form); see :meth:`linearise`."""
+        return self.linearise(params, state, x)[1]
+
+    def linearise(self, params: LSTMParams, state: LSTMState, x: Array
+                  ) -> tuple[LSTMState, dict[str, Edge]]:
+        """The next state and the entry edges of one step, from one forward pass.
 
         With ``g_c = dh'/dc' = o tanh'(c') + tanh(c') sigmoid'(obar) p_o``, each
         edge's c'-row coefficient ``a`` gives h-row coefficient ``g_c * a``; the o
@@ -415,6 +458,7 @@ class LSTM:
         magnitude where the gate saturates.
         """
         g = self.forward(params, state, x)
+        nxt = LSTMState(g["c"], g["h"])
         z, i, f, o, tc = g["z"], g["i"], g["f"], g["o"], g["tanh_c"]
         do = g["do"]
         g_c = o * g["dtanh_c"]
@@ -438,7 +482,7 @@ class LSTM:
             edges["peep_i"] = edge("c", z * di * params.p.i, None)
             if self.forget_gate:
                 edges["peep_f"] = edge("c", df_c * params.p.f, None)
-        return edges
+        return nxt, edges
 
 
 # --------------------------------------------------------------------------- GRU
@@ -486,6 +530,7 @@ class GRU:
             raise TypeError(f"reset_after: expected a bool, got {self.reset_after!r}")
 
     routes = ("carousel", "r", "z", "n")
+    gates = ("r", "z", "n")
 
     def init(self, key: Array, *, recurrent_gain: float = 1.0, input_gain: float = 1.0,
              dtype: Any = None) -> GRUParams:
@@ -522,20 +567,38 @@ class GRU:
         the activation derivatives at the pre-activations, ``dr``, ``dz``
         (sigmoid'), ``dn`` (tanh'), with ``zc = 1 - z`` computed as ``sigmoid(-zbar)``
         (exact where ``z`` rounds to 1)."""
-        W, R, b, b_hn = params
+        return self.forward_projected(params, state, self.project(params, x[None])[0], read)
+
+    def project(self, params: GRUParams, xs: Array) -> Array:
+        """``u[t, g] = W_g x_t + b_g`` for g = r, z, n and every step: (T, 3, n)."""
+        return _projection(params.W, params.b, self.gates, xs)
+
+    def forward_projected(self, params: GRUParams, state: GRUState, u: Array,
+                          read: Callable[[str, Array], Array] = _keep) -> dict[str, Array]:
+        """:meth:`forward` from the projected input ``u`` (3, n) of :meth:`project`."""
+        R, b_hn = params.R, params.b_hn
         h = state.h
-        rbar = _mv(W.r, x) + _mv(R.r, read("r", h)) + b.r
-        zbar = _mv(W.z, x) + _mv(R.z, read("z", h)) + b.z
+        u_r, u_z, u_n = u
+        if self.reset_after:
+            rec = _recurrent(R, self.gates, h, read)
+        else:
+            rec = _recurrent(R, ("r", "z"), h, read)
+        rbar = u_r + rec["r"]
+        zbar = u_z + rec["z"]
         r, z, zc = sigmoid(rbar), sigmoid(zbar), sigmoid(-zbar)
         if self.reset_after:
-            a = _mv(R.n, read("n", h)) + b_hn
-            nbar = _mv(W.n, x) + b.n + r * a
+            a = rec["n"] + b_hn
+            nbar = u_n + r * a
         else:
             a = _mv(R.n, r * read("n", h))
-            nbar = _mv(W.n, x) + b.n + b_hn + a
+            nbar = u_n + b_hn + a
         n = tanh(nbar)
         return dict(r=r, z=z, n=n, a=a, h=zc * n + z * read("carousel", h), zc=zc,
                     dr=dsigmoid(rbar), dz=dsigmoid(zbar), dn=dtanh(nbar))
+
+    def step_projected(self, params: GRUParams, state: GRUState, u: Array) -> GRUState:
+        """:meth:`step` from the projected input ``u`` (3, n) (the fused forward pass)."""
+        return GRUState(self.forward_projected(params, state, u)["h"])
 
     def step(self, params: GRUParams, state: GRUState, x: Array,
              read: Callable[[str, Array], Array] = _keep) -> GRUState:
@@ -543,8 +606,13 @@ class GRU:
         return GRUState(self.forward(params, state, x, read)["h"])
 
     def edges(self, params: GRUParams, state: GRUState, x: Array) -> dict[str, Edge]:
-        """Entry edges, with ``dn = (1-z) tanh'(nbar)``: carousel ``diag(z)``;
-        z ``diag((h - n) sigmoid'(zbar)) R_z``; with ``reset_after=True`` r
+        """Entry edges of one step (closed form); see :meth:`linearise`."""
+        return self.linearise(params, state, x)[1]
+
+    def linearise(self, params: GRUParams, state: GRUState, x: Array
+                  ) -> tuple[GRUState, dict[str, Edge]]:
+        """The next state and the entry edges, with ``dn = (1-z) tanh'(nbar)``:
+        carousel ``diag(z)``; z ``diag((h - n) sigmoid'(zbar)) R_z``; with ``reset_after=True`` r
         ``diag(dn a sigmoid'(rbar)) R_r`` and n ``diag(dn r) R_n``; with
         ``reset_after=False`` r ``diag(dn) R_n diag(h sigmoid'(rbar)) R_r`` and n
         ``diag(dn) R_n diag(r)``. Derivatives are taken at the pre-activations
@@ -563,7 +631,7 @@ class GRU:
             r_edge = Edge("h", {"h": dn},
                           jnp.dot(Rn * (h * dr)[None, :], params.R.r, precision=_HIGHEST))
             n_edge = Edge("h", {"h": dn}, Rn * r[None, :])
-        return {"carousel": carousel, "r": r_edge, "z": z_edge, "n": n_edge}
+        return GRUState(g["h"]), {"carousel": carousel, "r": r_edge, "z": z_edge, "n": n_edge}
 
 
 # --------------------------------------------------------------------------- RNN
@@ -632,7 +700,21 @@ class RNN:
 
     def edges(self, params: RNNParams, state: RNNState, x: Array) -> dict[str, Edge]:
         """The one entry edge: ``diag(phi'(pre)) R``."""
-        return {"R": Edge("h", {"h": self.forward(params, state, x)["dphi"]}, params.R)}
+        return self.linearise(params, state, x)[1]
+
+    def linearise(self, params: RNNParams, state: RNNState, x: Array
+                  ) -> tuple[RNNState, dict[str, Edge]]:
+        """The next state and the entry edge, from one forward pass."""
+        g = self.forward(params, state, x)
+        return RNNState(g["h"]), {"R": Edge("h", {"h": g["dphi"]}, params.R)}
+
+    def project(self, params: RNNParams, xs: Array) -> Array:
+        """``u_t = W x_t + b`` for every step: (T, n)."""
+        return jnp.einsum("tm,nm->tn", xs, params.W, precision=_HIGHEST) + params.b[None]
+
+    def step_projected(self, params: RNNParams, state: RNNState, u: Array) -> RNNState:
+        """:meth:`step` from the projected input ``u`` (n,) (the fused forward pass)."""
+        return RNNState(self._phi(u + _mv(params.R, state.h))[0])
 
 
 BUILTIN_CELLS = (LSTM, GRU, RNN)

@@ -36,12 +36,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradpaths import _checks, _inputs, _routes
+from gradpaths._operator import step_operator
 from gradpaths._products import (
     Spec,
     advance,
     check_result,
     check_window,
-    matrices_operator,
     safe_log,
     safe_normalise,
 )
@@ -82,13 +82,13 @@ class RouteUseCounts(NamedTuple):
 def _split(cell, params, layout, route):
     others = tuple(r for r in cell.routes if r != route)
     specs = (Spec((route,), None),) + ((Spec(others, None),) if others else ())
-    op = matrices_operator(cell, params, layout, specs)
+    op = step_operator(cell, params, layout, specs)
 
     def split(state, x):
-        nxt, mats = op(state, x)
-        B = mats[0].astype(jnp.float64)
-        A = mats[1].astype(jnp.float64) if others else jnp.zeros_like(B)
-        return nxt, A, B
+        lin = op.at(state, x)
+        B = lin.matrix(specs[0]).astype(jnp.float64)
+        A = lin.matrix(specs[1]).astype(jnp.float64) if others else jnp.zeros_like(B)
+        return lin.next, A, B
 
     return split
 

@@ -31,9 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradpaths import _cells, _checks, _inputs, _lyapunov, _routes
-from gradpaths._jacobians import _unroll
-from gradpaths._products import Spec, orthonormal_start, safe_normalise
-from gradpaths._state import layout_of
+from gradpaths._jacobians import entering
+from gradpaths._products import Spec
 
 # A gate is saturated where its derivative is below 10% of its maximum:
 # sigmoid' < 0.025 <=> g < 0.0256 or g > 0.9744; tanh' < 0.1 <=> |tanh| > 0.9487.
@@ -102,37 +101,16 @@ def gate_fractions(cell: Any, params: Any, prev: Any, xs: jax.Array) -> dict[str
 _ACTIVATION_ORDER = ("z", "i", "f", "o", "tanh(c)", "r", "n", "h", "h (relu)")
 
 
-def _unit_weights(cell, params, layout, xs, state0, warmup, seed):
-    """Mean over steps >= warmup of the squared components of the unit leading
-    tangent direction (the forward Lyapunov vector): where perturbations live."""
-    push = _routes.tangent_fn(cell, params, layout, None)
-    dtype = layout.ravel(state0).dtype
-    v0 = orthonormal_start(seed, layout.size, 1, dtype)
-
-    def body(carry, inp):
-        state, v, acc = carry
-        t, x = inp
-        w = push(state, x, v)
-        v = safe_normalise(w, jnp.linalg.norm(w))
-        acc = acc + jnp.where(t >= warmup, v[:, 0] ** 2, 0)
-        return (cell.step(params, state, x), v, acc), None
-
-    init = (state0, v0, jnp.zeros((layout.size,), dtype))
-    (_, _, acc), _ = jax.lax.scan(body, init, (jnp.arange(xs.shape[0]), xs))
-    return acc / (xs.shape[0] - warmup)
-
-
-def _analyse_one(cell, params, xs, state0, *, specs, warmup, seed):
-    layout = layout_of(state0)
-    growth = _lyapunov.growth_many(cell, params, xs, state0, specs, warmup=warmup, seed=seed)
-    states = _unroll(cell, params, xs, state0)
-    prev = jax.tree_util.tree_map(lambda a: a[:-1], states)
+def _analyse_one(cell, params, xs, state0, *, specs, warmup, seed, horizon):
+    growth = _lyapunov.growth_many(cell, params, xs, state0, specs, warmup=warmup, seed=seed,
+                                   horizon=horizon)
     return dict(
         exponent=growth.exponent,
         horizon=growth.horizon,
         local=growth.local[0],
-        units=_unit_weights(cell, params, layout, xs, state0, warmup, seed),
-        activations=gate_fractions(cell, params, prev, xs),
+        units=growth.units,
+        sweeps=growth.sweeps,
+        activations=gate_fractions(cell, params, entering(cell, params, xs, state0), xs),
     )
 
 
@@ -220,6 +198,16 @@ class Explanation:
     units: tuple[tuple[str, float], ...]
     saturation: dict[str, dict[str, float]]
     verdict: str
+    horizon_method: str = "power"
+
+    @property
+    def horizon_note(self) -> str:
+        """What the horizon column is, in one sentence."""
+        if self.horizon_method == "exact":
+            return "horizon: log ||J_{T-1} ... J_w||_2 / (T - w), exact (dense product)"
+        return ("horizon: log ||J_{T-1} ... J_w||_2 / (T - w) by matrix-free power "
+                "iteration, a lower bound converged to 1e-6 nats/step (float64; 1e-4 in "
+                "float32); horizon='exact' certifies it")
 
     def row(self, name: str) -> GrowthRow:
         """The :class:`GrowthRow` called ``name``."""
@@ -244,7 +232,7 @@ class Explanation:
             peak_steps=[[t, _num(v)] for t, v in self.peak_steps],
             units=[[u, _num(w)] for u, w in self.units],
             saturation={k: {e: _num(v) for e, v in d.items()} for k, d in self.saturation.items()},
-            verdict=self.verdict,
+            verdict=self.verdict, horizon_method=self.horizon_method,
         )
 
     def __str__(self) -> str:
@@ -259,6 +247,7 @@ class Explanation:
             fold = "-" if not math.isfinite(r.exponent) or r.exponent == 0 else (
                 f"{1 / abs(r.exponent):.3g}")
             lines.append(f"{r.name:<24}{r.exponent:>+14.4f}{r.horizon:>+16.4f}{fold:>14}")
+        lines.append(f"({self.horizon_note})")
         if any(v == -math.inf for r in self.rows for v in (r.exponent, r.horizon)):
             lines.append("(-inf: that product is exactly zero over the window, e.g. a route "
                          "whose step Jacobian is exactly 0.)")
@@ -382,7 +371,7 @@ def _verdict(rows: dict[str, GrowthRow], driver: dict[str, Any], margin: float,
 
 def explain(cell: Any, params: Any, xs: Any, state0: Any = None, *, warmup: int = 0,
             margin: float = 1e-3, top_steps: int = 5, top_units: int = 5, seed: int = 0,
-            shard: bool = True) -> Explanation:
+            shard: bool = True, horizon: str = "power") -> Explanation:
     """Explain where the gradients of ``cell`` explode or vanish along ``xs``.
 
     Args:
@@ -395,6 +384,14 @@ def explain(cell: Any, params: Any, xs: Any, state0: Any = None, *, warmup: int 
       top_steps, top_units: how many peak steps and leading units to report.
       seed: the random start of the tangent vectors.
       shard: shard a batch over ``jax.devices()`` when there are several.
+      horizon: how the horizon growth ``log ||J_{T-1} ... J_w||_2 / (T - w)`` is
+        computed. ``"power"`` (default): matrix-free power iteration on the window's
+        product by forward (JVP) and backward (VJP) sweeps, a lower bound of the
+        norm that never decreases and stops once a sweep raises it by at most
+        ``1e-6`` nats/step (float64; ``1e-4`` in float32): over long windows one
+        or two sweeps reach round-off. ``"exact"``: the certified value from the
+        dense product (a ``(d, d)`` matrix per row and step, ``d^3`` work per step;
+        for small models or to check the estimate).
 
     Returns:
       :class:`Explanation`.
@@ -429,8 +426,10 @@ def explain(cell: Any, params: Any, xs: Any, state0: Any = None, *, warmup: int 
     specs = _specs(cell, p.layout)
     if shard and B > 1 and len(jax.devices()) > 1:
         xs = _shard(xs)
+    _checks.check_choice(horizon, "horizon", _lyapunov.HORIZONS)
     out = _inputs.call(_analyse_batch, cell, p.params, xs, p.state0,
-                       specs=tuple(s for _, _, s in specs), warmup=warmup, seed=seed)
+                       specs=tuple(s for _, _, s in specs), warmup=warmup, seed=seed,
+                       horizon=horizon)
     out = jax.tree_util.tree_map(lambda a: np.asarray(a)[:B], out)
     for key in ("exponent", "horizon", "units"):
         if np.isnan(out[key]).any():
@@ -461,4 +460,5 @@ def explain(cell: Any, params: Any, xs: Any, state0: Any = None, *, warmup: int 
         peak_steps=tuple((int(t), float(local[t])) for t in peaks),
         units=tuple((labels[j], float(weights[j])) for j in best),
         saturation=saturation, verdict=_verdict(rows, driver, margin, T),
+        horizon_method=horizon,
     )

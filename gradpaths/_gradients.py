@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradpaths import _checks, _inputs, _lyapunov
-from gradpaths._jacobians import _unroll, step_jacobian_fn
+from gradpaths import _checks, _inputs, _lyapunov, _operator
+from gradpaths._jacobians import _unroll
 from gradpaths._products import safe_log, safe_normalise
 from gradpaths._state import Layout, _key_name, layout_of
 from gradpaths._tasks import Model, ModelParams, Readout, step_loss
@@ -161,17 +161,15 @@ def _state_gradients(model, params, xs, targets, weights, state0, *, method):
         loss, g = jax.value_and_grad(tapped)(jnp.zeros_like(direct))
     else:
         prev = jax.tree_util.tree_map(lambda a: a[:-1], states)
-        jac = step_jacobian_fn(cell, params.cell, layout,
-                               "analytic" if _inputs.has_closed_form(cell) else "jacrev")
-        J = jax.vmap(jac)(prev, xs)
+        op = _operator.step_operator(cell, params.cell, layout)
 
-        def back(g_next, inp):
-            J_t, direct_t = inp
-            g_t = direct_t + jnp.dot(J_t.T, g_next, precision=jax.lax.Precision.HIGHEST)
+        def back(g_next, inp):   # g_t = direct_t + J_t^T g_{t+1}, without forming J_t
+            state, x, direct_t = inp
+            g_t = direct_t + op.at(state, x).apply_T(_operator.FULL, g_next[:, None])[:, 0]
             return g_t, g_t
 
         g_T = direct[-1]
-        g_rest = jax.lax.scan(back, g_T, (J, direct[:-1]), reverse=True)[1]
+        g_rest = jax.lax.scan(back, g_T, (prev, xs, direct[:-1]), reverse=True)[1]
         g = jnp.concatenate([g_rest, g_T[None]])
         loss = model.sequence_loss(params, xs, targets, weights, state0)
     return StateGradients(g, direct, jnp.linalg.norm(g, axis=1), loss, layout)
@@ -329,9 +327,8 @@ def _gradient_growth(model, params, xs, targets, weights, state0):
     layout = sg.layout
     states = _unroll(model.cell, params.cell, xs, state0)
     prev = jax.tree_util.tree_map(lambda a: a[:-1], states)
-    jac = step_jacobian_fn(model.cell, params.cell, layout,
-                           "analytic" if _inputs.has_closed_form(model.cell) else "jacrev")
-    J = jax.vmap(jac)(prev, xs)
+    op = _operator.step_operator(model.cell, params.cell, layout)
+    J = jax.vmap(lambda s, x: op.at(s, x).matrix(_operator.FULL))(prev, xs)
     log_norm = jnp.log(sg.by_horizon)
     top = _lyapunov.lyapunov_exponents(model.cell, params.cell, xs, state0, k=1)[0]
     T = xs.shape[0]

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradpaths import _cells, _checks
+from gradpaths._operator import has_closed_form as has_closed_form
 from gradpaths._state import Layout, layout_of
 
 METHODS = ("analytic", "jacfwd", "jacrev")
@@ -32,9 +33,6 @@ class Prepared(NamedTuple):
 def is_builtin(cell: Any) -> bool:
     return isinstance(cell, _cells.BUILTIN_CELLS)
 
-
-def has_closed_form(cell: Any) -> bool:
-    return callable(getattr(cell, "edges", None))
 
 
 def check_method(cell: Any, method: Any) -> str:

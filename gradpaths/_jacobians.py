@@ -7,24 +7,37 @@ perturbation travels as ``ds' = J ds``, a gradient as ``g = J^T g'``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from gradpaths import _inputs
-from gradpaths._cells import Edge
+from gradpaths import _inputs, _operator
 from gradpaths._state import Layout, layout_of
 
 
-def _unroll(cell: Any, params: Any, xs: jax.Array, state0: Any) -> Any:
-    def body(state, x):
-        new = cell.step(params, state, x)
-        return new, new
+def run(cell: Any, params: Any, xs: jax.Array, state0: Any, keep: bool = True) -> Any:
+    """Scan ``cell`` over ``xs``: the states after each step (T leading) when ``keep``,
+    else the last state. Cells with ``project``/``step_projected`` take the fused
+    path: the input products of all steps in one ``(T, m) x (m, G n)`` product before
+    the scan, then one stacked recurrent product per step."""
+    if callable(getattr(cell, "project", None)) and callable(
+            getattr(cell, "step_projected", None)):
+        inputs = cell.project(params, xs)
+        step = cell.step_projected
+    else:
+        inputs, step = xs, cell.step
 
-    _, states = jax.lax.scan(body, state0, xs)
+    def body(state, u):
+        new = step(params, state, u)
+        return new, new if keep else None
+
+    last, states = jax.lax.scan(body, state0, inputs)
+    return states if keep else last
+
+
+def _unroll(cell: Any, params: Any, xs: jax.Array, state0: Any) -> Any:
+    states = run(cell, params, xs, state0)
     return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), state0, states)
 
 
@@ -43,69 +56,6 @@ def unroll(cell: Any, params: Any, xs: Any, state0: Any = None) -> Any:
     """
     p = _inputs.prepare(cell, params, xs, state0)
     return _inputs.call(_unroll, cell, p.params, p.xs, p.state0)
-
-
-def assemble(edges: dict[str, Edge], layout: Layout, routes: Iterable[str] | None = None
-             ) -> jax.Array:
-    """The (d, d) Jacobian of one step from its entry edges (all, or those in ``routes``).
-
-    ``J = sum_e a_e[:, None] * M_e``: ``a_e`` (d,) stacks the edge's row coefficients
-    over the output fields (zeros where ``rows[out]`` is None) and ``M_e`` (d, d)
-    holds its matrix in the rows of those fields and the columns of its source.
-    Diagonal edges from one source are summed as vectors first and enter through a
-    constant identity mask. ``M_e`` depends on the parameters only (built once under
-    ``vmap``), and the sum is one elementwise broadcast, which XLA fuses into a single
-    loop writing each entry once; a concatenation of blocks is not fused on CPU and
-    wrote the (T, d, d) result three times.
-    """
-    chosen = edges if routes is None else {r: edges[r] for r in routes}
-    arrays = [v for e in chosen.values() for v in (*e.rows.values(), e.matrix) if v is not None]
-    dtype = jnp.result_type(*arrays) if arrays else jnp.float32
-    d = layout.size
-    field = {name: layout.slice(name) for name in layout.names}
-
-    def coefficients(edge: Edge) -> jax.Array:
-        return jnp.concatenate([
-            jnp.zeros((size,), dtype) if edge.rows.get(out) is None else edge.rows[out]
-            for out, size in zip(layout.names, layout.sizes)
-        ])
-
-    total = jnp.zeros((d, d), dtype)
-    diagonal: dict[str, jax.Array] = {}
-    mask = np.zeros((d, d), bool)
-    for edge in chosen.values():
-        outs = [out for out, coeff in edge.rows.items() if coeff is not None]
-        if not outs:
-            continue
-        a = coefficients(edge)
-        src = field[edge.source]
-        if edge.matrix is None:
-            diagonal[edge.source] = a + diagonal[edge.source] if edge.source in diagonal else a
-            for out in outs:
-                mask[field[out], src] = np.eye(field[out].stop - field[out].start,
-                                               src.stop - src.start, dtype=bool)
-            continue
-        placed = jnp.zeros((d, d), dtype)
-        for out in outs:
-            placed = placed.at[field[out], src].set(edge.matrix)
-        total = total + a[:, None] * placed
-    for source, a in diagonal.items():
-        cols = np.zeros((1, d), bool)
-        cols[:, field[source]] = True
-        total = total + jnp.where(mask & cols, a[:, None], 0)
-    return total
-
-
-def step_jacobian_fn(cell: Any, params: Any, layout: Layout, method: str):
-    """``(state, x) -> (d, d)`` Jacobian of one step by ``method``."""
-    if method == "analytic":
-        return lambda state, x: assemble(cell.edges(params, state, x), layout)
-
-    def flat_step(s, x):
-        return layout.ravel(cell.step(params, layout.unravel(s), x))
-
-    jac = jax.jacfwd if method == "jacfwd" else jax.jacrev
-    return lambda state, x: jac(flat_step)(layout.ravel(state), x)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -148,11 +98,16 @@ class StepJacobians:
         return cls(children[0], layout)
 
 
+def entering(cell: Any, params: Any, xs: jax.Array, state0: Any) -> Any:
+    """The state entering each step, leading axis T: ``states[:-1]`` of :func:`unroll`."""
+    return jax.tree_util.tree_map(lambda a: a[:-1], _unroll(cell, params, xs, state0))
+
+
 def _step_jacobians(cell, params, xs, state0, *, method):
     layout = layout_of(state0)
-    states = _unroll(cell, params, xs, state0)
-    prev = jax.tree_util.tree_map(lambda a: a[:-1], states)
-    matrix = jax.vmap(step_jacobian_fn(cell, params, layout, method))(prev, xs)
+    op = _operator.step_operator(cell, params, layout, backend=method)
+    matrix = jax.vmap(lambda s, x: op.at(s, x).matrix(_operator.FULL))(
+        entering(cell, params, xs, state0), xs)
     return StepJacobians(matrix, layout)
 
 

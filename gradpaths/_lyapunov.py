@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradpaths import _checks, _inputs
+from gradpaths._operator import dot, step_operator
 from gradpaths._products import (
     Spec,
     check_result,
@@ -46,7 +47,6 @@ from gradpaths._products import (
     safe_log,
     safe_normalise,
     spec_size,
-    step_operator,
 )
 from gradpaths._state import layout_of
 
@@ -64,104 +64,181 @@ class Growth(NamedTuple):
         ``local`` over the steps after the warm-up).
       horizon: (S,) ``log ||J_{T-1} ... J_w||_2 / (T - w)`` of each spec, ``w``
         the warm-up: the growth of the product over the same window as the
-        exponent (exact spectral norm). ``-inf`` only when that product is exactly
-        zero.
+        exponent. ``-inf`` only when that product is exactly zero.
       local: (S, T) ``log ||J_t v_t||`` with ``v_t`` the unit leading tangent
         direction entering step ``t``.
+      units: (d,) mean over the steps after the warm-up of the squared components
+        of the first spec's unit tangent ``v_t`` (where its perturbations live).
+      sweeps: () forward-backward sweeps the horizon took (0 for ``"exact"``).
     """
 
     exponent: Array
     horizon: Array
     local: Array
+    units: Array
+    sweeps: Array
+
+
+HORIZONS = ("power", "exact")
+
+
+def _starts(layout, specs, seed, dtype):
+    """(d, S) unit start vectors, each in its spec's block (zeros outside)."""
+    cols = []
+    for spec in specs:
+        v = orthonormal_start(seed, spec_size(layout, spec), 1, dtype)
+        if spec.block is not None:
+            v = jnp.zeros((layout.size, 1), dtype).at[layout.slice(spec.block[0])].set(v)
+        cols.append(v)
+    return jnp.concatenate(cols, axis=1)
+
+
+def _normalise_columns(V):
+    """Columns scaled to unit length (a zero column is kept), and their log norms."""
+    norms = jnp.linalg.norm(V, axis=0)
+    return safe_normalise(V, norms[None, :]), safe_log(norms)
 
 
 def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[Any], *,
-                warmup: int = 0, seed: int = 0) -> Growth:
-    r"""Top exponent, whole-horizon growth and local stretching of several specs, one scan.
+                warmup: int = 0, seed: int = 0, horizon: str = "power",
+                tol: float | None = None, max_sweeps: int = 30) -> Growth:
+    r"""Top exponent, horizon growth and local stretching of several specs, matrix-free.
 
-    For each spec ``s = (routes, block)`` (already validated: ``routes`` a tuple
-    of route names or None, ``block`` a pair ``(f, f)`` or None) with step
-    Jacobian ``J^s_t`` (size ``n_s``), one scan over time carries a unit tangent
-    ``v`` and a normalised product ``M`` with its log scale ``c``:
+    For each spec ``s = (routes, block)`` (validated: ``routes`` a tuple of route
+    names or None, ``block`` a pair ``(f, f)`` or None) with step Jacobian ``J^s_t``,
+    one scan carries a unit tangent per spec, all specs pushed as one block of
+    tangents by the step operator (one product per stacked group of edges):
 
     .. math::
 
-        \ell^s_t = \log \|J^s_t v_t\|, \quad v_{t+1} = J^s_t v_t / e^{\ell^s_t}, \quad
-        e^{c_{t+1}} M_{t+1} = J^s_t M_t \;(\|M\|_F = 1)
+        \ell^s_t = \log \|J^s_t v_t\|, \qquad v_{t+1} = J^s_t v_t / e^{\ell^s_t},
+        \qquad \lambda^s = \operatorname{mean}_{t \ge w} \ell^s_t .
 
-    and returns ``exponent = mean_{t >= warmup} l_t``, ``horizon = (c_T +
-    log ||M_T||_2) / (T - warmup)`` with the product started at ``M_w = I`` (the
-    window of the exponent) and ``local = l``. The trajectory is unrolled once, each
-    step's entry edges (or linearisation, for custom cells) formed once and
-    shared by every spec; ``[v, M]`` is pushed as one (n_s, n_s + 1) tangent block.
-    Cost per step ``~ n_s^2 (n_s + 1)`` per spec, memory independent of ``T``.
+    The horizon growth ``log ||P^s||_2 / (T - w)`` of ``P^s = J^s_{T-1} ... J^s_w``:
+
+    * ``horizon="power"`` (default, matrix-free): power iteration on ``P^T P`` by
+      forward sweeps (``P v``, JVPs) and backward sweeps (``P^T u``, VJPs) over the
+      window, logs carried. The estimates ``||P v_0|| <= ||P^T u_1|| <= ||P v_1||
+      <= ... <= ||P||_2`` never decrease and are lower bounds of ``||P||_2``; the
+      sweeps stop when a forward-backward sweep raises every spec's estimate by at
+      most ``tol`` nats/step (default ``1e-6`` in float64, ``1e-4`` in float32), or
+      after ``max_sweeps``. The error after ``j`` sweeps falls like
+      ``(sigma_2 / sigma_1)^{4 j}``, and over long windows ``sigma_2 / sigma_1 ~
+      e^{-(T - w)(lambda_1 - lambda_2)}``: one or two sweeps reach round-off. Cost per
+      sweep ``2 (T - w)`` applications to ``S`` tangents; the window's states are kept,
+      ``O((T - w) d)`` memory.
+    * ``horizon="exact"``: the product itself, carried as ``exp(c) M`` with
+      ``||M||_F = 1`` (a ``(d_s, d_s)`` matrix per spec and step: ``d_s^3`` work) and
+      ``||M||_2`` by SVD at the end; certified, for small ``d`` or reference use.
 
     Traceable: call it on inputs from ``_inputs.prepare``, inside ``_inputs.call``
-    (``specs``, ``warmup`` and ``seed`` static). A step at which the pushed vector
-    is exactly 0 gives ``local = -inf`` there (and the direction is kept).
-
-    Args:
-      cell, params, xs, state0: prepared inputs; xs (T, m).
-      specs: tuple of ``(routes, block)`` pairs.
-      warmup: steps left out of ``exponent``, ``0 <= warmup < T``.
-      seed: the random start of ``v`` (the same for every spec of equal size).
+    (``specs``, ``warmup``, ``seed`` and the options static). A step at which a
+    pushed vector is exactly 0 gives ``local = -inf`` there (and the direction is kept).
 
     Returns:
-      :class:`Growth` with ``exponent`` (S,), ``horizon`` (S,), ``local`` (S, T).
+      :class:`Growth`.
     """
     specs = tuple(Spec(*s) for s in specs)
     if not specs:
         raise ValueError("specs: expected at least one (routes, block) pair, got none")
+    _checks.check_choice(horizon, "horizon", HORIZONS)
     T = xs.shape[0]
     warmup = _checks.check_positive_int(warmup, "warmup", allow_zero=True)
     if warmup >= T:
         raise ValueError(f"warmup: expected 0 <= warmup < T = {T}, got {warmup}")
     layout = layout_of(state0)
     dtype = layout.ravel(state0).dtype
-    sizes = [spec_size(layout, s) for s in specs]
-    op = step_operator(cell, params, layout, specs, "jvp")
+    if tol is None:
+        tol = 1e-6 if dtype == jnp.float64 else 1e-4
+    S = len(specs)
+    op = step_operator(cell, params, layout, specs)
+    start = _starts(layout, specs, seed, dtype)
+    window = T - warmup
+    zeros = jnp.zeros((S,), dtype)
 
-    class Carry(NamedTuple):   # one per spec; sums as (total, compensation) pairs
-        v: Array          # (n,) unit leading tangent
-        M: Array          # (n, n) product, ||M||_F = 1
-        scale: Array      # log scale of the product
-        scale_c: Array
-        total: Array      # sum of local rates after the warm-up
-        total_c: Array
-
-    def update(c: Carry, W: Array, t: Array) -> tuple[Carry, Array]:
-        w, M = W[:, 0], W[:, 1:]
-        nw, nM = jnp.linalg.norm(w), jnp.linalg.norm(M)
-        local = safe_log(nw)
-        total, total_c = kahan_add(c.total, c.total_c, jnp.where(t >= warmup, local, 0))
-        scale, scale_c = kahan_add(c.scale, c.scale_c, safe_log(nM))
-        v = jnp.where(nw > 0, safe_normalise(w, nw), c.v)   # keep v where J v = 0
-        return Carry(v, safe_normalise(M, nM), scale, scale_c, total, total_c), local
-
-    def restart(c: Carry, t: Array) -> Carry:
-        # the product is measured over the same window as the exponent, [warmup, T)
+    def forward(carry, inp):
+        state, V, H, total, total_c, hs, hs_c, units = carry
+        t, x = inp
         at = t == warmup
-        M = jnp.where(at, jnp.eye(c.M.shape[0], dtype=c.M.dtype), c.M)
-        return c._replace(M=M, scale=jnp.where(at, 0, c.scale),
-                          scale_c=jnp.where(at, 0, c.scale_c))
+        H = jnp.where(at, start, H)
+        hs, hs_c = jnp.where(at, 0, hs), jnp.where(at, 0, hs_c)
+        lin = op.at(state, x)
+        W = lin.apply_many(specs + specs, jnp.concatenate([V, H], axis=1))
+        WV, WH = W[:, :S], W[:, S:]
+        V_new, local = _normalise_columns(WV)
+        V = jnp.where(jnp.isfinite(local)[None, :], V_new, V)   # keep v where J v = 0
+        total, total_c = kahan_add(total, total_c, jnp.where(t >= warmup, local, 0))
+        H, h_logs = _normalise_columns(WH)
+        hs, hs_c = kahan_add(hs, hs_c, jnp.where(t >= warmup, h_logs, 0))
+        units = units + jnp.where(t >= warmup, V[:, 0] ** 2, 0)
+        return (lin.next, V, H, total, total_c, hs, hs_c, units), (local, state)
+
+    init = (state0, start, start, zeros, zeros, zeros, zeros, jnp.zeros((layout.size,), dtype))
+    (_, _, H, total, total_c, hs, hs_c, units), (local, states) = jax.lax.scan(
+        forward, init, (jnp.arange(T), xs))
+    exponent = (total - total_c) / window
+    units = units / window
+
+    if horizon == "exact":
+        log_norm = _exact_horizon(op, specs, layout, states, xs, warmup, dtype)
+        return Growth(exponent, log_norm / window, local.T, units, jnp.zeros((), jnp.int32))
+
+    win_states = jax.tree_util.tree_map(lambda a: a[warmup:], states)
+    win_xs = xs[warmup:]
+
+    def sweep(V, method):
+        def body(carry, inp):
+            V, logs, comp = carry
+            lin = op.at(*inp)
+            V, step_logs = _normalise_columns(getattr(lin, method)(specs, V))
+            logs, comp = kahan_add(logs, comp, step_logs)
+            return (V, logs, comp), None
+
+        (V, logs, comp), _ = jax.lax.scan(body, (V, zeros, zeros), (win_states, win_xs),
+                                          reverse=method == "apply_T_many")
+        return V, logs - comp
+
+    def cond(c):
+        it, _, old, new = c
+        moved = jnp.where(jnp.isfinite(new) & jnp.isfinite(old), new - old, 0.0)
+        unstarted = ~jnp.all(jnp.isfinite(old) | jnp.isneginf(new))
+        return (it < max_sweeps) & (unstarted | (jnp.max(moved) > tol * window))
+
+    def body(c):
+        it, U, _, new = c
+        V, _ = sweep(U, "apply_T_many")      # P^T u
+        U, est = sweep(V, "apply_many")      # P v: a lower bound of ||P||, never decreasing
+        return it + 1, U, new, jnp.maximum(est, new)
+
+    first = hs - hs_c                         # ||P h_0|| from the first scan
+    sweeps, _, _, log_norm = jax.lax.while_loop(
+        cond, body, (jnp.zeros((), jnp.int32), H, jnp.full((S,), -jnp.inf, dtype), first))
+    return Growth(exponent, log_norm / window, local.T, units, sweeps)
+
+
+def _exact_horizon(op, specs, layout, states, xs, warmup, dtype):
+    """``log ||P^s||_2`` of each spec's window product, carried as ``exp(c) M``."""
+    win_states = jax.tree_util.tree_map(lambda a: a[warmup:], states)
+    sizes = [spec_size(layout, s) for s in specs]
 
     def body(carry, inp):
-        state, cs = carry
-        t, x = inp
-        cs = tuple(restart(c, t) for c in cs)
-        state, Ws = op(state, x, tuple(jnp.concatenate([c.v[:, None], c.M], axis=1)
-                                       for c in cs))
-        new = [update(c, W, t) for c, W in zip(cs, Ws, strict=True)]
-        return (state, tuple(c for c, _ in new)), jnp.stack([local for _, local in new])
+        Ms, scales, comps = carry
+        lin = op.at(*inp)
+        out = ([], [], [])
+        for spec, M, c, k in zip(specs, Ms, scales, comps, strict=True):
+            M = lin.apply(spec, M)
+            frob = jnp.linalg.norm(M)
+            c, k = kahan_add(c, k, safe_log(frob))
+            for acc, v in zip(out, (safe_normalise(M, frob), c, k)):
+                acc.append(v)
+        return tuple(tuple(a) for a in out), None
 
     zero = jnp.zeros((), dtype)
-    init = tuple(Carry(orthonormal_start(seed, n, 1, dtype)[:, 0], jnp.eye(n, dtype=dtype),
-                       zero, zero, zero, zero) for n in sizes)
-    (_, cs), local = jax.lax.scan(body, (state0, init), (jnp.arange(T), xs))
-    horizon = jnp.stack([(c.scale - c.scale_c + safe_log(jnp.linalg.norm(c.M, 2)))
-                         / (T - warmup) for c in cs])
-    exponent = jnp.stack([c.total - c.total_c for c in cs]) / (T - warmup)
-    return Growth(exponent, horizon, local.T)
+    init = (tuple(jnp.eye(n, dtype=dtype) for n in sizes), (zero,) * len(specs),
+            (zero,) * len(specs))
+    (Ms, scales, comps), _ = jax.lax.scan(body, init, (win_states, xs[warmup:]))
+    return jnp.stack([c - k + safe_log(jnp.linalg.norm(M, 2))
+                      for M, c, k in zip(Ms, scales, comps, strict=True)])
 
 
 # --------------------------------------------------------------------------- QR method
@@ -174,7 +251,7 @@ def _qr_logs(cell, params, xs, state0, warmup, seed, *, spec, k, method, reorth_
     layout = layout_of(state0)
     dtype = layout.ravel(state0).dtype
     size = spec_size(layout, spec)
-    op = step_operator(cell, params, layout, (spec,), method)
+    op = step_operator(cell, params, layout, (spec,))
     T = xs.shape[0]
     r = reorth_every
 
@@ -190,7 +267,9 @@ def _qr_logs(cell, params, xs, state0, warmup, seed, *, spec, k, method, reorth_
         # a finite state with a non-finite frame: the columns outgrew the dtype
         # between two factorisations (reorth_every too large), not a diverging cell
         finite_state = jnp.all(jnp.isfinite(layout.ravel(state)))
-        state, (Z,) = op(state, x, (Q,))
+        lin = op.at(state, x)
+        state = lin.next
+        Z = dot(lin.matrix(spec), Q) if method == "matrix" else lin.apply(spec, Q)
         overflow = overflow | (finite_state & ~jnp.all(jnp.isfinite(Z)))
         if r == 1:
             Q, diag = qr(Z, t)

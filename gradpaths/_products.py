@@ -22,7 +22,7 @@ and the product over steps ``a..b-1`` is ``J_{b-1} ... J_a``. Logs are natural.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import jax
@@ -30,20 +30,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradpaths import _checks, _inputs, _routes
-from gradpaths._cells import Edge
-from gradpaths._jacobians import assemble
+from gradpaths._jacobians import run
+from gradpaths._operator import (
+    FULL as FULL,
+    Spec as Spec,
+    dot as _dot,
+    spec_size as spec_size,
+    step_operator,
+)
 from gradpaths._state import Layout, layout_of
 
 Array = jax.Array
 _HIGHEST = jax.lax.Precision.HIGHEST
-# The ways a spec's step Jacobian acts: "jvp" pushes tangent vectors without the
-# (d, d) matrix, "matrix" forms the matrix inside the scan and multiplies.
+# How a spec's step Jacobian acts on the carried product: "jvp" pushes tangent
+# vectors without the (d, d) matrix, "matrix" forms the matrix in the scan and multiplies.
 OPERATOR_METHODS = ("jvp", "matrix")
-
-
-def _dot(A: Array, B: Array) -> Array:
-    # HIGHEST: float32 products stay exact on accelerators that default to TF32.
-    return jnp.matmul(A, B, precision=_HIGHEST)
 
 
 def safe_log(x: Array) -> Array:
@@ -91,13 +92,6 @@ def check_result(value: Any, name: str, *, allow_inf: bool = False) -> Any:
 # --------------------------------------------------------------------------- specs
 
 
-class Spec(NamedTuple):
-    """Which Jacobian sequence: ``routes`` (None: all) restricted to ``block`` (None: all)."""
-
-    routes: tuple[str, ...] | None
-    block: tuple[str, str] | None
-
-
 def check_block(layout: Layout, block: Any) -> tuple[str, str] | None:
     """None, or a pair ``(f, f)`` of one state field name -> a tuple; else a clear error."""
     if block is None:
@@ -123,13 +117,6 @@ def check_spec(cell: Any, layout: Layout, routes: Iterable[str] | None, block: A
     return Spec(_routes.check_routes(cell, routes), check_block(layout, block))
 
 
-def spec_size(layout: Layout, spec: Spec) -> int:
-    """Side of the spec's square Jacobian: ``d``, or the block's field size."""
-    if spec.block is None:
-        return layout.size
-    return layout.sizes[layout.names.index(spec.block[0])]
-
-
 def check_window(T: int, start: Any, stop: Any) -> tuple[int, int]:
     """``0 <= start < stop <= T`` (``stop`` None: T) -> ints, else a clear ValueError."""
     start = _checks.check_positive_int(start, "start", allow_zero=True)
@@ -149,149 +136,11 @@ def choose_method(cell: Any, method: Any, size: int, k: int | None) -> str:
     return "matrix" if k is None or 2 * k >= size else "jvp"
 
 
-# --------------------------------------------------------------------------- step operators
-
-
-def _block_matrix(edges: dict[str, Edge], layout: Layout, spec: Spec) -> Array:
-    """The spec's (size, size) Jacobian from the entry edges of one step."""
-    if spec.block is None:
-        return assemble(edges, layout, spec.routes)
-    field = spec.block[0]
-    n = layout.sizes[layout.names.index(field)]
-    chosen = tuple(edges) if spec.routes is None else spec.routes
-    coeffs = [c for e in edges.values() for c in e.rows.values() if c is not None]
-    out = jnp.zeros((n, n), jnp.result_type(*coeffs))
-    diag = None
-    for r in chosen:
-        edge = edges[r]
-        coeff = edge.rows.get(field)
-        if edge.source != field or coeff is None:
-            continue
-        if edge.matrix is None:
-            diag = coeff if diag is None else diag + coeff
-        else:
-            out = out + coeff[:, None] * edge.matrix
-    return out if diag is None else out + jnp.diag(diag)
-
-
-def _apply_block(edges: dict[str, Edge], layout: Layout, spec: Spec, V: Array) -> Array:
-    """``J V`` for the spec's Jacobian without forming it; ``V`` (size, k)."""
-    if spec.block is None:
-        return _routes.apply_edges(edges, layout, V, spec.routes)
-    field = spec.block[0]
-    chosen = tuple(edges) if spec.routes is None else spec.routes
-    acc = jnp.zeros_like(V)
-    for r in chosen:
-        edge = edges[r]
-        coeff = edge.rows.get(field)
-        if edge.source != field or coeff is None:
-            continue
-        moved = V if edge.matrix is None else _dot(edge.matrix, V)
-        acc = acc + coeff[:, None] * moved
-    return acc
-
-
-def _poison(layout: Layout, state: Any, outs: tuple[Array, ...]) -> tuple[Array, ...]:
-    """NaN outputs where the state entering the step is not finite, so that a diverging
-    trajectory surfaces as NaN (then a clear error, :func:`check_result`) and never
-    as a plausible number such as ``-inf``."""
-    ok = jnp.all(jnp.isfinite(layout.ravel(state)))
-    return tuple(jnp.where(ok, o, jnp.nan) for o in outs)
-
-
-def step_operator(cell: Any, params: Any, layout: Layout, specs: Sequence[Spec], method: str
-                  ) -> Callable[[Any, Array, Sequence[Array]], tuple[Any, tuple[Array, ...]]]:
-    """One step's action on tangent matrices, shared by several specs.
-
-    Returns ``op(state, x, Vs) -> (next_state, (J_1 V_1, ..., J_S V_S))`` with
-    ``V_s`` of shape (size_s, k_s) and ``J_s`` the Jacobian of spec ``s`` at
-    ``(state, x)``. The step's entry edges (closed form) or linearisation
-    (``jax.linearize``, one per distinct route set; custom cells) are formed once
-    and serve every spec. ``method="matrix"`` forms each (size, size) Jacobian and
-    multiplies; ``"jvp"`` never forms it.
-    """
-    specs = tuple(specs)
-    closed = _inputs.has_closed_form(cell)
-
-    if closed:
-        def op(state, x, Vs):
-            edges = cell.edges(params, state, x)
-            out = []
-            for spec, V in zip(specs, Vs, strict=True):
-                if method == "matrix":
-                    out.append(_dot(_block_matrix(edges, layout, spec), V))
-                else:
-                    out.append(_apply_block(edges, layout, spec, V))
-            return cell.step(params, state, x), _poison(layout, state, tuple(out))
-
-        return op
-
-    def op(state, x, Vs):
-        s = layout.ravel(state)
-        d = s.shape[0]
-        lins: dict[Any, Callable] = {}
-        s_next = None
-        for spec in specs:
-            if spec.routes not in lins:
-                step = _routes.flat_step(cell, params, layout, spec.routes)
-                s_next, lin = jax.linearize(lambda u, step=step: step(u, x), s)
-                lins[spec.routes] = jax.vmap(lin, in_axes=1, out_axes=1)
-        out = []
-        for spec, V in zip(specs, Vs, strict=True):
-            push = lins[spec.routes]
-            rows = slice(None) if spec.block is None else layout.slice(spec.block[0])
-            if method == "matrix":
-                J = push(jnp.eye(d, dtype=s.dtype))[rows, rows]
-                out.append(_dot(J, V))
-            elif spec.block is None:
-                out.append(push(V))
-            else:
-                full = jnp.zeros((d, V.shape[1]), V.dtype).at[rows].set(V)
-                out.append(push(full)[rows])
-        return layout.unravel(s_next), _poison(layout, state, tuple(out))
-
-    return op
-
-
-def matrices_operator(cell: Any, params: Any, layout: Layout, specs: Sequence[Spec]
-                      ) -> Callable[[Any, Array], tuple[Any, tuple[Array, ...]]]:
-    """``(state, x) -> (next_state, (J_1, ..., J_S))``: each spec's (size, size) step
-    Jacobian, the entry edges (or linearisations) formed once per step."""
-    specs = tuple(specs)
-    if _inputs.has_closed_form(cell):
-        def op(state, x):
-            edges = cell.edges(params, state, x)
-            return cell.step(params, state, x), _poison(layout, state, tuple(
-                _block_matrix(edges, layout, spec) for spec in specs))
-
-        return op
-    push = step_operator(cell, params, layout, specs, "jvp")
-
-    def op(state, x):
-        dtype = layout.ravel(state).dtype
-        eyes = tuple(jnp.eye(spec_size(layout, s), dtype=dtype) for s in specs)
-        return push(state, x, eyes)
-
-    return op
-
-
-def matrix_operator(cell: Any, params: Any, layout: Layout, spec: Spec
-                    ) -> Callable[[Any, Array], tuple[Any, Array]]:
-    """``(state, x) -> (next_state, J)``: one spec's (size, size) step Jacobian."""
-    op = matrices_operator(cell, params, layout, (spec,))
-
-    def single(state, x):
-        nxt, (J,) = op(state, x)
-        return nxt, J
-
-    return single
-
-
 def advance(cell: Any, params: Any, xs: Array, state: Any) -> Any:
     """The state after running the cell over ``xs`` (nothing stored)."""
     if xs.shape[0] == 0:
         return state
-    return jax.lax.scan(lambda s, x: (cell.step(params, s, x), None), state, xs)[0]
+    return run(cell, params, xs, state, keep=False)
 
 
 def orthonormal_start(seed: int, size: int, k: int, dtype: Any) -> Array:
@@ -350,7 +199,7 @@ def growth_curves_scan(cell, params, xs, state0, *, specs, start, method, norm, 
     state = advance(cell, params, xs[:start], state0)
     dtype = layout.ravel(state0).dtype
     tol = 4 * float(jnp.finfo(dtype).eps)
-    op = step_operator(cell, params, layout, specs, method)
+    op = step_operator(cell, params, layout, specs)
 
     def norm2(M, u):
         if norm == "exact":
@@ -365,7 +214,10 @@ def growth_curves_scan(cell, params, xs, state0, *, specs, start, method, norm, 
 
     def body(carry, x):
         state, Ms, scales, comps, us = carry
-        state, Ms = op(state, x, Ms)
+        lin = op.at(state, x)
+        state = lin.next
+        Ms = tuple(_dot(lin.matrix(spec), M) if method == "matrix" else lin.apply(spec, M)
+                   for spec, M in zip(specs, Ms, strict=True))
         new = ([], [], [], [], [])
         for M, scale, comp, u in zip(Ms, scales, comps, us):
             frob = jnp.linalg.norm(M)
@@ -497,7 +349,10 @@ def _product_singular_values(cell, params, xs, state0, *, spec, start, stop, see
     dtype = layout.ravel(state0).dtype
     state = advance(cell, params, xs[:start], state0)
     xs = xs[start:stop]
-    op = matrix_operator(cell, params, layout, spec)
+    op = step_operator(cell, params, layout, (spec,))
+
+    def jacobian(s, x):
+        return op.at(s, x).matrix(spec)
 
     def keep(s, x):
         nxt = cell.step(params, s, x)
@@ -510,7 +365,7 @@ def _product_singular_values(cell, params, xs, state0, *, spec, start, stop, see
         def body(c, inp):
             Q, acc = c
             s, x = inp
-            Q, r = qr_positive(_dot(op(s, x)[1], Q))
+            Q, r = qr_positive(_dot(jacobian(s, x), Q))
             return (Q, acc + safe_log(r)), None
 
         return jax.lax.scan(body, (Q, jnp.zeros((size,), dtype)), (states, xs))[0]
@@ -519,7 +374,7 @@ def _product_singular_values(cell, params, xs, state0, *, spec, start, stop, see
         def body(c, inp):
             Q, acc = c
             s, x = inp
-            Q, r = qr_positive(_dot(op(s, x)[1].T, Q))
+            Q, r = qr_positive(_dot(jacobian(s, x).T, Q))
             return (Q, acc + safe_log(r)), None
 
         return jax.lax.scan(body, (Q, jnp.zeros((size,), dtype)), (states, xs), reverse=True)[0]
@@ -630,11 +485,12 @@ def _host_radius(J: np.ndarray) -> np.ndarray:
 
 def _step_spectra(cell, params, xs, state0, *, spec, method, iters):
     layout = layout_of(state0)
-    op = matrix_operator(cell, params, layout, spec)
+    op = step_operator(cell, params, layout, (spec,))
     on_cpu = jax.default_backend() == "cpu"
 
     def body(state, x):
-        state_next, J = op(state, x)
+        lin = op.at(state, x)
+        state_next, J = lin.next, lin.matrix(spec)
         if method == "eig":
             if on_cpu:
                 radius = jnp.max(jnp.abs(jnp.linalg.eigvals(J)))

@@ -457,7 +457,7 @@ def _explain_markdown(ex: Any, data: Mapping[str, Any], figs: Mapping[str, Any],
         "## Growth of each Jacobian sequence", "",
         "Top Lyapunov exponent and horizon growth `log ||J_{T-1} ... J_w||_2 / (T - w)` "
         "(`w` the warm-up), "
-        "both in nats/step.", "",
+        f"both in nats/step ({ex.horizon_note}).", "",
         _table(["Jacobian sequence", "kind", "top exponent", "horizon growth", "e-fold steps"],
                rows), "",
     ]

@@ -13,16 +13,14 @@ A cell has routes when it has a ``routes`` tuple of names and its
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from gradpaths import _inputs
-from gradpaths._cells import Edge
-from gradpaths._jacobians import StepJacobians, _unroll, assemble
-from gradpaths._state import Layout, layout_of
+from gradpaths import _inputs, _operator
+from gradpaths._jacobians import StepJacobians, entering
+from gradpaths._state import layout_of
 
 
 def has_routes(cell: Any) -> bool:
@@ -57,85 +55,16 @@ def check_routes(cell: Any, routes: Iterable[str] | None) -> tuple[str, ...] | N
     return tuple(r for r in cell.routes if r in chosen)
 
 
-def reader(routes: tuple[str, ...] | None) -> Callable[[str, jax.Array], jax.Array]:
-    """Edge reader keeping the routes in ``routes`` (all when None) and cutting the rest."""
-    if routes is None:
-        return lambda route, value: value
-    keep = frozenset(routes)
-    return lambda route, value: value if route in keep else jax.lax.stop_gradient(value)
-
-
-def flat_step(cell: Any, params: Any, layout: Layout, routes: tuple[str, ...] | None
-              ) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """``(s, x) -> s'`` on raveled states, with the routes outside ``routes`` cut."""
-    if routes is None:
-        return lambda s, x: layout.ravel(cell.step(params, layout.unravel(s), x))
-    read = reader(routes)
-    return lambda s, x: layout.ravel(cell.step(params, layout.unravel(s), x, read))
-
-
-def jacobian_fn(cell: Any, params: Any, layout: Layout, method: str,
-                routes: tuple[str, ...] | None = None) -> Callable[[Any, jax.Array], jax.Array]:
-    """``(state, x) -> (d, d)``: the step Jacobian summed over ``routes`` (all when None)."""
-    if method == "analytic":
-        return lambda state, x: assemble(cell.edges(params, state, x), layout, routes)
-    step = flat_step(cell, params, layout, routes)
-    jac = jax.jacfwd if method == "jacfwd" else jax.jacrev
-    return lambda state, x: jac(step)(layout.ravel(state), x)
-
-
-def apply_edges(edges: dict[str, Edge], layout: Layout, V: jax.Array,
-                routes: Iterable[str] | None = None) -> jax.Array:
-    """``J V`` for ``V`` of shape (d, k) without forming ``J`` (sum over ``routes``)."""
-    chosen = edges if routes is None else {r: edges[r] for r in routes}
-    acc: dict[str, jax.Array] = {}
-    for edge in chosen.values():
-        src = V[layout.slice(edge.source)]
-        moved = src if edge.matrix is None else jnp.dot(
-            edge.matrix, src, precision=jax.lax.Precision.HIGHEST)
-        for out, coeff in edge.rows.items():
-            if coeff is not None:
-                term = coeff[:, None] * moved
-                acc[out] = term if out not in acc else acc[out] + term
-    return jnp.concatenate(
-        [acc[name] if name in acc else jnp.zeros((size, V.shape[1]), V.dtype)
-         for name, size in zip(layout.names, layout.sizes)]
-    )
-
-
-def tangent_fn(cell: Any, params: Any, layout: Layout, routes: tuple[str, ...] | None = None
-               ) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
-    """``(state, x, V) -> J V`` for ``V`` (d, k), never forming the (d, d) matrix.
-
-    Closed form (one pass over the entry edges) when the cell has ``edges``,
-    otherwise ``k`` forward-mode JVPs of the step (routes cut by ``stop_gradient``).
-    """
-    if _inputs.has_closed_form(cell):
-        return lambda state, x, V: apply_edges(cell.edges(params, state, x), layout, V, routes)
-    step = flat_step(cell, params, layout, routes)
-
-    def push(state, x, V):
-        _, lin = jax.linearize(lambda s: step(s, x), layout.ravel(state))
-        return jax.vmap(lin, in_axes=1, out_axes=1)(V)
-
-    return push
-
-
 def _route_jacobians(cell, params, xs, state0, *, method):
     layout = layout_of(state0)
-    states = _unroll(cell, params, xs, state0)
-    prev = jax.tree_util.tree_map(lambda a: a[:-1], states)
-    if method == "analytic":
-        def per_step(state, x):
-            edges = cell.edges(params, state, x)
-            return {r: assemble(edges, layout, (r,)) for r in cell.routes}
-    else:
-        fns = {r: jacobian_fn(cell, params, layout, method, (r,)) for r in cell.routes}
+    specs = tuple(_operator.Spec((r,), None) for r in cell.routes)
+    op = _operator.step_operator(cell, params, layout, specs, backend=method)
 
-        def per_step(state, x):
-            return {r: fn(state, x) for r, fn in fns.items()}
+    def per_step(state, x):
+        lin = op.at(state, x)
+        return {spec.routes[0]: lin.matrix(spec) for spec in specs}
 
-    mats = jax.vmap(per_step)(prev, xs)
+    mats = jax.vmap(per_step)(entering(cell, params, xs, state0), xs)
     return {r: StepJacobians(mats[r], layout) for r in cell.routes}
 
 

@@ -1,0 +1,442 @@
+r"""The step Jacobian operator: one place where a step's Jacobian is formed or applied.
+
+Every analysis of gradpaths stands on the linearisation of one step,
+``s' = F(s, x)``, at the state it reaches:
+
+* ``matrix(spec)``: the (size, size) Jacobian ``J`` of a *spec* (below);
+* ``apply(spec, V) = J V`` for a block of tangents ``V`` (size, k), without ``J``;
+* ``apply_T(spec, G) = J^T G`` for a block of cotangents, without ``J``;
+* ``apply_many(specs, V)`` / ``apply_T_many``: one column per spec, all specs of
+  an analysis pushed together, so that each recurrent matrix is read once per step
+  (one matrix-matrix product per stacked group of edges, not one matrix-vector
+  product per spec and route);
+* ``next``: the state ``s'``.
+
+A *spec* chooses the Jacobian sequence: ``routes`` None for the full ``J``, or a
+set ``S`` of route names for ``J^S = sum_{r in S} J^r`` (each route cut only in the
+derivative, never in the forward pass); ``block`` None for the whole state, or
+``(f, f)`` for the diagonal block ``J[f, f] = d f' / d f``.
+
+The backend is chosen once per analysis (:func:`step_operator`):
+
+* ``"analytic"``: closed form from the cell's entry edges (:meth:`edges`: each edge
+  is ``diag(rows[out]) M`` from a source field to the output fields, and
+  ``J^S = sum_{e in S} edge_e``). Edges from one source with a matrix are stacked,
+  so ``apply`` costs one ``(sum_e n_e, n) x (n, k)`` product per source field and
+  ``apply_T`` its transpose.
+* ``"jacfwd"`` / ``"jacrev"``: autodiff of the step (any cell), one
+  ``jax.linearize`` per distinct route set (routes outside the set read
+  ``stop_gradient`` of the previous state); ``apply`` is a batch of JVPs, ``apply_T``
+  a batch of VJPs (the transposed linearisation), ``matrix`` pushes the identity
+  (jacfwd) or pulls it (jacrev).
+
+Orientation: ``J[a, b] = d s'_a / d s_b``. Non-finite entering states make every
+output NaN, so a diverging trajectory surfaces as an error and never as a
+plausible number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradpaths._state import Layout
+
+Array = jax.Array
+_HIGHEST = jax.lax.Precision.HIGHEST
+BACKENDS = ("analytic", "jacfwd", "jacrev")
+
+
+def dot(A: Array, B: Array) -> Array:
+    """``A @ B`` at full precision (float32 stays float32 on accelerators that default
+    to TF32)."""
+    return jnp.matmul(A, B, precision=_HIGHEST)
+
+
+class Spec(NamedTuple):
+    """Which Jacobian sequence: ``routes`` (None: all) restricted to ``block`` (None: all)."""
+
+    routes: tuple[str, ...] | None
+    block: tuple[str, str] | None
+
+
+FULL = Spec(None, None)
+
+
+def spec_size(layout: Layout, spec: Spec) -> int:
+    """Side of the spec's square Jacobian: ``d``, or the block's field size."""
+    if spec.block is None:
+        return layout.size
+    return layout.sizes[layout.names.index(spec.block[0])]
+
+
+def has_closed_form(cell: Any) -> bool:
+    return callable(getattr(cell, "edges", None))
+
+
+def reader(routes: tuple[str, ...] | None) -> Callable[[str, Array], Array]:
+    """Edge reader keeping the routes in ``routes`` (all when None) and cutting the rest."""
+    if routes is None:
+        return lambda route, value: value
+    keep = frozenset(routes)
+    return lambda route, value: value if route in keep else jax.lax.stop_gradient(value)
+
+
+def flat_step(cell: Any, params: Any, layout: Layout, routes: tuple[str, ...] | None
+              ) -> Callable[[Array, Array], Array]:
+    """``(s, x) -> s'`` on raveled states, with the routes outside ``routes`` cut."""
+    if routes is None:
+        return lambda s, x: layout.ravel(cell.step(params, layout.unravel(s), x))
+    read = reader(routes)
+    return lambda s, x: layout.ravel(cell.step(params, layout.unravel(s), x, read))
+
+
+def _field_mask(layout: Layout, spec: Spec, dtype: Any) -> np.ndarray | None:
+    """(d,) 1 on the block's rows, or None for the whole state."""
+    if spec.block is None:
+        return None
+    mask = np.zeros((layout.size,), np.dtype(dtype))
+    mask[layout.slice(spec.block[0])] = 1
+    return mask
+
+
+def _embed(layout: Layout, spec: Spec, V: Array) -> Array:
+    """A spec's (size, k) block -> full (d, k) coordinates (zeros outside the block)."""
+    if spec.block is None:
+        return V
+    full = jnp.zeros((layout.size, V.shape[1]), V.dtype)
+    return full.at[layout.slice(spec.block[0])].set(V)
+
+
+def _restrict(layout: Layout, spec: Spec, W: Array) -> Array:
+    return W if spec.block is None else W[layout.slice(spec.block[0])]
+
+
+def _columns_mask(layout: Layout, specs: Sequence[Spec], dtype: Any) -> np.ndarray | None:
+    """(d, S) field masks of several specs, or None when no spec has a block."""
+    if all(s.block is None for s in specs):
+        return None
+    return np.stack([np.ones((layout.size,), np.dtype(dtype)) if s.block is None
+                     else _field_mask(layout, s, dtype) for s in specs], axis=1)
+
+
+# --------------------------------------------------------------------------- closed form
+
+
+class _Group(NamedTuple):
+    """Edges with a matrix that leave one source field: stacked once per step."""
+
+    source: str
+    names: tuple[str, ...]
+    rows: tuple[int, ...]       # each edge's number of rows in the stack
+
+
+class _Closed:
+    """One step's linearisation from the cell's entry edges."""
+
+    def __init__(self, layout: Layout, edges: dict[str, Any], nxt: Any, ok: Array) -> None:
+        self.layout, self.edges, self.next, self._ok = layout, edges, nxt, ok
+        self._groups: dict[tuple[str, ...], tuple[_Group, ...]] = {}
+        self._stacks: dict[tuple[str, ...], Array] = {}
+
+    def _grouped(self, chosen: tuple[str, ...]) -> tuple[_Group, ...]:
+        """The matrix edges among ``chosen``, grouped by source field."""
+        if chosen not in self._groups:
+            groups: dict[str, list[str]] = {}
+            for r in chosen:
+                if self.edges[r].matrix is not None:
+                    groups.setdefault(self.edges[r].source, []).append(r)
+            self._groups[chosen] = tuple(
+                _Group(src, tuple(rs), tuple(self.edges[r].matrix.shape[0] for r in rs))
+                for src, rs in groups.items())
+        return self._groups[chosen]
+
+    def _stack(self, group: _Group) -> Array:
+        if group.names not in self._stacks:
+            mats = [self.edges[r].matrix for r in group.names]
+            self._stacks[group.names] = mats[0] if len(mats) == 1 else jnp.concatenate(mats)
+        return self._stacks[group.names]
+
+    def _poison(self, out: Array) -> Array:
+        return jnp.where(self._ok, out, jnp.nan)
+
+    # -- many specs, one column each (or one shared route mask per column group)
+
+    def _route_weights(self, specs: Sequence[Spec], dtype: Any) -> dict[str, Any]:
+        """Per edge, the (K,) 0/1 weights of the columns whose spec keeps it; edges no
+        spec keeps are left out, edges every spec keeps get the scalar 1."""
+        out: dict[str, Any] = {}
+        for r in self.edges:
+            w = [s.routes is None or r in s.routes for s in specs]
+            if all(w):
+                out[r] = 1
+            elif any(w):
+                out[r] = np.asarray(w, np.dtype(dtype))[None, :]
+        return out
+
+    def _push(self, V: Array, weights: dict[str, Any], fmask: Any) -> Array:
+        """``sum_r w_r (J^r V)`` column-wise; ``V`` (d, K) full coordinates."""
+        lay, dtype = self.layout, V.dtype
+        if fmask is not None:
+            V = V * fmask
+        acc = jnp.zeros_like(V)
+        chosen = tuple(weights)
+        for r in chosen:
+            if self.edges[r].matrix is None:
+                src = V[lay.slice(self.edges[r].source)]
+                acc = acc + self._spread(r, src * weights[r], dtype)
+        for g in self._grouped(chosen):
+            moved = dot(self._stack(g), V[lay.slice(g.source)])
+            start = 0
+            for r, m in zip(g.names, g.rows):
+                acc = acc + self._spread(r, moved[start:start + m] * weights[r], dtype)
+                start += m
+        if fmask is not None:
+            acc = acc * fmask
+        return self._poison(acc)
+
+    def _spread(self, name: str, part: Array, dtype: Any) -> Array:
+        """``diag(rows[out]) part`` placed in each output field's rows."""
+        edge = self.edges[name]
+        return jnp.concatenate([
+            jnp.zeros((size, part.shape[1]), dtype) if edge.rows.get(out) is None
+            else edge.rows[out][:, None] * part
+            for out, size in zip(self.layout.names, self.layout.sizes)])
+
+    def _pull(self, G: Array, weights: dict[str, Any], fmask: Any) -> Array:
+        """``sum_r w_r (J^r)^T G`` column-wise; ``G`` (d, K) full coordinates."""
+        lay = self.layout
+        if fmask is not None:
+            G = G * fmask
+        acc = jnp.zeros_like(G)
+
+        def gathered(name: str) -> Array:
+            edge = self.edges[name]
+            total = None
+            for out in lay.names:
+                coeff = edge.rows.get(out)
+                if coeff is None:
+                    continue
+                term = coeff[:, None] * G[lay.slice(out)]
+                total = term if total is None else total + term
+            return total * weights[name]
+
+        chosen = tuple(weights)
+        for r in chosen:
+            if self.edges[r].matrix is None:
+                acc = acc.at[lay.slice(self.edges[r].source)].add(gathered(r))
+        for g in self._grouped(chosen):
+            U = jnp.concatenate([gathered(r) for r in g.names])
+            src = lay.slice(g.source)
+            acc = acc.at[src].add(dot(self._stack(g).T, U))
+        if fmask is not None:
+            acc = acc * fmask
+        return self._poison(acc)
+
+    # -- public face
+
+    def matrix(self, spec: Spec) -> Array:
+        J = assemble(self.edges, self.layout, spec.routes)
+        return self._poison(_restrict_matrix(self.layout, spec, J))
+
+    def apply(self, spec: Spec, V: Array) -> Array:
+        full = _embed(self.layout, spec, V)
+        w = self._route_weights([spec], V.dtype)
+        out = self._push(full, w, None if spec.block is None
+                         else _field_mask(self.layout, spec, V.dtype)[:, None])
+        return _restrict(self.layout, spec, out)
+
+    def apply_T(self, spec: Spec, G: Array) -> Array:
+        full = _embed(self.layout, spec, G)
+        w = self._route_weights([spec], G.dtype)
+        out = self._pull(full, w, None if spec.block is None
+                         else _field_mask(self.layout, spec, G.dtype)[:, None])
+        return _restrict(self.layout, spec, out)
+
+    def apply_many(self, specs: Sequence[Spec], V: Array) -> Array:
+        return self._push(V, self._route_weights(specs, V.dtype),
+                          _columns_mask(self.layout, specs, V.dtype))
+
+    def apply_T_many(self, specs: Sequence[Spec], G: Array) -> Array:
+        return self._pull(G, self._route_weights(specs, G.dtype),
+                          _columns_mask(self.layout, specs, G.dtype))
+
+
+def _restrict_matrix(layout: Layout, spec: Spec, J: Array) -> Array:
+    if spec.block is None:
+        return J
+    rows = layout.slice(spec.block[0])
+    return J[rows, rows]
+
+
+def assemble(edges: dict[str, Any], layout: Layout, routes: Iterable[str] | None = None
+             ) -> Array:
+    """The (d, d) Jacobian of one step from its entry edges (all, or those in ``routes``).
+
+    ``J = sum_e a_e[:, None] * M_e``: ``a_e`` (d,) stacks the edge's row coefficients
+    over the output fields (zeros where ``rows[out]`` is None) and ``M_e`` (d, d)
+    holds its matrix in the rows of those fields and the columns of its source.
+    Diagonal edges from one source are summed as vectors first and enter through a
+    constant identity mask. ``M_e`` depends on the parameters only (built once under
+    ``vmap``), and the sum is one elementwise broadcast, which XLA fuses into a single
+    loop writing each entry once (a concatenation of blocks is not fused on CPU and
+    wrote the (T, d, d) result three times).
+    """
+    chosen = edges if routes is None else {r: edges[r] for r in routes}
+    arrays = [v for e in chosen.values() for v in (*e.rows.values(), e.matrix) if v is not None]
+    dtype = jnp.result_type(*arrays) if arrays else jnp.float32
+    d = layout.size
+    field = {name: layout.slice(name) for name in layout.names}
+
+    def coefficients(edge: Any) -> Array:
+        return jnp.concatenate([
+            jnp.zeros((size,), dtype) if edge.rows.get(out) is None else edge.rows[out]
+            for out, size in zip(layout.names, layout.sizes)
+        ])
+
+    total = jnp.zeros((d, d), dtype)
+    diagonal: dict[str, Array] = {}
+    mask = np.zeros((d, d), bool)
+    for edge in chosen.values():
+        outs = [out for out, coeff in edge.rows.items() if coeff is not None]
+        if not outs:
+            continue
+        a = coefficients(edge)
+        src = field[edge.source]
+        if edge.matrix is None:
+            diagonal[edge.source] = a + diagonal[edge.source] if edge.source in diagonal else a
+            for out in outs:
+                mask[field[out], src] = np.eye(field[out].stop - field[out].start,
+                                               src.stop - src.start, dtype=bool)
+            continue
+        placed = jnp.zeros((d, d), dtype)
+        for out in outs:
+            placed = placed.at[field[out], src].set(edge.matrix)
+        total = total + a[:, None] * placed
+    for source, a in diagonal.items():
+        cols = np.zeros((1, d), bool)
+        cols[:, field[source]] = True
+        total = total + jnp.where(mask & cols, a[:, None], 0)
+    return total
+
+
+# --------------------------------------------------------------------------- autodiff
+
+
+class _Autodiff:
+    """One step's linearisation by autodiff: a JVP and its transpose per route set."""
+
+    def __init__(self, cell: Any, params: Any, layout: Layout, route_sets: Sequence[Any],
+                 state: Any, x: Array, ok: Array, matrix_mode: str) -> None:
+        self.layout, self._ok, self._mode = layout, ok, matrix_mode
+        s = layout.ravel(state)
+        self._dtype = s.dtype
+        self._lin: dict[Any, Callable] = {}
+        self._lin_T: dict[Any, Callable] = {}
+        nxt = None
+        for routes in route_sets:
+            if routes in self._lin:
+                continue
+            step = flat_step(cell, params, layout, routes)
+            nxt, lin = jax.linearize(lambda u, step=step: step(u, x), s)
+            self._lin[routes] = lin
+            self._lin_T[routes] = jax.linear_transpose(lin, s)
+        self.next = layout.unravel(nxt)
+
+    def _poison(self, out: Array) -> Array:
+        return jnp.where(self._ok, out, jnp.nan)
+
+    def _push(self, routes: Any, V: Array) -> Array:
+        return jax.vmap(self._lin[routes], in_axes=1, out_axes=1)(V)
+
+    def _pull(self, routes: Any, G: Array) -> Array:
+        return jax.vmap(lambda g: self._lin_T[routes](g)[0], in_axes=1, out_axes=1)(G)
+
+    def matrix(self, spec: Spec) -> Array:
+        eye = jnp.eye(self.layout.size, dtype=self._dtype)
+        if self._mode == "jacrev":
+            J = self._pull(spec.routes, eye).T
+        else:
+            J = self._push(spec.routes, eye)
+        return self._poison(_restrict_matrix(self.layout, spec, J))
+
+    def apply(self, spec: Spec, V: Array) -> Array:
+        out = self._push(spec.routes, _embed(self.layout, spec, V))
+        return self._poison(_restrict(self.layout, spec, out))
+
+    def apply_T(self, spec: Spec, G: Array) -> Array:
+        out = self._pull(spec.routes, _embed(self.layout, spec, G))
+        return self._poison(_restrict(self.layout, spec, out))
+
+    def _many(self, specs: Sequence[Spec], V: Array, fn: Callable) -> Array:
+        mask = _columns_mask(self.layout, specs, V.dtype)
+        if mask is not None:
+            V = V * mask
+        out = jnp.zeros_like(V)
+        by_routes: dict[Any, list[int]] = {}
+        for j, s in enumerate(specs):
+            by_routes.setdefault(s.routes, []).append(j)
+        for routes, cols in by_routes.items():
+            idx = np.asarray(cols)
+            out = out.at[:, idx].set(fn(routes, V[:, idx]))
+        if mask is not None:
+            out = out * mask
+        return self._poison(out)
+
+    def apply_many(self, specs: Sequence[Spec], V: Array) -> Array:
+        return self._many(specs, V, self._push)
+
+    def apply_T_many(self, specs: Sequence[Spec], G: Array) -> Array:
+        return self._many(specs, G, self._pull)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+class StepOperator(NamedTuple):
+    """The linearisation of a cell's step, for a fixed backend and set of specs.
+
+    ``op.at(state, x)`` linearises one step and returns an object with ``next``
+    (the state ``s'``), ``matrix(spec)``, ``apply(spec, V)``, ``apply_T(spec, G)``,
+    ``apply_many(specs, V)`` and ``apply_T_many(specs, G)`` (module docstring).
+    The edges (closed form) or linearisations (autodiff) of the step are formed
+    once and serve every spec.
+    """
+
+    cell: Any
+    params: Any
+    layout: Layout
+    specs: tuple[Spec, ...]
+    backend: str
+
+    def at(self, state: Any, x: Array) -> Any:
+        ok = jnp.all(jnp.isfinite(self.layout.ravel(state)))
+        if self.backend == "analytic":
+            nxt, edges = linearise(self.cell, self.params, state, x)
+            return _Closed(self.layout, edges, nxt, ok)
+        route_sets = tuple(dict.fromkeys(s.routes for s in self.specs)) or (None,)
+        return _Autodiff(self.cell, self.params, self.layout, route_sets, state, x, ok,
+                         self.backend)
+
+
+def linearise(cell: Any, params: Any, state: Any, x: Array) -> tuple[Any, dict[str, Any]]:
+    """``(next_state, edges)`` of one step of a closed-form cell (one forward pass when
+    the cell offers ``linearise``)."""
+    if callable(getattr(cell, "linearise", None)):
+        return cell.linearise(params, state, x)
+    return cell.step(params, state, x), cell.edges(params, state, x)
+
+
+def step_operator(cell: Any, params: Any, layout: Layout, specs: Sequence[Spec] = (FULL,),
+                  backend: str = "auto") -> StepOperator:
+    """The :class:`StepOperator` of ``cell`` for ``specs``; ``backend`` ``"auto"`` is the
+    closed form where the cell has ``edges``, else ``"jacfwd"``."""
+    if backend == "auto":
+        backend = "analytic" if has_closed_form(cell) else "jacfwd"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS} or 'auto', got {backend!r}")
+    return StepOperator(cell, params, layout, tuple(Spec(*s) for s in specs), backend)

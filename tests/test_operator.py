@@ -1,0 +1,149 @@
+"""The step Jacobian operator: matrix, apply (J V) and apply_T (J^T G) agree."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from cells import CONFIGS, Henon, HenonState, setup
+from helpers import assert_close
+
+import gradpaths as gp
+from gradpaths import _inputs, _lyapunov, _operator
+from gradpaths._jacobians import run
+from gradpaths._state import layout_of
+
+
+def _specs(cell, layout):
+    """Every route set of interest (each route, all but each, all) times every block."""
+    blocks = [None] + [(f, f) for f in layout.names]
+    sets = [None] + [(r,) for r in cell.routes] + [
+        tuple(q for q in cell.routes if q != r) for r in cell.routes if len(cell.routes) > 1]
+    return [_operator.Spec(r, b) for r in sets for b in blocks]
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("backend", ["analytic", "jacfwd", "jacrev"])
+def test_matrix_apply_apply_t_agree(name, backend):
+    cell, params, xs, s0 = setup(name, n=4, T=3, seed=2)
+    layout = layout_of(s0)
+    specs = _specs(cell, layout)
+    op = _operator.step_operator(cell, params, layout, specs, backend=backend)
+    ref = _operator.step_operator(cell, params, layout, specs, backend="analytic")
+    lin, lin_ref = op.at(s0, xs[0]), ref.at(s0, xs[0])
+    key = jax.random.key(0)
+    for spec in specs:
+        size = _operator.spec_size(layout, spec)
+        J = lin.matrix(spec)
+        assert_close(J, lin_ref.matrix(spec), err_msg=str(spec))
+        V = jax.random.normal(key, (size, 3))
+        assert_close(lin.apply(spec, V), J @ V, err_msg=str(spec))
+        assert_close(lin.apply_T(spec, V), J.T @ V, err_msg=str(spec))
+    # all specs at once, one column each, in full coordinates
+    V = jax.random.normal(key, (layout.size, len(specs)))
+    many, many_T = lin.apply_many(specs, V), lin.apply_T_many(specs, V)
+    for j, spec in enumerate(specs):
+        rows = slice(None) if spec.block is None else layout.slice(spec.block[0])
+        col = V[rows, j:j + 1]
+        assert_close(many[rows, j:j + 1], lin.apply(spec, col), err_msg=str(spec))
+        assert_close(many_T[rows, j:j + 1], lin.apply_T(spec, col), err_msg=str(spec))
+        if spec.block is not None:
+            outside = np.ones(layout.size, bool)
+            outside[rows] = False
+            assert np.all(np.asarray(many)[outside, j] == 0)
+    # the next state is the step's
+    nxt = cell.step(params, s0, xs[0])
+    assert_close(layout.ravel(lin.next), layout.ravel(nxt))
+
+
+def test_custom_cell_operator():
+    params = (1.4, 0.3)
+    s0 = HenonState(jnp.array([0.3]), jnp.array([-0.1]))
+    layout = layout_of(s0)
+    specs = [_operator.FULL, _operator.Spec(None, ("x", "x"))]
+    x, y = 0.3, -0.1
+    J_true = np.array([[-2 * 1.4 * x, 1.0], [0.3, 0.0]])
+    for backend in ("jacfwd", "jacrev"):
+        lin = _operator.step_operator(Henon(), params, layout, specs, backend).at(s0, jnp.zeros(0))
+        assert_close(lin.matrix(specs[0]), J_true)
+        assert_close(lin.matrix(specs[1]), J_true[:1, :1])
+        G = jnp.asarray([[1.0, 2.0], [-1.0, 0.5]])
+        assert_close(lin.apply_T(specs[0], G), J_true.T @ G)
+        assert_close(lin.apply(specs[0], G), J_true @ G)
+
+
+@pytest.mark.parametrize("name", ["lstm", "lstm-peep-nof", "gru", "gru-reset-before",
+                                  "rnn-tanh", "rnn-relu"])
+def test_fused_forward_equals_the_step_by_step_reference(name):
+    cell, params, xs, s0 = setup(name, n=5, T=30, seed=4)
+    fused = run(cell, params, xs, s0)
+
+    def body(s, x):   # the plain step, one gate product at a time
+        s = cell.step(params, s, x, lambda route, value: value)
+        return s, s
+
+    ref = jax.lax.scan(body, s0, xs)[1]
+    for a, b in zip(jax.tree_util.tree_leaves(fused), jax.tree_util.tree_leaves(ref)):
+        assert_close(a, b, scale=10)
+
+
+def _dense_reference(cell, params, xs, warmup, routes=None, block=None):
+    """Top exponent (QR, float64 numpy) and log ||J_{T-1} ... J_w||_2 from dense matrices."""
+    if routes is None:
+        J = np.asarray(gp.step_jacobians(cell, params, xs).matrix, np.float64)
+    else:
+        mats = gp.route_jacobians(cell, params, xs)
+        J = sum(np.asarray(mats[r].matrix, np.float64) for r in routes)
+    if block is not None:
+        layout = layout_of(cell.initial_state())
+        rows = layout.slice(block[0])
+        J = J[:, rows, rows]
+    P, scale = np.eye(J.shape[1]), 0.0
+    for t in range(warmup, J.shape[0]):
+        P = J[t] @ P
+        f = np.linalg.norm(P)
+        P, scale = P / f, scale + np.log(f)
+    horizon = (scale + np.log(np.linalg.norm(P, 2))) / (J.shape[0] - warmup)
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal(J.shape[1])
+    v /= np.linalg.norm(v)
+    total = 0.0
+    for t in range(J.shape[0]):
+        w = J[t] @ v
+        nw = np.linalg.norm(w)
+        if t >= warmup:
+            total += np.log(nw)
+        if nw > 0:   # an exactly zero step (the f route at c = 0) keeps the direction
+            v = w / nw
+    return total / (J.shape[0] - warmup), horizon
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "rnn-tanh"])
+def test_explain_equals_dense_float64_references(name):
+    cell, params, xs, _ = setup(name, m=2, n=4, T=400, seed=3, gain=1.2)
+    warmup = 100
+    ex = gp.explain(cell, params, xs, warmup=warmup)
+    exact = gp.explain(cell, params, xs, warmup=warmup, horizon="exact")
+    for row, row_exact in zip(ex.rows, exact.rows):
+        lam, hor = _dense_reference(cell, params, xs, warmup, row.routes, row.block)
+        # the exponent of a 300-step window depends on the start vector by ~1/300 at most
+        assert abs(row.exponent - lam) < 0.01, row.name
+        assert_close(row_exact.horizon, hor, scale=1e3, err_msg=row.name)
+        # the matrix-free horizon: a lower bound converged to 1e-6 nats/step
+        assert hor - 1e-6 - 1e-12 <= row.horizon <= hor + 1e-10, row.name
+        assert row.exponent == row_exact.exponent
+
+
+def test_growth_many_does_not_recompile():
+    cell, params, xs, s0 = setup("lstm", n=3, T=20)
+    p = _inputs.prepare(cell, params, xs, s0)
+    specs = ((None, None), (("o",), None))
+
+    def run_growth(cell, params, xs, state0, *, specs):
+        return _lyapunov.growth_many(cell, params, xs, state0, specs, warmup=2)
+
+    _inputs.call(run_growth, cell, p.params, p.xs, p.state0, specs=specs)
+    before = _inputs.cache_size(run_growth, "specs")
+    _inputs.call(run_growth, cell, p.params, p.xs * 2, p.state0, specs=specs)
+    assert _inputs.cache_size(run_growth, "specs") == before == 1
