@@ -442,6 +442,10 @@ class LSTM:
         out = self.forward(params, state, x, read)
         return LSTMState(out["c"], out["h"])
 
+    def fixed_matrices(self, params: LSTMParams) -> dict[str, tuple[str, Array]]:
+        """The edge matrices that depend on the parameters only: route -> (source, R_g)."""
+        return {g: ("h", getattr(params.R, g)) for g in self.gates}
+
     def edges(self, params: LSTMParams, state: LSTMState, x: Array) -> dict[str, Edge]:
         """Entry edges of one step (closed form); see :meth:`linearise`."""
         return self.linearise(params, state, x)[1]
@@ -605,6 +609,12 @@ class GRU:
         """``h, x -> h'``; pure. ``read`` as in :meth:`LSTM.forward`."""
         return GRUState(self.forward(params, state, x, read)["h"])
 
+    def fixed_matrices(self, params: GRUParams) -> dict[str, tuple[str, Array]]:
+        """The edge matrices that depend on the parameters only: route -> (source, R_g);
+        with ``reset_after=False`` the r and n edges carry the reset and change every step."""
+        gates = self.gates if self.reset_after else ("z",)
+        return {g: ("h", getattr(params.R, g)) for g in gates}
+
     def edges(self, params: GRUParams, state: GRUState, x: Array) -> dict[str, Edge]:
         """Entry edges of one step (closed form); see :meth:`linearise`."""
         return self.linearise(params, state, x)[1]
@@ -697,6 +707,10 @@ class RNN:
              read: Callable[[str, Array], Array] = _keep) -> RNNState:
         """``h, x -> h'``; pure. ``read`` as in :meth:`LSTM.forward`."""
         return RNNState(self.forward(params, state, x, read)["h"])
+
+    def fixed_matrices(self, params: RNNParams) -> dict[str, tuple[str, Array]]:
+        """The edge matrix, which depends on the parameters only: ``{"R": ("h", R)}``."""
+        return {"R": ("h", params.R)}
 
     def edges(self, params: RNNParams, state: RNNState, x: Array) -> dict[str, Edge]:
         """The one entry edge: ``diag(phi'(pre)) R``."""

@@ -118,16 +118,6 @@ def _analyse_batch(cell, params, xs, state0, **kw):
     return jax.vmap(lambda x: _analyse_one(cell, params, x, state0, **kw))(xs)
 
 
-def _shard(xs: jax.Array) -> jax.Array:
-    """Pad the batch to a multiple of the device count and shard it over the devices."""
-    devices = jax.devices()
-    pad = (-xs.shape[0]) % len(devices)
-    if pad:
-        xs = jnp.concatenate([xs, jnp.repeat(xs[-1:], pad, axis=0)])
-    mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
-    return jax.device_put(xs, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch")))
-
-
 # --------------------------------------------------------------------------- result
 
 
@@ -424,8 +414,8 @@ def explain(cell: Any, params: Any, xs: Any, state0: Any = None, *, warmup: int 
         raise ValueError(f"margin: expected a number >= 0, got {margin!r}")
 
     specs = _specs(cell, p.layout)
-    if shard and B > 1 and len(jax.devices()) > 1:
-        xs = _shard(xs)
+    if shard:
+        xs = _inputs.shard_batch(xs)
     _checks.check_choice(horizon, "horizon", _lyapunov.HORIZONS)
     out = _inputs.call(_analyse_batch, cell, p.params, xs, p.state0,
                        specs=tuple(s for _, _, s in specs), warmup=warmup, seed=seed,

@@ -159,6 +159,25 @@ def prepare(cell: Any, params: Any, xs: Any, state0: Any) -> Prepared:
     return Prepared(params, xs, state0, layout_of(state0))
 
 
+# ---------------------------------------------------------------- batches over devices
+
+
+def shard_batch(xs: Any) -> Any:
+    """A batch (leading axis B) spread over ``jax.devices()``: padded by repeating its
+    last item to a multiple of the device count and placed with a ``NamedSharding``
+    on a one-axis mesh, so that a ``vmap`` over it runs a slice per device. The
+    caller keeps the first B results. Unchanged with one device or B = 1."""
+    devices = jax.devices()
+    B = xs.shape[0]
+    if len(devices) < 2 or B < 2:
+        return xs
+    pad = (-B) % len(devices)
+    if pad:
+        xs = jnp.concatenate([xs, jnp.repeat(xs[-1:], pad, axis=0)])
+    mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
+    return jax.device_put(xs, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch")))
+
+
 # ---------------------------------------------------------------- jit with static parts
 
 

@@ -69,7 +69,8 @@ class Growth(NamedTuple):
         direction entering step ``t``.
       units: (d,) mean over the steps after the warm-up of the squared components
         of the first spec's unit tangent ``v_t`` (where its perturbations live).
-      sweeps: () forward-backward sweeps the horizon took (0 for ``"exact"``).
+      sweeps: () backward-forward sweep pairs the horizon took (the first forward
+        sweep is the exponents' scan); 0 for ``"exact"``.
     """
 
     exponent: Array
@@ -100,7 +101,7 @@ def _normalise_columns(V):
 
 
 def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[Any], *,
-                warmup: int = 0, seed: int = 0, horizon: str = "power",
+                warmup: int = 0, seed: int = 0, horizon: str | None = "power",
                 tol: float | None = None, max_sweeps: int = 30) -> Growth:
     r"""Top exponent, horizon growth and local stretching of several specs, matrix-free.
 
@@ -117,16 +118,19 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     The horizon growth ``log ||P^s||_2 / (T - w)`` of ``P^s = J^s_{T-1} ... J^s_w``:
 
     * ``horizon="power"`` (default, matrix-free): power iteration on ``P^T P`` by
-      forward sweeps (``P v``, JVPs) and backward sweeps (``P^T u``, VJPs) over the
-      window, logs carried. The estimates ``||P v_0|| <= ||P^T u_1|| <= ||P v_1||
-      <= ... <= ||P||_2`` never decrease and are lower bounds of ``||P||_2``; the
-      sweeps stop when a forward-backward sweep raises every spec's estimate by at
-      most ``tol`` nats/step (default ``1e-6`` in float64, ``1e-4`` in float32), or
-      after ``max_sweeps``. The error after ``j`` sweeps falls like
-      ``(sigma_2 / sigma_1)^{4 j}``, and over long windows ``sigma_2 / sigma_1 ~
-      e^{-(T - w)(lambda_1 - lambda_2)}``: one or two sweeps reach round-off. Cost per
-      sweep ``2 (T - w)`` applications to ``S`` tangents; the window's states are kept,
-      ``O((T - w) d)`` memory.
+      backward sweeps (``P^T u``, VJPs) and forward sweeps (``P v``, JVPs) over the
+      window, logs carried, started from the exponents' tangent at step ``w`` (so the
+      exponents' scan is the first forward sweep). The estimates ``||P v_w|| <=
+      ||P^T u_1|| <= ||P v_1|| <= ... <= ||P||_2`` never decrease and are lower bounds
+      of ``||P||_2``; iteration stops when a forward sweep raises no spec's estimate
+      by more than ``tol`` nats/step over the backward sweep before it (default
+      ``1e-6`` in float64, ``1e-4`` in float32), or after ``max_sweeps`` pairs. The
+      error falls like ``(sigma_2 / sigma_1)^{2j}`` per half-sweep, and over long
+      windows ``sigma_2 / sigma_1 ~ e^{-(T - w)(lambda_1 - lambda_2)}``: one pair of
+      sweeps reaches round-off. Cost per pair ``2 (T - w)`` applications to ``S``
+      tangents; the window's states are kept, ``O((T - w) d)`` memory.
+    * ``horizon=None``: not computed (``horizon`` is NaN), for callers that need
+      only the exponents.
     * ``horizon="exact"``: the product itself, carried as ``exp(c) M`` with
       ``||M||_F = 1`` (a ``(d_s, d_s)`` matrix per spec and step: ``d_s^3`` work) and
       ``||M||_2`` by SVD at the end; certified, for small ``d`` or reference use.
@@ -141,7 +145,8 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     specs = tuple(Spec(*s) for s in specs)
     if not specs:
         raise ValueError("specs: expected at least one (routes, block) pair, got none")
-    _checks.check_choice(horizon, "horizon", HORIZONS)
+    if horizon is not None:
+        _checks.check_choice(horizon, "horizon", HORIZONS)
     T = xs.shape[0]
     warmup = _checks.check_positive_int(warmup, "warmup", allow_zero=True)
     if warmup >= T:
@@ -157,28 +162,24 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     zeros = jnp.zeros((S,), dtype)
 
     def forward(carry, inp):
-        state, V, H, total, total_c, hs, hs_c, units = carry
+        state, V, total, total_c, units = carry
         t, x = inp
-        at = t == warmup
-        H = jnp.where(at, start, H)
-        hs, hs_c = jnp.where(at, 0, hs), jnp.where(at, 0, hs_c)
         lin = op.at(state, x)
-        W = lin.apply_many(specs + specs, jnp.concatenate([V, H], axis=1))
-        WV, WH = W[:, :S], W[:, S:]
-        V_new, local = _normalise_columns(WV)
+        V_new, local = _normalise_columns(lin.apply_many(specs, V))
         V = jnp.where(jnp.isfinite(local)[None, :], V_new, V)   # keep v where J v = 0
         total, total_c = kahan_add(total, total_c, jnp.where(t >= warmup, local, 0))
-        H, h_logs = _normalise_columns(WH)
-        hs, hs_c = kahan_add(hs, hs_c, jnp.where(t >= warmup, h_logs, 0))
         units = units + jnp.where(t >= warmup, V[:, 0] ** 2, 0)
-        return (lin.next, V, H, total, total_c, hs, hs_c, units), (local, state)
+        return (lin.next, V, total, total_c, units), (local, state)
 
-    init = (state0, start, start, zeros, zeros, zeros, zeros, jnp.zeros((layout.size,), dtype))
-    (_, _, H, total, total_c, hs, hs_c, units), (local, states) = jax.lax.scan(
+    init = (state0, start, zeros, zeros, jnp.zeros((layout.size,), dtype))
+    (_, V, total, total_c, units), (local, states) = jax.lax.scan(
         forward, init, (jnp.arange(T), xs))
     exponent = (total - total_c) / window
     units = units / window
 
+    if horizon is None:
+        return Growth(exponent, jnp.full((S,), jnp.nan, dtype), local.T, units,
+                      jnp.zeros((), jnp.int32))
     if horizon == "exact":
         log_norm = _exact_horizon(op, specs, layout, states, xs, warmup, dtype)
         return Growth(exponent, log_norm / window, local.T, units, jnp.zeros((), jnp.int32))
@@ -198,21 +199,27 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
                                           reverse=method == "apply_T_many")
         return V, logs - comp
 
+    # Power iteration on P^T P, started from the exponents' tangent at step w (a
+    # generic vector): the exponents' scan is its first forward half-sweep, a_1 =
+    # log ||P v_w|| = the exponent's sum over the window. Then b_k = ||P^T u_k||
+    # (backward) and a_{k+1} = ||P v_k|| (forward): a_1 <= b_1 <= a_2 <= ... <= ||P||_2,
+    # all lower bounds. Stop when a forward half-sweep raises no estimate by more
+    # than tol over the backward one before it (the increments shrink geometrically).
     def cond(c):
-        it, _, old, new = c
-        moved = jnp.where(jnp.isfinite(new) & jnp.isfinite(old), new - old, 0.0)
-        unstarted = ~jnp.all(jnp.isfinite(old) | jnp.isneginf(new))
-        return (it < max_sweeps) & (unstarted | (jnp.max(moved) > tol * window))
+        it, _, b, a = c
+        moved = jnp.where(jnp.isfinite(a) & jnp.isfinite(b), a - b, 0.0)
+        return (it < 1) | ((it < max_sweeps) & (jnp.max(moved) > tol * window))
 
     def body(c):
-        it, U, _, new = c
-        V, _ = sweep(U, "apply_T_many")      # P^T u
-        U, est = sweep(V, "apply_many")      # P v: a lower bound of ||P||, never decreasing
-        return it + 1, U, new, jnp.maximum(est, new)
+        it, V, _, a = c
+        U, b = sweep(V, "apply_T_many")      # P^T u
+        V, a_new = sweep(U, "apply_many")    # P v
+        b = jnp.maximum(b, a)
+        return it + 1, V, b, jnp.maximum(a_new, b)
 
-    first = hs - hs_c                         # ||P h_0|| from the first scan
+    first = total - total_c                  # a_1
     sweeps, _, _, log_norm = jax.lax.while_loop(
-        cond, body, (jnp.zeros((), jnp.int32), H, jnp.full((S,), -jnp.inf, dtype), first))
+        cond, body, (jnp.zeros((), jnp.int32), V, first, first))
     return Growth(exponent, log_norm / window, local.T, units, sweeps)
 
 
@@ -294,6 +301,10 @@ def _exponents(cell, params, xs, state0, warmup, seed, **kw):
     return jnp.sort(total / (xs.shape[0] - warmup).astype(total.dtype))[::-1], overflow
 
 
+def _exponents_batch(cell, params, xs, state0, warmup, seed, **kw):
+    return jax.vmap(lambda x: _exponents(cell, params, x, state0, warmup, seed, **kw))(xs)
+
+
 def _check_common(cell, params, xs, state0, routes, block, k, method, seed):
     p = _inputs.prepare(cell, params, xs, state0)
     spec = check_spec(cell, p.layout, routes, block)
@@ -328,7 +339,9 @@ def lyapunov_exponents(cell: Any, params: Any, xs: Any, state0: Any = None, *,
     Args:
       cell, params, xs, state0: as in :func:`gradpaths.unroll`; any cell (closed
         form where the cell has ``edges``, JVPs otherwise, also for an autonomous
-        map with xs of shape (T, 0)).
+        map with xs of shape (T, 0)). ``xs`` may be a batch (B, T, m): the
+        exponents of each sequence, (B, k), the batch sharded over
+        ``jax.devices()`` when there are several.
       k: how many exponents (None: all, ``size`` of the Jacobian).
       warmup: steps left out of the average, ``0 <= warmup < T``.
       routes: None, or an iterable of route names: each step's Jacobian is
@@ -355,16 +368,29 @@ def lyapunov_exponents(cell: Any, params: Any, xs: Any, state0: Any = None, *,
         lam_c = gp.lyapunov_exponents(cell, params, xs, routes={"carousel"}, k=1)
         top8 = gp.lyapunov_exponents(cell, params, xs, k=8, method="jvp")
     """
-    p, spec, k, method, seed = _check_common(cell, params, xs, state0, routes, block, k,
-                                             method, seed)
+    raw = _checks.as_array(xs, "xs")
+    batched = raw.ndim == 3
+    if batched and raw.shape[0] < 1:
+        raise ValueError(f"xs: expected a batch of at least one sequence, got {raw.shape}")
+    p, spec, k, method, seed = _check_common(cell, params, raw[0] if batched else raw, state0,
+                                             routes, block, k, method, seed)
     T = p.xs.shape[0]
     warmup = _checks.check_positive_int(warmup, "warmup", allow_zero=True)
     if warmup >= T:
         raise ValueError(f"warmup: expected 0 <= warmup < T = {T}, got {warmup}")
     reorth_every = _checks.check_positive_int(reorth_every, "reorth_every")
-    out, overflow = _inputs.call(_exponents, cell, p.params, p.xs, p.state0, np.int32(warmup),
-                                 np.uint32(seed), spec=spec, k=k, method=method,
-                                 reorth_every=reorth_every)
+    if batched:
+        _checks.check_finite(raw, "xs")
+        B = raw.shape[0]
+        batch = _inputs.shard_batch(jnp.asarray(raw, p.xs.dtype))
+        out, overflow = _inputs.call(_exponents_batch, cell, p.params, batch, p.state0,
+                                     np.int32(warmup), np.uint32(seed), spec=spec, k=k,
+                                     method=method, reorth_every=reorth_every)
+        out, overflow = out[:B], jnp.any(overflow[:B])
+    else:
+        out, overflow = _inputs.call(_exponents, cell, p.params, p.xs, p.state0,
+                                     np.int32(warmup), np.uint32(seed), spec=spec, k=k,
+                                     method=method, reorth_every=reorth_every)
     if _checks.is_concrete(overflow) and bool(overflow):
         raise _checks.NonFiniteError(
             f"lyapunov_exponents: the tangent frame overflowed {out.dtype} between two QR "

@@ -57,6 +57,12 @@ def dot(A: Array, B: Array) -> Array:
     return jnp.matmul(A, B, precision=_HIGHEST)
 
 
+def dot_T(A: Array, B: Array) -> Array:
+    """``A^T @ B`` without materialising ``A^T`` (a transposed copy of a large matrix
+    in every step of a scan costs more than the product)."""
+    return jax.lax.dot_general(A, B, (((0,), (0,)), ((), ())), precision=_HIGHEST)
+
+
 class Spec(NamedTuple):
     """Which Jacobian sequence: ``routes`` (None: all) restricted to ``block`` (None: all)."""
 
@@ -138,10 +144,24 @@ class _Group(NamedTuple):
 class _Closed:
     """One step's linearisation from the cell's entry edges."""
 
-    def __init__(self, layout: Layout, edges: dict[str, Any], nxt: Any, ok: Array) -> None:
+    def __init__(self, layout: Layout, edges: dict[str, Any], nxt: Any, ok: Array,
+                 fixed: dict[tuple[str, ...], tuple[Array, Array]]) -> None:
         self.layout, self.edges, self.next, self._ok = layout, edges, nxt, ok
+        self._fixed = fixed
         self._groups: dict[tuple[str, ...], tuple[_Group, ...]] = {}
-        self._stacks: dict[tuple[str, ...], Array] = {}
+        self._stacks: dict[tuple[str, ...], Array] = dict((k, v[0]) for k, v in fixed.items())
+        self._union = tuple(r for names in fixed for r in names)
+
+    def _widen(self, weights: dict[str, Any]) -> dict[str, Any]:
+        """Route weights over a precomputed stack: a subset of its routes is pushed
+        through the whole stack with zero weights for the others (one product with
+        matrices prepared before the scan beats a smaller one prepared every step)."""
+        chosen = tuple(weights)
+        matrix_routes = {r for r in chosen if self.edges[r].matrix is not None}
+        if (not self._union or any(g.names in self._fixed for g in self._grouped(chosen))
+                or not matrix_routes <= set(self._union)):
+            return weights
+        return {r: weights.get(r, 0) for r in self.edges if r in weights or r in self._union}
 
     def _grouped(self, chosen: tuple[str, ...]) -> tuple[_Group, ...]:
         """The matrix edges among ``chosen``, grouped by source field."""
@@ -154,6 +174,13 @@ class _Closed:
                 _Group(src, tuple(rs), tuple(self.edges[r].matrix.shape[0] for r in rs))
                 for src, rs in groups.items())
         return self._groups[chosen]
+
+    def _stack_T(self, group: _Group, U: Array) -> Array:
+        """``stack^T U``, with the transposed stack prepared before the scan when the
+        group's matrices are the cell's fixed ones."""
+        if group.names in self._fixed:
+            return dot(self._fixed[group.names][1], U)
+        return dot_T(self._stack(group), U)
 
     def _stack(self, group: _Group) -> Array:
         if group.names not in self._stacks:
@@ -181,6 +208,7 @@ class _Closed:
     def _push(self, V: Array, weights: dict[str, Any], fmask: Any) -> Array:
         """``sum_r w_r (J^r V)`` column-wise; ``V`` (d, K) full coordinates."""
         lay, dtype = self.layout, V.dtype
+        weights = self._widen(weights)
         if fmask is not None:
             V = V * fmask
         acc = jnp.zeros_like(V)
@@ -210,6 +238,7 @@ class _Closed:
     def _pull(self, G: Array, weights: dict[str, Any], fmask: Any) -> Array:
         """``sum_r w_r (J^r)^T G`` column-wise; ``G`` (d, K) full coordinates."""
         lay = self.layout
+        weights = self._widen(weights)
         if fmask is not None:
             G = G * fmask
         acc = jnp.zeros_like(G)
@@ -232,7 +261,7 @@ class _Closed:
         for g in self._grouped(chosen):
             U = jnp.concatenate([gathered(r) for r in g.names])
             src = lay.slice(g.source)
-            acc = acc.at[src].add(dot(self._stack(g).T, U))
+            acc = acc.at[src].add(self._stack_T(g, U))
         if fmask is not None:
             acc = acc * fmask
         return self._poison(acc)
@@ -412,12 +441,13 @@ class StepOperator(NamedTuple):
     layout: Layout
     specs: tuple[Spec, ...]
     backend: str
+    fixed: dict[tuple[str, ...], tuple[Array, Array]]
 
     def at(self, state: Any, x: Array) -> Any:
         ok = jnp.all(jnp.isfinite(self.layout.ravel(state)))
         if self.backend == "analytic":
             nxt, edges = linearise(self.cell, self.params, state, x)
-            return _Closed(self.layout, edges, nxt, ok)
+            return _Closed(self.layout, edges, nxt, ok, self.fixed)
         route_sets = tuple(dict.fromkeys(s.routes for s in self.specs)) or (None,)
         return _Autodiff(self.cell, self.params, self.layout, route_sets, state, x, ok,
                          self.backend)
@@ -439,4 +469,38 @@ def step_operator(cell: Any, params: Any, layout: Layout, specs: Sequence[Spec] 
         backend = "analytic" if has_closed_form(cell) else "jacfwd"
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS} or 'auto', got {backend!r}")
-    return StepOperator(cell, params, layout, tuple(Spec(*s) for s in specs), backend)
+    specs = tuple(Spec(*s) for s in specs)
+    fixed = _fixed_stacks(cell, params, specs) if backend == "analytic" else {}
+    return StepOperator(cell, params, layout, specs, backend, fixed)
+
+
+def _fixed_stacks(cell: Any, params: Any, specs: tuple[Spec, ...]
+                  ) -> dict[tuple[str, ...], tuple[Array, Array]]:
+    """The cell's parameter-only edge matrices (``cell.fixed_matrices``), stacked per
+    source field and transposed once, before any scan: route names -> ``(stack,
+    stack^T)``. Built for the union of the specs' routes, and for the one spec's own
+    routes when there is one. The transpose is materialised (an optimisation barrier
+    keeps XLA from folding it back into every step's product, where a transposed
+    thin product runs an order of magnitude slower on CPU)."""
+    fixed_of = getattr(cell, "fixed_matrices", None)
+    if not callable(fixed_of):
+        return {}
+    fixed = fixed_of(params)            # route -> (source field, matrix)
+    every = tuple(getattr(cell, "routes", ())) or tuple(fixed)
+    wanted = [tuple(r for r in every if any(s.routes is None or r in s.routes for s in specs))]
+    if len(specs) == 1 and specs[0].routes is not None:
+        wanted.append(specs[0].routes)
+    out: dict[tuple[str, ...], tuple[Array, Array]] = {}
+    for chosen in wanted:
+        by_source: dict[str, list[str]] = {}
+        for r in chosen:
+            if r in fixed:
+                by_source.setdefault(fixed[r][0], []).append(r)
+        for names in by_source.values():
+            key = tuple(names)
+            if key in out:
+                continue
+            mats = [fixed[r][1] for r in names]
+            stack = mats[0] if len(mats) == 1 else jnp.concatenate(mats)
+            out[key] = jax.lax.optimization_barrier((stack, stack.T))
+    return out

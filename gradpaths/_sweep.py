@@ -120,15 +120,16 @@ class Sweep:
         return "\n".join(lines)
 
 
-def _grid(cell, params, xs, state0, gains, biases, *, scaled, specs, warmup, seed):
-    def one(gain, bias):
+def _grid(cell, params, xs, state0, grid, *, scaled, specs, warmup, seed):
+    def one(point):
+        gain, bias = point[0], point[1]
         R = params.R._replace(**{g: gain * getattr(params.R, g) for g in scaled})
         b = params.b._replace(f=jnp.full_like(params.b.f, bias))
         p = params._replace(R=R, b=b)
         return _lyapunov.growth_many(cell, p, xs, state0, specs, warmup=warmup,
-                                     seed=seed).exponent
+                                     seed=seed, horizon=None).exponent
 
-    return jax.vmap(one)(gains, biases)
+    return jax.vmap(one)(grid)
 
 
 def _values(values: Any, name: str) -> np.ndarray:
@@ -220,11 +221,12 @@ def sweep(*, gains: Iterable[float] = DEFAULT_GAINS,
     specs = ((Spec(None, None),) + tuple(Spec((r,), None) for r in routes)
              + tuple(Spec(tuple(q for q in routes if q != r), None) for r in routes))
     G, F = len(gains), len(biases)
-    gg = jnp.asarray(np.repeat(gains, F), dtype)
-    bb = jnp.asarray(np.tile(biases, G), dtype)
-    out = _inputs.call(_grid, cell, params, xs, cell.initial_state(dtype), gg, bb,
+    # the grid points, one row each, spread over the devices
+    grid = _inputs.shard_batch(jnp.asarray(np.stack([np.repeat(gains, F), np.tile(biases, G)],
+                                                    axis=1), dtype))
+    out = _inputs.call(_grid, cell, params, xs, cell.initial_state(dtype), grid,
                        scaled=scaled, specs=specs, warmup=warmup, seed=seed)
-    exponents = np.asarray(out, np.float64).reshape(G, F, len(names))
+    exponents = np.asarray(out, np.float64)[:G * F].reshape(G, F, len(names))
     if np.isnan(exponents).any():
         raise _checks.NonFiniteError("sweep: some exponents came out NaN (the trajectory "
                                      "overflowed); use smaller gains or input_scale")

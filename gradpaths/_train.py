@@ -190,7 +190,8 @@ def _probe_growth(model: Model, params: ModelParams, batch: Batch
 
     def one(xs):
         xs_rest, state = _skip_first(cell, params.cell, xs, skip)
-        return _lyapunov.growth_many(cell, params.cell, xs_rest, state, specs).exponent
+        return _lyapunov.growth_many(cell, params.cell, xs_rest, state, specs,
+                                     horizon=None).exponent
 
     exps = jnp.mean(jax.vmap(one)(batch.xs), axis=0)
     R = len(routes)

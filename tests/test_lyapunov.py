@@ -343,3 +343,13 @@ def test_reorth_every_overflow_points_at_reorth_every():
                  scale=10)
     with pytest.raises(gp.NonFiniteError, match="lower reorth_every"):
         gp.lyapunov_exponents(Cat(), None, xs, reorth_every=200)
+
+
+def test_batch_is_sharded_and_equals_each_sequence():
+    cell, params, xs, s0 = setup("lstm", n=3, T=40, seed=9)
+    batch = jnp.stack([xs, 0.5 * xs, -xs])            # 3 sequences over 4 devices (padded)
+    assert len(jax.devices()) == 4
+    lam = gp.lyapunov_exponents(cell, params, batch, s0, k=2, warmup=5)
+    assert lam.shape == (3, 2)
+    for b in range(3):
+        assert_close(lam[b], gp.lyapunov_exponents(cell, params, batch[b], s0, k=2, warmup=5))
