@@ -163,3 +163,82 @@ def test_worker_peak_rss_is_its_own(runner, tmp_path):
                                check=True).stdout)
     assert common.self_peak_rss() > 2**30 > child
     del ballast
+
+
+@pytest.fixture(scope="module")
+def explain_rows(runner):
+    """explain.py at size "tiny" (n = 16, T = 50; the memory smoke test at T = 100)."""
+    explain = runner.load("explain")
+    return runner.check_rows("explain", explain.main(size="tiny", verbose=False))
+
+
+def test_explain_rows_follow_the_contract_and_pass_their_checks(runner, explain_rows):
+    explain = runner.load("explain")
+    assert {r["part"] for r in explain_rows} == set(explain.PARTS)
+    for row in explain_rows:
+        for key in runner.REQUIRED_KEYS:
+            assert key in row
+        assert row["benchmark"] == "explain"
+        assert (row["n"], row["m"], row["dtype"]) == (16, 32, "float32")
+        if row["what"].startswith("torch") and row["status"] == "skipped":
+            assert "torch" in row["note"]
+            continue
+        assert row["status"] == "ok", row
+        if row["check"] is not None:
+            assert row["check"] == "ok", row
+            assert row["err_over_tol"] is None or row["err_over_tol"] <= 1.0
+        if row["part"] == "memory":
+            assert row["seconds"] is None and 0 < row["peak_rss_GiB"] < 4
+            assert row["target"] is None  # a smoke size: no target
+        else:
+            assert row["seconds"] is not None and math.isfinite(row["seconds"])
+            assert row["repeats"] >= 1 and row["T"] == 50
+        if row["what"] == explain.PLAIN:
+            assert row["ratio"] == 1.0 and row["met"] is None
+        if row["target"] is not None and row["part"] != "memory" and row["status"] == "ok":
+            assert isinstance(row["met"], bool)
+    json.loads(json.dumps(explain_rows))  # serialisable as is
+
+
+def test_explain_parts_check_against_references(runner, explain_rows):
+    explain = runner.load("explain")
+    by = {(r["part"], r["cell"], r["what"]): r for r in explain_rows}
+    for cell in ("lstm", "gru"):
+        whats = {w for p, c, w in by if p == "forward" and c == cell}
+        assert whats == {explain.PLAIN, "gp.unroll", "jit(gp.unroll)",
+                         f"torch.nn.{cell.upper()}"}
+        for what in ("gp.unroll", "jit(gp.unroll)"):
+            assert by["forward", cell, what]["target"] == explain.FORWARD_TARGET
+    ex = by["explain", "lstm", "gp.explain"]
+    assert "horizon vs float64" in ex["checked"]   # n = 16: the dense reference ran
+    assert abs(ex["exponent"] - ex["exponent_ref"]) <= 1e-5 + 2e-4 * abs(ex["exponent_ref"])
+    assert abs(ex["horizon"] - ex["horizon_ref"]) <= 1e-5 + 2e-4 * abs(ex["horizon_ref"])
+    assert ex["compile_s"] is not None and ex["peak_rss_GiB"] > 0
+    top = by["top8", "lstm", "lyapunov_exponents k=8 method=jvp"]
+    assert top["target"] == explain.TOP8_TARGET and math.isfinite(top["top1"])
+    text = explain.report(explain_rows)
+    assert "| part | cell | n | T | what |" in text and "Targets:" in text
+    assert "within 1.5x of the plain scan" in text
+
+
+def test_explain_plain_baselines_match_gradpaths(runner):
+    """The plain scans are the cells' maths: equal to gp.unroll, LSTM and GRU (float64)."""
+    explain = runner.load("explain")
+    import jax
+
+    import gradpaths as gp
+
+    for kind in ("lstm", "gru"):   # float64: conftest.py turns x64 on
+        cell = {"lstm": gp.LSTM, "gru": gp.GRU}[kind](3, 5)
+        params = cell.init(jax.random.key(2), recurrent_gain=1.5, dtype="float64")
+        xs = jax.random.normal(jax.random.key(3), (7, 3), "float64")
+        ours = explain.hidden(kind, explain.PLAIN_FNS[kind](params, xs))
+        ref = explain.hidden(kind, gp.unroll(cell, params, xs))
+        np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-13)
+
+
+def test_explain_memory_rows_skip_below_full(runner):
+    explain = runner.load("explain")
+    rows = explain.memory_skipped("small")
+    assert [r["T"] for r in rows] == [5000, 20000]
+    assert all(r["status"] == "skipped" and "full" in r["note"] for r in rows)
