@@ -36,6 +36,7 @@ import numpy as np
 
 from gradpaths import _checks, _inputs
 from gradpaths._operator import dot, step_operator
+from gradpaths._orthonormal import default_method, orthonormalise
 from gradpaths._products import (
     Spec,
     check_result,
@@ -43,7 +44,6 @@ from gradpaths._products import (
     choose_method,
     kahan_add,
     orthonormal_start,
-    qr_reseeded,
     safe_log,
     safe_normalise,
     spec_size,
@@ -262,8 +262,10 @@ def _qr_logs(cell, params, xs, state0, warmup, seed, *, spec, k, method, reorth_
     T = xs.shape[0]
     r = reorth_every
 
+    method_qr = default_method()
+
     def qr(Z, t):
-        return qr_reseeded(Z, seed, t)
+        return orthonormalise(Z, seed, t, method=method_qr)
 
     def skip(Z, t):
         return Z, jnp.ones((k,), Z.dtype)

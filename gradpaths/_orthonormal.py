@@ -215,6 +215,17 @@ def orthonormalise(Z: Array, seed: Array, t: Array, *, method: str = "auto"
     return _differentiable(method)(Z, seed, t)
 
 
+def default_method() -> str:
+    """The orthonormalisation the QR scans use: ``"householder"`` on CPU, ``"auto"``
+    (CholeskyQR2 with the Householder fallback) on accelerators. On CPU, XLA's
+    Cholesky and triangular solves run through LAPACK at a fraction of its matmul
+    speed, and CholeskyQR2's ``~8 d^3`` flops per step measured slower than
+    Householder's ``~2.7 d^3`` (benchmarks/orthonormal.py: 8.5-9.5x against 4.6-8.5x
+    a matmul chain at d = 64-256); on a GPU, where a QR is a sequence of small
+    kernels and a Gram matrix one large one, the matmul form is the fast one."""
+    return "householder" if jax.default_backend() == "cpu" else "auto"
+
+
 def used_cholesky(Z: Array, seed: Array = 0, t: Array = 0) -> Array:
     """Whether ``orthonormalise(Z, seed, t)`` (``method="auto"``) keeps CholeskyQR2."""
     return _auto(Z, seed, t)[3]

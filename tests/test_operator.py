@@ -62,7 +62,7 @@ def test_custom_cell_operator():
     s0 = HenonState(jnp.array([0.3]), jnp.array([-0.1]))
     layout = layout_of(s0)
     specs = [_operator.FULL, _operator.Spec(None, ("x", "x"))]
-    x, y = 0.3, -0.1
+    x = 0.3
     J_true = np.array([[-2 * 1.4 * x, 1.0], [0.3, 0.0]])
     for backend in ("jacfwd", "jacrev"):
         lin = _operator.step_operator(Henon(), params, layout, specs, backend).at(s0, jnp.zeros(0))

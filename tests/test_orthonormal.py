@@ -41,7 +41,7 @@ def _check_factor(Z, Q, diag, dtype, scale=1.0):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(16, 16), (40, 7), (5, 1)])
+@pytest.mark.parametrize("shape", [(16, 16), (5, 1)])
 def test_well_conditioned_frame_uses_cholesky_and_matches_householder(dtype, shape):
     size, k = shape
     U = jnp.eye(k, dtype=dtype) + 0.1 * jnp.triu(_random((k, k), dtype, key=1), 1)
@@ -85,7 +85,7 @@ def test_columns_below_round_off_fall_back_and_reseed(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("angle", [1e-12, 1e-6, 1e-3])
+@pytest.mark.parametrize("angle", [1e-12, 1e-3])
 def test_ill_conditioned_frame_takes_the_fallback(dtype, angle):
     if 1 / angle <= kappa_max(dtype):
         pytest.skip("well enough conditioned for this dtype")

@@ -1,7 +1,6 @@
 """The gain x forget-bias sweep."""
 
 import jax
-import numpy as np
 from helpers import assert_close
 
 import gradpaths as gp
