@@ -3,7 +3,7 @@
 The public API is listed here; the work lives in private modules.
 """
 
-# --- cells, trajectories, per-step Jacobians (issue: core)
+# --- cells, trajectories, per-step Jacobians
 from gradpaths._cells import (
     GRU as GRU,
     LSTM as LSTM,
@@ -27,7 +27,7 @@ from gradpaths._jacobians import (
 )
 from gradpaths._state import Layout as Layout
 
-# --- routes, products, spectra, explanation (issue: routes)
+# --- routes, products, spectra, explanation
 from gradpaths._routes import route_jacobians as route_jacobians
 from gradpaths._products import (
     StepSpectra as StepSpectra,
@@ -51,7 +51,7 @@ from gradpaths._explain import (
 )
 from gradpaths._examples import exploding_lstm as exploding_lstm
 
-# --- gradients and training (issue: training)
+# --- gradients and training
 from gradpaths._gradients import (
     GradientGrowth as GradientGrowth,
     ParamGradients as ParamGradients,
@@ -83,10 +83,10 @@ from gradpaths._train import (
     load_checkpoint as load_checkpoint,
     train as train,
 )
-# --- importers (issue: interop)
+# --- importers
 from gradpaths import interop as interop
 
-# --- plots and command line (issue: users)
+# --- plots and command line
 from gradpaths import plot as plot
 from gradpaths._report import (
     Report as Report,

@@ -2,7 +2,7 @@ r"""Functional recurrent cells: LSTM, GRU and vanilla RNN.
 
 Each cell is a frozen (hashable, static) configuration with pure methods over
 NamedTuple pytrees of parameters and states. Notation follows Greff et al.
-(2017), Appendix A, with the output written ``h``; see ``routes.md``.
+(2017), Appendix A, with the output written ``h``; see ``docs/maths.md``.
 
 Every cell also exposes its *entry edges* (:meth:`edges`): the ways the previous
 state enters one step, each with the factor on the edge and the coefficient
@@ -160,7 +160,8 @@ class LSTMState(NamedTuple):
 
 
 class GRUGates(NamedTuple):
-    """One array per GRU gate: reset ``r``, update ``z`` (``u`` in routes.md), candidate ``n``."""
+    """One array per GRU gate: reset ``r``, update ``z`` (``u`` in docs/maths.md), candidate
+    ``n``."""
 
     r: Any
     z: Any
@@ -501,7 +502,7 @@ class GRU:
     .. math::
 
         r &= \sigma(W_r x + R_r h + b_r) \\
-        z &= \sigma(W_z x + R_z h + b_z) \qquad (u \text{ in routes.md}) \\
+        z &= \sigma(W_z x + R_z h + b_z) \qquad (u \text{ in docs/maths.md}) \\
         n &= \tanh(W_n x + b_n + r \odot (R_n h + b_{hn})) \\
         h' &= (1 - z) \odot n + z \odot h
 

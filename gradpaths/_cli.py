@@ -134,7 +134,7 @@ def _example_default(name: str) -> Any:
     return inspect.signature(exploding_lstm).parameters[name].default
 
 
-# Initial LSTM of `gradpaths train`: the question's scenario, less extreme than the
+# Initial LSTM of `gradpaths train`: forget gates near 1 and a large R_o, less extreme than the
 # explanation's default so that training starts from a finite, learnable model.
 _TRAIN_LSTM = {"forget_bias": 3.0, "output_gain": 32.0}
 
@@ -268,7 +268,7 @@ def _parser() -> argparse.ArgumentParser:
                     help=f"LSTM initial b_f (default {_TRAIN_LSTM['forget_bias']:g})")
     tr.add_argument("--output-gain", type=_non_negative_float, default=None,
                     help=f"LSTM initial gain of R_o (default {_TRAIN_LSTM['output_gain']:g}: "
-                    "the question's scenario)")
+                    "forget gates near 1 and a large R_o)")
     tr.add_argument("--recurrent-gain", type=_non_negative_float, default=0.5,
                     help="initial gain of the other recurrent matrices (default 0.5)")
     tr.add_argument("--probe-every", type=_positive, default=25,

@@ -1,6 +1,6 @@
 r"""Route-use counts: how much of a T-step gradient uses one route k times.
 
-Each step Jacobian splits as ``J_t = J_t^other + J_t^route`` (routes.md), so
+Each step Jacobian splits as ``J_t = J_t^other + J_t^route`` (docs/maths.md), so
 
 .. math::
 

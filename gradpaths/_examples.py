@@ -15,7 +15,7 @@ def exploding_lstm(*, hidden: int = 16, inputs: int = 4, steps: int = 300, seed:
                    forget_bias: float = 3.0, output_gain: float = 48.0,
                    recurrent_gain: float = 0.5, dtype: Any = None
                    ) -> tuple[LSTM, LSTMParams, jax.Array]:
-    """The question's scenario: forget gates near 1 and a large ``R_o``.
+    """An LSTM that explodes through its routes: forget gates near 1 and a large ``R_o``.
 
     ``b_f = forget_bias`` keeps ``f = sigmoid(3) ~ 0.95`` (the carousel alone
     contracts slowly); ``R_o ~ N(0, output_gain^2 / n)`` while ``R_z, R_i, R_f`` have

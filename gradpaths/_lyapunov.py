@@ -1,7 +1,7 @@
 r"""Lyapunov exponents of the step-Jacobian sequence, streamed through time.
 
 The top ``k`` exponents are the growth rates of ``k``-dimensional volumes under
-the products ``J_{t-1} ... J_0`` (routes.md). From a seeded random orthonormal
+the products ``J_{t-1} ... J_0`` (docs/maths.md). From a seeded random orthonormal
 frame ``Q_0`` (d, k), push ``Z = J_t Q_t``, re-orthonormalise ``Z = Q_{t+1} R_t``
 (R's diagonal made positive) and average the logs:
 

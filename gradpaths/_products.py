@@ -10,7 +10,7 @@ overflows or underflows however long the horizon or narrow the dtype.
 Which Jacobian sequence (a *spec*):
 
 * ``routes``: None for the full ``J_t``, or a set ``S`` of route names for the
-  restricted ``J_t^S = sum_{r in S} J_t^r`` (routes.md), evaluated along the true
+  restricted ``J_t^S = sum_{r in S} J_t^r`` (docs/maths.md), evaluated along the true
   trajectory (every route cut only in the derivative, never in the forward pass);
 * ``block``: None for the whole state, or ``(f, f)`` for the diagonal block
   ``J_t[f, f] = d f_{t+1} / d f_t`` of one state field (LSTM ``("c", "c")``,

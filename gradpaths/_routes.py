@@ -72,7 +72,7 @@ def route_jacobians(cell: Any, params: Any, xs: Any, state0: Any = None, *,
                     method: str = "analytic") -> dict[str, StepJacobians]:
     """Each route's share of every step Jacobian along the trajectory.
 
-    For an LSTM (routes.md), with ``g_c = o (1 - tanh(c')^2)`` (no peepholes)::
+    For an LSTM (docs/maths.md), with ``g_c = o (1 - tanh(c')^2)`` (no peepholes)::
 
         J^carousel = [[diag(f), 0], [diag(g_c f), 0]]
         J^z = [[0, diag(i (1 - z^2)) R_z], [0, diag(g_c i (1 - z^2)) R_z]]   (i, f alike)

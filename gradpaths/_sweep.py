@@ -158,7 +158,7 @@ def sweep(*, gains: Iterable[float] = DEFAULT_GAINS,
     (by default ``R_o`` alone, the question's route; ``base_gain * R^0_g``
     otherwise), ``b_f`` for every unit, with ``R^0_g ~ N(0, 1/n)`` drawn once
     from ``seed`` (so only the scale changes across the grid). The routes' gain
-    bounds (routes.md) say what to expect: the carousel never grows while
+    bounds (docs/maths.md) say what to expect: the carousel never grows while
     ``0 < f < 1``; the z route can grow only once ``||R_z||_2`` passes 1; the i
     and o routes need ``||R||_2 > 4`` (``||R^0||_2`` is about 2); and the whole
     can grow where no route alone does.

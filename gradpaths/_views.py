@@ -91,7 +91,7 @@ def growth_curves(cell: Any, params: Any, xs: Any, state0: Any = None, *,
                   ) -> dict[str, np.ndarray]:
     r"""Growth curves of several route sets along one trajectory, in one pass.
 
-    For each set ``S`` (with ``J_t^S = sum_{r in S} J_t^r``, routes.md):
+    For each set ``S`` (with ``J_t^S = sum_{r in S} J_t^r``, docs/maths.md):
 
     .. math::
 
