@@ -307,10 +307,15 @@ def _sentence(text: str) -> str:
 
 
 def _verdict(rows: dict[str, GrowthRow], driver: dict[str, Any], margin: float,
-             steps: int) -> str:
+             steps: int, warmup: int = 0) -> str:
+    """The plain-language answer. ``steps`` is the window the exponents average over
+    (after a warm-up of ``warmup`` steps), so ``e^{exponent * steps}`` is the factor
+    over that window."""
     full = rows["full"].exponent
     parts = []
     span = "the step" if steps == 1 else f"the {steps} steps"
+    if warmup:
+        span += " after the warm-up"
     if full == -math.inf:
         parts.append("Gradients vanish exactly: the full product is exactly zero (a step's "
                      "Jacobian annihilates every direction).")
@@ -350,7 +355,9 @@ def _verdict(rows: dict[str, GrowthRow], driver: dict[str, Any], margin: float,
                          "nats/step).")
         if driver["with_carousel"]:
             parts.append("With the carousel alone beside it, "
-                         + ", ".join(driver["with_carousel"]) + " already grows.")
+                         + ", ".join(driver["with_carousel"])
+                         + (" already grows." if len(driver["with_carousel"]) == 1
+                            else " already grow, each on its own."))
     elif kind == "unknown":
         parts.append("This cell defines no routes to split the growth by.")
     return " ".join(parts)
@@ -449,6 +456,6 @@ def explain(cell: Any, params: Any, xs: Any, state0: Any = None, *, warmup: int 
         driver=driver, local=local,
         peak_steps=tuple((int(t), float(local[t])) for t in peaks),
         units=tuple((labels[j], float(weights[j])) for j in best),
-        saturation=saturation, verdict=_verdict(rows, driver, margin, T),
+        saturation=saturation, verdict=_verdict(rows, driver, margin, T - warmup, warmup),
         horizon_method=horizon,
     )

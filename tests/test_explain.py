@@ -130,6 +130,9 @@ def test_verdict_wording():
     text = _verdict({"full": row}, dict(kind="unknown", dominant=None, alone=[],
                                         necessary=[], with_carousel=[]), 1e-3, 1)
     assert "over the step" in text and "1 steps" not in text
+    text = _verdict({"full": row}, dict(kind="unknown", dominant=None, alone=[],
+                                        necessary=[], with_carousel=[]), 1e-3, 250, 50)
+    assert "e^125.0 over the 250 steps after the warm-up" in text
     zero = gp.GrowthRow("full", "full", None, None, -np.inf, -np.inf, (-np.inf,))
     text = _verdict({"full": zero}, dict(kind="none", dominant=None, alone=[], necessary=[],
                                          with_carousel=[]), 1e-3, 10)
