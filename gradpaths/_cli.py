@@ -206,7 +206,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="exponents within +/- margin nats/step count as neutral (1e-3)")
     a.add_argument("--horizon", choices=("power", "exact"), default="power",
                    help="horizon growth by matrix-free power iteration (default; a lower "
-                   "bound converged to 1e-6 nats/step) or from the dense product (exact, "
+                   "bound converged to about 1e-9 nats/step) or from the dense product (exact, "
                    "d^3 per step)")
     a.add_argument("--heatmap-step", type=_non_negative, default=None, metavar="T",
                    help="step of the Jacobian heatmaps (default: largest local stretching)")

@@ -446,7 +446,8 @@ def _explain_markdown(ex: Any, data: Mapping[str, Any], figs: Mapping[str, Any],
     for r in ex.rows:
         fold = "-" if not math.isfinite(r.exponent) or r.exponent == 0 else (
             f"{1 / abs(r.exponent):.3g}")
-        rows.append([f"`{r.name}`", r.kind, _fmt(r.exponent), _fmt(r.horizon), fold])
+        horizon = _fmt(r.horizon) + ("" if r.horizon_converged else " (lower bound, not converged)")
+        rows.append([f"`{r.name}`", r.kind, _fmt(r.exponent), horizon, fold])
     parts = [
         "# gradpaths explanation", "",
         f"**Model:** `{ex.cell}`, T = {ex.steps}"

@@ -76,8 +76,8 @@ gradients explode, although the carousel alone shrinks.
 The table has two rates per product. *top exponent*: the long-run rate (top Lyapunov
 exponent) after the warm-up. *horizon growth*: the norm actually reached over the
 window, `log ||J_{T-1} ... J_w||_2 / (T - w)`; it includes the transient, so it differs
-a little from the exponent on a finite window. The verdict's "factor e^x over the T
-steps" is the top exponent times T. Both rates are positive for the full product and
+a little from the exponent on a finite window. The verdict's "factor e^x over the
+T - w steps after the warm-up" is the top exponent times that window. Both rates are positive for the full product and
 negative for the carousel; no entry is `-inf` (a `-inf` would mean an exactly zero
 product, e.g. a route whose step Jacobian is exactly 0 somewhere in the window)."""),
     code("""full = ex.row("full")

@@ -135,8 +135,8 @@ def test_explain_equals_dense_float64_references(name):
         # the exponent of a 300-step window depends on the start vector by ~1/300 at most
         assert abs(row.exponent - lam) < 0.01, row.name
         assert_close(row_exact.horizon, hor, scale=1e3, err_msg=row.name)
-        # the matrix-free horizon: a lower bound converged to 1e-6 nats/step
-        assert hor - 1e-6 - 1e-12 <= row.horizon <= hor + 1e-10, row.name
+        # the matrix-free horizon: a lower bound converged to about 1e-9 nats/step
+        assert hor - 1e-8 <= row.horizon <= hor + 1e-10, row.name
         assert row.exponent == row_exact.exponent
 
 
