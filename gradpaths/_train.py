@@ -978,7 +978,8 @@ def _init_stats(cell: Any, params: Any, xs: Array) -> tuple[Array, Array, Array]
             return cell.step(params, state, xt), cell.forward(params, state, xt)["f"]
 
         f = jax.lax.scan(body, cell.initial_state(x.dtype), x)[1]
-        growth = _lyapunov.growth_many(cell, params, x, cell.initial_state(x.dtype), specs)
+        growth = _lyapunov.growth_many(cell, params, x, cell.initial_state(x.dtype), specs,
+                                       horizon="exact")
         return jnp.mean(f, axis=0), growth.horizon[1], growth.exponent[0]
 
     f_mean, carousel, top = jax.vmap(one)(xs)
