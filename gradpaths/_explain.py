@@ -202,7 +202,7 @@ class Explanation:
         if self.horizon_method == "exact":
             return "horizon: log ||J_{T-1} ... J_w||_2 / (T - w), exact (dense product)"
         return ("horizon: log ||J_{T-1} ... J_w||_2 / (T - w) by matrix-free power "
-                "iteration, a lower bound converged to about 1e-9 nats/step (float64; 1e-5 "
+                "iteration, a lower bound converged to about 1e-9 nats/step (float64; 5e-5 "
                 "in float32); horizon='exact' certifies it")
 
     def row(self, name: str) -> GrowthRow:
@@ -396,7 +396,7 @@ def explain(cell: Any, params: Any, xs: Any, state0: Any = None, *, warmup: int 
         computed. ``"power"`` (default): matrix-free power iteration on the window's
         product by forward (JVP) and backward (VJP) sweeps, a lower bound of the
         norm that never decreases; it stops once the last sweep's increment and the
-        error it extrapolates to are below ``1e-9`` nats/step (float64; ``1e-5`` in
+        error it extrapolates to are below ``1e-9`` nats/step (float64; ``5e-5`` in
         float32): over long windows one pair of sweeps reaches round-off.
         ``"exact"``: the certified value from the dense product (a ``(d, d)``
         matrix per row and step, ``d^3`` work per step; for small models or to check the estimate).
