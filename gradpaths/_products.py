@@ -326,7 +326,10 @@ def qr_reseeded(Z: Array, seed: Array, t: Array) -> tuple[Array, Array]:
     route), so the frame would never recover. Such columns are replaced by seeded
     random directions and the frame is re-orthonormalised (columns before the
     first lost one are unchanged). The returned diagonal is the first QR's, so the
-    logs record exactly what the step did (``-inf`` for an exactly zero step).
+    logs record what the step did: ``-inf`` for an exactly zero step, and the
+    round-off level ``size eps max_j ||Z_j||`` (an upper bound) for a column that
+    rounded to exactly 0 in a non-zero frame (its true size is below the dtype's
+    resolution, e.g. a second singular value 1e-13 of the first in float32).
 
     Returns ``(Q, |diag R|)``.
     """
@@ -340,7 +343,11 @@ def qr_reseeded(Z: Array, seed: Array, t: Array) -> tuple[Array, Array]:
         return qr_positive(jnp.where(lost[None, :], fresh, Q))[0]
 
     Q = jax.lax.cond(jnp.any(lost), reseed, lambda Q: Q, Q)
-    return Q, diag
+    # A column rounded to exactly 0 in a non-zero frame is below the dtype's
+    # resolution, not exactly annihilated: report the round-off level (an upper
+    # bound) rather than -inf. An exactly zero step (scale 0) stays -inf.
+    floor = size * jnp.finfo(Z.dtype).eps * scale
+    return Q, jnp.where(lost & (diag == 0), floor, diag)
 
 
 def _product_singular_values(cell, params, xs, state0, *, spec, start, stop, seed, max_sweeps):

@@ -692,6 +692,8 @@ def _corrupt(case: Case, how: str, rng: np.random.Generator):
             return _corrupt(case, "nan_state", rng)
         xs = xs.at[int(rng.integers(case.T)), 0].set(jnp.nan)
     elif how == "inf_params":
+        if np.size(leaves[j]) == 0:     # W of an autonomous cell (m = 0) has no entry
+            return _corrupt(case, "nan_state", rng)
         params = with_leaf(jnp.asarray(leaves[j]).at[(0,) * leaves[j].ndim].set(jnp.inf))
     elif how == "nan_state":
         state0 = state0._replace(**{state0._fields[0]: state0[0].at[0].set(jnp.nan)})
