@@ -72,15 +72,20 @@ from gradpaths._tasks import (
 )
 from gradpaths._train import (
     Event as Event,
+    ExplosionDetector as ExplosionDetector,
     GrowthRegularizer as GrowthRegularizer,
     History as History,
     InitDiagnostics as InitDiagnostics,
     Probe as Probe,
+    RecordWarning as RecordWarning,
     TrainResult as TrainResult,
+    append_record as append_record,
     forget_bias_init as forget_bias_init,
     init_diagnostics as init_diagnostics,
     judged_steps as judged_steps,
     load_checkpoint as load_checkpoint,
+    probe as probe,
+    read_records as read_records,
     train as train,
 )
 # --- importers

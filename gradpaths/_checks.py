@@ -60,6 +60,17 @@ def json_number(x: Any) -> float | str:
     return x if math.isfinite(x) else str(x)
 
 
+def number_from_json(value: Any, name: str) -> float:
+    """Inverse of :func:`json_number`: a JSON number, or one of the strings ``'nan'``,
+    ``'inf'``, ``'-inf'``; anything else (``None`` included) is a ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{name}: expected a number or 'nan'/'inf'/'-inf', got {value!r}")
+    if isinstance(value, str):
+        if value not in ("nan", "inf", "-inf"):
+            raise ValueError(f"{name}: expected a number or 'nan'/'inf'/'-inf', got {value!r}")
+    return float(value)
+
+
 def is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
@@ -83,6 +94,28 @@ def check_positive_int(value: Any, name: str, *, allow_zero: bool = False) -> in
     if value < low:
         raise ValueError(f"{name}: expected an int >= {low}, got {value}")
     return int(value)
+
+
+def check_positive_float(value: Any, name: str, *, above: float = 0.0) -> float:
+    """``value`` as a float, or TypeError (not a real number) / ValueError (not finite
+    or not ``> above``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a float, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value <= above:
+        raise ValueError(f"{name}: expected a finite float > {above}, got {value}")
+    return float(value)
+
+
+def check_key(key: Any, name: str = "key") -> jax.Array:
+    """A single PRNG key: a typed key of shape (), or raw ``uint32`` key data (2,)
+    (wrapped); anything else is a TypeError, a batch of keys a ValueError."""
+    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"{name}: expected a single PRNG key, got shape {key.shape}")
+        return key
+    if isinstance(key, (jax.Array, np.ndarray)) and key.dtype == np.uint32 and key.shape == (2,):
+        return jax.random.wrap_key_data(key)
+    raise TypeError(f"{name}: expected a PRNG key (jax.random.key(seed)), got {key!r}")
 
 
 def check_choice(value: Any, name: str, choices: Iterable[str]) -> str:

@@ -198,7 +198,9 @@ class _ById:
         return isinstance(other, _ById) and other.value is self.value
 
 
-def _hashable(value: Any) -> Any:
+def hashable(value: Any) -> Any:
+    """``value`` itself when hashable, else a wrapper hashed by identity (static data
+    for ``jax.jit`` or a ``functools`` cache; :func:`unwrap` gives it back)."""
     try:
         hash(value)
     except TypeError:
@@ -206,7 +208,8 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-def _unwrap(value: Any) -> Any:
+def unwrap(value: Any) -> Any:
+    """The value wrapped by :func:`hashable`."""
     return value.value if isinstance(value, _ById) else value
 
 
@@ -216,8 +219,8 @@ def _jitted(fn: Callable, static_names: tuple[str, ...]) -> Callable:
         treedef, static_leaves = pstatic
         leaves = [s if d is None else d for d, s in zip(pdyn, static_leaves)]
         params = jax.tree_util.tree_unflatten(treedef, leaves)
-        kwargs = {k: _unwrap(v) for k, v in kwargs.items()}
-        return fn(_unwrap(cell), params, *args, **kwargs)
+        kwargs = {k: unwrap(v) for k, v in kwargs.items()}
+        return fn(unwrap(cell), params, *args, **kwargs)
 
     return jax.jit(run, static_argnums=(0, 1), static_argnames=static_names)
 
@@ -227,9 +230,9 @@ def call(fn: Callable, cell: Any, params: Any, *args: Any, **static: Any) -> Any
     leaves of ``params`` and every keyword static; compiled once per shapes."""
     leaves, treedef = jax.tree_util.tree_flatten(params)
     pdyn = [leaf if _is_dynamic(leaf) else None for leaf in leaves]
-    pstatic = (treedef, tuple(None if _is_dynamic(leaf) else _hashable(leaf) for leaf in leaves))
-    static = {k: _hashable(v) for k, v in static.items()}
-    return _jitted(fn, tuple(sorted(static)))(_hashable(cell), pstatic, pdyn, *args, **static)
+    pstatic = (treedef, tuple(None if _is_dynamic(leaf) else hashable(leaf) for leaf in leaves))
+    static = {k: hashable(v) for k, v in static.items()}
+    return _jitted(fn, tuple(sorted(static)))(hashable(cell), pstatic, pdyn, *args, **static)
 
 
 def cache_size(fn: Callable, *static_names: str) -> int:
