@@ -197,7 +197,10 @@ def read_records(path: str | os.PathLike) -> list[Probe | Event | dict[str, Any]
         try:
             obj = json.loads(line)
         except ValueError as err:
-            raise ValueError(f"{where} is damaged (not JSON: {err})") from None
+            if not header:
+                obj = None
+            else:
+                raise ValueError(f"{where} is damaged (not JSON: {err})") from None
         if not header:
             if obj != json.loads(_HEADER):
                 raise ValueError(f"{where}: expected the {FORMAT} header, got {line[:80]!r}; "
