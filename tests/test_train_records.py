@@ -118,7 +118,11 @@ def test_corruption_elsewhere_is_refused_and_other_files_are_never_touched(tmp_p
         gp.append_record(path, [1, 2])
     with pytest.raises(ValueError, match="record: expected JSON-safe numbers"):
         gp.append_record(path, {"loss": float("nan")})
+    with pytest.raises(ValueError, match="records: the folder .* does not exist"):
+        gp.append_record(tmp_path / "nodir" / "run.jsonl", PROBE)
     assert path.read_bytes() == b"\n".join(lines)    # refused records leave no trace
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "notes.txt", "run.jsonl",
+                                                          "wrong.jsonl"]   # no temporary file
 
 
 def test_writers_at_the_same_time_never_interleave(tmp_path):

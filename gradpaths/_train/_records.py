@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -97,9 +98,10 @@ def append_record(path: str | os.PathLike, record: Any, *, fsync: bool = True) -
     """Append ``record`` to the JSON-lines file ``path`` as one line, atomically.
 
     ``record``: a :class:`gradpaths.Probe`, a :class:`gradpaths.Event` or a mapping of
-    JSON-safe values (numpy numbers are converted). A new file gets the header first.
-    The whole line (with any header or repair) goes to the file in one ``os.write``
-    on a descriptor opened with ``O_APPEND``, then ``fsync`` (unless ``fsync=False``):
+    JSON-safe values (numpy numbers are converted). A new file is created whole, with
+    the header and the line (written under a temporary name, then linked to ``path``).
+    Otherwise the line (with any repair) goes to the file in one ``os.write`` on a
+    descriptor opened with ``O_APPEND``, then ``fsync`` (unless ``fsync=False``):
     the file is never truncated or rewritten, and lines from several processes never
     interleave on a local file system. A crash mid-write leaves at most one torn last
     line; :func:`read_records` skips it with a :class:`gradpaths.RecordWarning`, and
@@ -109,30 +111,54 @@ def append_record(path: str | os.PathLike, record: Any, *, fsync: bool = True) -
 
     Raises:
       TypeError, ValueError: ``record`` is not one of the above or not JSON-safe;
-        ``path`` exists, is not empty and is not a gradpaths records file.
+        ``path`` exists, is not empty and is not a gradpaths records file; its
+        folder does not exist.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path: expected a file path, got {type(path).__name__}")
     path = os.fsdecode(os.fspath(path))
     line = _encode(record)
+    if _create(path, _HEADER + line, fsync):
+        return
+    fd = os.open(path, os.O_RDWR | os.O_APPEND)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
-        data = _HEADER + line
-    except FileExistsError:
-        fd = os.open(path, os.O_RDWR | os.O_APPEND)
-        try:
-            data = _repair(fd, path) + line
-        except BaseException:
-            os.close(fd)
-            raise
-    try:
-        view = memoryview(data)
-        while view:     # a regular file takes it in one write unless the disk is full
-            view = view[os.write(fd, view):]
-        if fsync:
-            os.fsync(fd)
+        _write(fd, _repair(fd, path) + line, fsync)
     finally:
         os.close(fd)
+
+
+def _write(fd: int, data: bytes, fsync: bool) -> None:
+    view = memoryview(data)
+    while view:     # a regular file takes it in one write unless the disk is full
+        view = view[os.write(fd, view):]
+    if fsync:
+        os.fsync(fd)
+
+
+def _create(path: str, data: bytes, fsync: bool) -> bool:
+    """Create ``path`` holding ``data``, atomically: written under a temporary name,
+    then hard-linked to ``path`` (which fails if it exists, so a new file is never seen
+    empty by another writer). False when ``path`` exists."""
+    if os.path.lexists(path):
+        return False
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"records: the folder {folder!r} of {path!r} does not exist; "
+                         "create it first")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        try:
+            _write(fd, data, fsync)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o644)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        os.remove(tmp)
 
 
 def _decode(obj: Any, where: str) -> Probe | Event | dict[str, Any]:
