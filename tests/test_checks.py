@@ -153,3 +153,36 @@ def test_custom_cell_must_keep_the_state_dtype():
 
     lam = gp.lyapunov_exponents(Half(), jnp.float16(0.5), jnp.zeros((10, 0)), method="jvp")
     assert lam.dtype == jnp.float32 and np.isfinite(lam).all()
+
+
+def test_json_numbers_round_trip_and_nothing_else_is_read():
+    import json
+
+    from gradpaths._checks import json_number, number_from_json
+
+    for x in (0.5, -3, np.inf, -np.inf, np.float32(1.5)):
+        assert number_from_json(json.loads(json.dumps(json_number(x))), "x") == float(x)
+    assert np.isnan(number_from_json(json_number(np.nan), "x"))
+    for bad in (None, "NaN", "1.5", True, [1.0]):
+        with pytest.raises(ValueError, match="x: expected a number or 'nan'/'inf'/'-inf'"):
+            number_from_json(bad, "x")
+
+
+def test_key_and_positive_float_validators():
+    from gradpaths._checks import check_key, check_positive_float
+
+    key = jax.random.key(3)
+    assert check_key(key) is key
+    data = jax.random.key_data(key)
+    np.testing.assert_array_equal(jax.random.key_data(check_key(data)), data)
+    with pytest.raises(TypeError, match=r"key: expected a PRNG key \(jax.random.key\(seed\)\)"):
+        check_key(3)
+    with pytest.raises(ValueError, match=r"seed: expected a single PRNG key, got shape \(2,\)"):
+        check_key(jax.random.split(key), "seed")
+    assert check_positive_float(np.float32(2.0), "lr") == 2.0
+    with pytest.raises(ValueError, match=r"lr: expected a finite float > 1.0, got 1.0"):
+        check_positive_float(1.0, "lr", above=1.0)
+    with pytest.raises(ValueError, match=r"lr: expected a finite float > 0.0, got inf"):
+        check_positive_float(np.inf, "lr")
+    with pytest.raises(TypeError, match="lr: expected a float, got bool True"):
+        check_positive_float(True, "lr")

@@ -29,7 +29,7 @@ SMALL = dict(batch_size=BATCH, n_probes=4)
 
 
 def exploding_params():
-    """Forget gates near 1 and a large R_o: gradients that explode through o."""
+    """Forget gates near 1 and a large R_o: gradients that explode."""
     p = MODEL.init(jax.random.key(0), forget_bias=3.0, recurrent_gain=0.5)
     R_o = 32 / N**0.5 * jax.random.normal(jax.random.key(5), (N, N))
     return p._replace(cell=p.cell._replace(R=p.cell.R._replace(o=R_o)))

@@ -146,3 +146,15 @@ def test_writers_at_the_same_time_never_interleave(tmp_path):
         back = gp.read_records(path)
     assert sorted((r["writer"], r["i"]) for r in back) == [(k, i) for k in range(4)
                                                            for i in range(50)]
+
+
+def test_a_records_file_is_plotted(tmp_path):
+    path = tmp_path / "run.jsonl"
+    for step in (0, 10, 20):
+        gp.append_record(path, PROBE._replace(step=step, grad_norm=1.0 + step))
+    gp.append_record(path, EVENT)
+    fig = gp.plot.training_curves(gp.History.from_records(gp.read_records(path)))
+    ax_grad, ax_exp = fig.axes[1], fig.axes[2]
+    np.testing.assert_array_equal(ax_exp.lines[0].get_xdata(), [0, 10, 20])
+    np.testing.assert_array_equal(ax_exp.lines[0].get_ydata(), [-0.25] * 3)
+    assert any("explosions: 1" in t.get_text() for t in ax_grad.get_legend().get_texts())
