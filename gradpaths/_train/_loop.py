@@ -221,6 +221,41 @@ def train(model: Model, params: ModelParams, task: Any, *, key: Any, steps: int,
                           key=jax.random.key(1), steps=500, clip=1.0)
         result.history.loss[-1], result.history.explosions
     """
+    plan, params, opt_state, history = _plan(
+        model, params, task, key=key, steps=steps, batch_size=batch_size, optimizer=optimizer,
+        learning_rate=learning_rate, clip=clip, regularizer=regularizer,
+        probe_every=probe_every, n_probes=n_probes, explosion_factor=explosion_factor,
+        explosion_window=explosion_window, on_nonfinite=on_nonfinite, checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every, resume=resume)
+    return _run(plan, params, opt_state, history, progress, callback)
+
+
+class _Plan(NamedTuple):
+    """A training run's settings, checked, and what is built from them once."""
+
+    model: Model
+    steps: int
+    clip: float | None
+    probe_every: int
+    on_nonfinite: str
+    checkpoint: str | None
+    checkpoint_every: int
+    step_fn: Callable       # (params, opt_state, batch) -> (params, opt_state, StepStats)
+    sample: Callable        # key -> Batch
+    train_key: Any
+    probe_batch: Batch
+    detector: ExplosionDetector
+    meta: dict[str, Any]    # what a checkpoint must match to be resumed
+
+
+def _plan(model: Any, params: Any, task: Any, *, key: Any, steps: Any, batch_size: Any,
+          optimizer: Any, learning_rate: Any, clip: Any, regularizer: Any, probe_every: Any,
+          n_probes: Any, explosion_factor: Any, explosion_window: Any, on_nonfinite: Any,
+          checkpoint: Any, checkpoint_every: Any, resume: bool
+          ) -> tuple[_Plan, ModelParams, Any, History]:
+    """Check :func:`train`'s arguments (before any work), build the step, the sampler
+    and the probe batch, and resume from ``checkpoint`` when asked: ``(plan, params,
+    opt_state, history)`` to start from."""
     _check_model(model, task, regularizer)
     key = _checks.check_key(key)
     steps = _checks.check_positive_int(steps, "steps")
@@ -259,37 +294,45 @@ def train(model: Model, params: ModelParams, task: Any, *, key: Any, steps: int,
     detector = ExplosionDetector(explosion_factor, explosion_window,
                                  start_step=history.next_step,
                                  previous=history.grad_norm[-explosion_window:])
-    record = Recorder(history)
     step_fn = _step.compiled_step(_inputs.hashable(model), opt, regularizer)
-    bar = _Progress(steps, sys.stderr.isatty() if progress is None else bool(progress))
+    plan = _Plan(model, steps, clip, probe_every, on_nonfinite, checkpoint, checkpoint_every,
+                 step_fn, sample, train_key, probe_batch, detector, meta)
+    return plan, params, opt_state, history
+
+
+def _run(plan: _Plan, params: ModelParams, opt_state: Any, history: History,
+         progress: bool | None, callback: Callable | None) -> TrainResult:
+    """The loop: probe, step, judge, record, report; checkpoint, stop on Ctrl-C."""
+    record = Recorder(history)
+    bar = _Progress(plan.steps, sys.stderr.isatty() if progress is None else bool(progress))
 
     def probe_now(step: int, p: ModelParams) -> None:
         if not record.has_probe(step):    # a resumed run may have probed this step already
-            record.add_probe(step, probe(model, p, probe_batch, step=step))
+            record.add_probe(step, probe(plan.model, p, plan.probe_batch, step=step))
 
     def save() -> None:
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, params, opt_state, record.history(), meta)
+        if plan.checkpoint is not None:
+            save_checkpoint(plan.checkpoint, params, opt_state, record.history(), plan.meta)
 
     note = ""
     with _Interrupts() as interrupts:
         try:
-            for step in range(record.next_step, steps):
-                if step % probe_every == 0:
+            for step in range(record.next_step, plan.steps):
+                if step % plan.probe_every == 0:
                     probe_now(step, params)
-                new_params, new_opt, stats = step_fn(params, opt_state,
-                                                     sample(jax.random.fold_in(train_key, step)))
+                new_params, new_opt, stats = plan.step_fn(
+                    params, opt_state, plan.sample(jax.random.fold_in(plan.train_key, step)))
                 stats = jax.device_get(stats)
-                event = _judge(detector, step, stats, model, params, probe_batch)
-                record.add_step(step, stats, clip is not None and float(stats.grad_norm) > clip)
+                event = _judge(plan, step, stats, params)
+                grad_norm = float(stats.grad_norm)
+                record.add_step(step, stats, plan.clip is not None and grad_norm > plan.clip)
                 params, opt_state = new_params, new_opt
-                bar.update(step, float(stats.loss), float(stats.grad_norm),
-                           force=step == steps - 1)
+                bar.update(step, float(stats.loss), grad_norm, force=step == plan.steps - 1)
                 if event is not None:
                     record.events.append(event)
-                    if event.kind == "nonfinite" and on_nonfinite != "skip":
+                    if event.kind == "nonfinite" and plan.on_nonfinite != "skip":
                         record.stopped = "nonfinite"
-                        if on_nonfinite == "raise":
+                        if plan.on_nonfinite == "raise":
                             note = event.message
                             raise _checks.NonFiniteError(f"training: {event.message}")
                         note = event.message + "; training stopped"
@@ -300,10 +343,10 @@ def train(model: Model, params: ModelParams, task: Any, *, key: Any, steps: int,
                         "finite": bool(stats.finite)})
                 if interrupts.requested:
                     raise KeyboardInterrupt
-                if (step + 1) % checkpoint_every == 0:
+                if (step + 1) % plan.checkpoint_every == 0:
                     save()
             else:
-                probe_now(steps, params)
+                probe_now(plan.steps, params)
         except KeyboardInterrupt:
             record.interrupted = True
             note = f"interrupted after step {record.next_step - 1}; history kept"
@@ -313,14 +356,13 @@ def train(model: Model, params: ModelParams, task: Any, *, key: Any, steps: int,
     return TrainResult(params, opt_state, record.history())
 
 
-def _judge(detector: ExplosionDetector, step: int, stats: Any, model: Model, params: Any,
-           probe_batch: Batch) -> Event | None:
+def _judge(plan: _Plan, step: int, stats: Any, params: ModelParams) -> Event | None:
     """The detector's event for this step, its routes attributed by a probe of the
     parameters the step started from (a non-finite update is never applied)."""
-    event = detector.update(stats.grad_norm, step=step, finite=bool(stats.finite),
-                            loss=stats.loss)
+    event = plan.detector.update(stats.grad_norm, step=step, finite=bool(stats.finite),
+                                 loss=stats.loss)
     if event is None:
         return None
     if event.kind == "nonfinite":
         event = event._replace(message=event.message + ", update not applied")
-    return event.with_routes(probe(model, params, probe_batch, growth_only=True))
+    return event.with_routes(probe(plan.model, params, plan.probe_batch, growth_only=True))
