@@ -151,13 +151,16 @@ def probe(model: Any, params: Any, batch: Any, *, step: int | None = None,
 
     Call it every N steps from any loop (optax, Flax, Equinox) with the current
     parameters; write the result with :func:`gradpaths.append_record`. For each
-    probe sequence (the first step left out, see :mod:`gradpaths._train._probe`),
-    mean over the batch, nats/step:
+    probe sequence, mean over the batch, nats/step, the first step left out (it
+    leaves the zero state, where an LSTM's f route is exactly 0):
 
     * ``top_exponent``: the top Lyapunov exponent of ``J_{T-1} ... J_1``;
     * ``route_exponents[r]``: of ``prod_t J_t^r`` (route ``r`` alone);
     * ``cut_exponents[r]``: of ``prod_t (J_t - J_t^r)`` (all routes but ``r``);
     * ``saturation[g]``: the fraction of saturated units of gate ``g``.
+
+    Each exponent is :func:`gradpaths.explain`'s row (``"full"``, ``r``, ``"all but
+    r"``) on the sequences started from the state after their first step.
 
     Args:
       model: a :class:`gradpaths.Model`, or a cell (anything :func:`gradpaths.unroll`
