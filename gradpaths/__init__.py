@@ -19,7 +19,12 @@ from gradpaths._cells import (
     RNNParams as RNNParams,
     RNNState as RNNState,
 )
-from gradpaths._checks import NonFiniteError as NonFiniteError, checked as checked
+from gradpaths._checks import (
+    InputError as InputError,
+    InputTypeError as InputTypeError,
+    NonFiniteError as NonFiniteError,
+    checked as checked,
+)
 from gradpaths._jacobians import (
     StepJacobians as StepJacobians,
     step_jacobians as step_jacobians,
@@ -101,4 +106,6 @@ from gradpaths._views import (
     input_events as input_events,
 )
 
-__version__ = "0.1.0"
+from gradpaths._version import version as _version
+
+__version__ = _version()

@@ -153,3 +153,22 @@ def test_custom_cell_must_keep_the_state_dtype():
 
     lam = gp.lyapunov_exponents(Half(), jnp.float16(0.5), jnp.zeros((10, 0)), method="jvp")
     assert lam.dtype == jnp.float32 and np.isfinite(lam).all()
+
+
+def test_input_errors_share_one_class(lstm):
+    """Every check on what a user passes raises gp.InputError; type errors are also
+    TypeErrors, so `except ValueError` and `except TypeError` keep working."""
+    cell, params, xs, s0 = lstm
+    with pytest.raises(gp.InputError, match="xs: expected shape") as info:
+        gp.unroll(cell, params, xs[0])
+    assert type(info.value) is gp.InputError and isinstance(info.value, ValueError)
+    with pytest.raises(gp.InputTypeError, match="xs: expected an array") as info:
+        gp.unroll(cell, params, "abc")
+    assert isinstance(info.value, TypeError) and isinstance(info.value, gp.InputError)
+    with pytest.raises(gp.NonFiniteError) as info:
+        gp.unroll(cell, params, xs.at[2, 1].set(jnp.nan))
+    assert isinstance(info.value, gp.InputError)
+    with pytest.raises(gp.interop.MissingKeyError) as info:
+        gp.interop.from_haiku({"lstm/linear": {"w": np.zeros((7, 12))}}, prefix="gru")
+    assert isinstance(info.value, gp.InputError) and isinstance(info.value, KeyError)
+    assert "prefix 'gru'" in str(info.value) and not str(info.value).startswith('"')
