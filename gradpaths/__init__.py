@@ -54,7 +54,10 @@ from gradpaths._explain import (
     GrowthRow as GrowthRow,
     explain as explain,
 )
-from gradpaths._examples import exploding_lstm as exploding_lstm
+from gradpaths._examples import (
+    exploding_lstm as exploding_lstm,
+    with_output_gain as with_output_gain,
+)
 
 # --- gradients and training
 from gradpaths._gradients import (

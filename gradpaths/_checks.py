@@ -102,6 +102,28 @@ def check_positive_int(value: Any, name: str, *, allow_zero: bool = False) -> in
     return int(value)
 
 
+def check_key(key: Any, name: str = "key") -> jax.Array:
+    """A PRNG key, the one way gradpaths takes randomness.
+
+    Accepts a typed key (``jax.random.key(0)``), a raw ``uint32[2]`` key
+    (``jax.random.PRNGKey(0)``) or an int >= 0, which becomes ``jax.random.key(seed)``.
+    Returns a typed scalar key; anything else raises :class:`InputTypeError` (or
+    :class:`InputError` for a negative int or a batch of keys).
+    """
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        if not 0 <= key < 2**63:
+            raise InputError(f"{name}: expected a PRNG key or an int seed >= 0, got {key}")
+        return jax.random.key(int(key))
+    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise InputError(f"{name}: expected a single PRNG key, got shape {key.shape}")
+        return key
+    if isinstance(key, (jax.Array, np.ndarray)) and key.dtype == np.uint32 and key.shape == (2,):
+        return jax.random.wrap_key_data(key)
+    raise InputTypeError(f"{name}: expected a PRNG key (jax.random.key(seed)) or an int seed, "
+                         f"got {type(key).__name__} {key!r}")
+
+
 def check_choice(value: Any, name: str, choices: Iterable[str]) -> str:
     choices = tuple(choices)
     if value not in choices:
