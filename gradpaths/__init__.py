@@ -109,6 +109,6 @@ from gradpaths._views import (
     input_events as input_events,
 )
 
-from gradpaths._version import version as _version
+from gradpaths import _version
 
-__version__ = _version()
+__version__ = _version.version()
