@@ -19,7 +19,12 @@ from gradpaths._cells import (
     RNNParams as RNNParams,
     RNNState as RNNState,
 )
-from gradpaths._checks import NonFiniteError as NonFiniteError, checked as checked
+from gradpaths._checks import (
+    InputError as InputError,
+    InputTypeError as InputTypeError,
+    NonFiniteError as NonFiniteError,
+    checked as checked,
+)
 from gradpaths._jacobians import (
     StepJacobians as StepJacobians,
     step_jacobians as step_jacobians,
@@ -49,7 +54,10 @@ from gradpaths._explain import (
     GrowthRow as GrowthRow,
     explain as explain,
 )
-from gradpaths._examples import exploding_lstm as exploding_lstm
+from gradpaths._examples import (
+    exploding_lstm as exploding_lstm,
+    with_output_gain as with_output_gain,
+)
 
 # --- gradients and training
 from gradpaths._gradients import (
@@ -106,4 +114,6 @@ from gradpaths._views import (
     input_events as input_events,
 )
 
-__version__ = "0.1.0"
+from gradpaths import _version
+
+__version__ = _version.version()

@@ -308,7 +308,7 @@ def test_bad_inputs():
     with pytest.raises(TypeError, match="optimizer: expected an optax GradientTransformation"):
         gp.train(MODEL, params, TASK, key=key, steps=5, optimizer="adam")
     with pytest.raises(TypeError, match="key: expected a PRNG key"):
-        gp.train(MODEL, params, TASK, key=1, steps=5)
+        gp.train(MODEL, params, TASK, key="1", steps=5)
     with pytest.raises(ValueError, match="on_nonfinite: expected one of"):
         gp.train(MODEL, params, TASK, key=key, steps=5, on_nonfinite="ignore")
     with pytest.raises(ValueError, match="model: expected output_size 9"):

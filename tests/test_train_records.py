@@ -158,3 +158,11 @@ def test_a_records_file_is_plotted(tmp_path):
     np.testing.assert_array_equal(ax_exp.lines[0].get_xdata(), [0, 10, 20])
     np.testing.assert_array_equal(ax_exp.lines[0].get_ydata(), [-0.25] * 3)
     assert any("explosions: 1" in t.get_text() for t in ax_grad.get_legend().get_texts())
+
+
+def test_errors_are_input_errors(tmp_path):
+    """Bad records and files are gradpaths input errors (the command line's exit 2)."""
+    with pytest.raises(gp.InputTypeError, match="record: expected JSON-safe values, got object"):
+        gp.append_record(tmp_path / "run.jsonl", {"x": object()})
+    with pytest.raises(gp.InputError, match="records: no such file"):
+        gp.read_records(tmp_path / "run.jsonl")

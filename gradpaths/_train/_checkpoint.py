@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradpaths._checks import InputError, InputTypeError
 from gradpaths._train._history import History
 
 _CHECKPOINT_FORMAT = "gradpaths.train/1"
@@ -73,28 +74,28 @@ def load_checkpoint(path: str | os.PathLike, params: Any, opt_state: Any
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise ValueError(f"checkpoint: no such file {path!r}")
+        raise InputError(f"checkpoint: no such file {path!r}")
     if not is_checkpoint(path):
         with open(path, "rb") as f:
             head = f.read(64)
         # np.savez writes "format" first: a zip whose first member is format.npy is a
         # checkpoint that can no longer be read.
         if head.startswith(b"PK\x03\x04") and b"format.npy" in head:
-            raise ValueError(f"checkpoint: {path!r} is damaged (truncated or corrupted); "
+            raise InputError(f"checkpoint: {path!r} is damaged (truncated or corrupted); "
                              "delete it, or resume from a copy")
-        raise ValueError(f"checkpoint: expected a gradpaths training checkpoint, got {path!r}")
+        raise InputError(f"checkpoint: expected a gradpaths training checkpoint, got {path!r}")
     try:
         with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
             history_text, meta_text = str(data["history"]), str(data["meta"])
             stored = {k: data[k] for k in data.files if k.startswith(("params_", "opt_"))}
     except _READ_ERRORS as err:
-        raise ValueError(f"checkpoint: {path!r} is damaged (truncated or corrupted: {err}); "
+        raise InputError(f"checkpoint: {path!r} is damaged (truncated or corrupted: {err}); "
                          "delete it, or resume from a copy") from None
     try:
         history = History.from_dict(json.loads(history_text))
         meta = json.loads(meta_text)
     except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"checkpoint: {path!r} is damaged: its history cannot be read "
+        raise InputError(f"checkpoint: {path!r} is damaged: its history cannot be read "
                          f"({type(err).__name__}: {err})") from None
     trees = []
     for prefix, like in (("params", params), ("opt", opt_state)):
@@ -102,13 +103,13 @@ def load_checkpoint(path: str | os.PathLike, params: Any, opt_state: Any
         names = sorted((k for k in stored if k.startswith(prefix + "_")),
                        key=lambda k: int(k.rsplit("_", 1)[1]))
         if len(names) != len(leaves):
-            raise ValueError(f"checkpoint: expected {len(leaves)} {prefix} arrays, got "
+            raise InputError(f"checkpoint: expected {len(leaves)} {prefix} arrays, got "
                              f"{len(names)} in {path!r}")
         new = []
         for name, leaf in zip(names, leaves, strict=True):
             value = stored[name]
             if value.shape != np.shape(leaf):
-                raise ValueError(f"checkpoint: {name} expected shape {np.shape(leaf)}, got "
+                raise InputError(f"checkpoint: {name} expected shape {np.shape(leaf)}, got "
                                  f"{value.shape} in {path!r}")
             new.append(jnp.asarray(value, jnp.asarray(leaf).dtype))
         trees.append(jax.tree_util.tree_unflatten(treedef, new))
@@ -119,20 +120,20 @@ def check_checkpoint_path(path: Any, resume: bool) -> str:
     """``path`` as a string, or a clear error before any training: the folder must exist
     and be writable; an existing file is only continued (``resume=True``)."""
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"checkpoint: expected None or a file path, got {type(path).__name__}")
+        raise InputTypeError(f"checkpoint: expected None or a file path, got {type(path).__name__}")
     path = os.fspath(path)
     if not isinstance(path, str):
         path = os.fsdecode(path)
     if not path.strip():
-        raise ValueError(f"checkpoint: expected a file path, got {path!r}")
+        raise InputError(f"checkpoint: expected a file path, got {path!r}")
     if os.path.isdir(path):
-        raise ValueError(f"checkpoint: {path!r} is a folder; expected a file path in it")
+        raise InputError(f"checkpoint: {path!r} is a folder; expected a file path in it")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise ValueError(f"checkpoint: the folder {folder!r} of {path!r} does not exist; "
+        raise InputError(f"checkpoint: the folder {folder!r} of {path!r} does not exist; "
                          "create it first")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"checkpoint: cannot write in the folder {folder!r} of {path!r}")
+        raise InputError(f"checkpoint: cannot write in the folder {folder!r} of {path!r}")
     if os.path.lexists(path) and not resume:
         raise FileExistsError(
             f"checkpoint: {path!r} exists; pass resume=True to continue from it "

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from gradpaths import _checks
+from gradpaths._checks import InputError
 from gradpaths._train import _events
 from gradpaths._train._events import Event
 
@@ -112,7 +113,7 @@ class ExplosionDetector:
         """
         g = np.asarray(grad_norm, np.float64)
         if g.shape != ():
-            raise ValueError(f"grad_norm: expected one number, got shape {g.shape} (use feed "
+            raise InputError(f"grad_norm: expected one number, got shape {g.shape} (use feed "
                              "for several steps)")
         g = float(g)
         loss = None if loss is None else float(np.asarray(loss, np.float64))
@@ -136,7 +137,7 @@ class ExplosionDetector:
         optional); the events, in step order."""
         g = np.asarray(grad_norms, np.float64)
         if g.ndim != 1:
-            raise ValueError(f"grad_norms: expected shape (S,), got {g.shape}")
+            raise InputError(f"grad_norms: expected shape (S,), got {g.shape}")
         if losses is not None:
             losses = np.asarray(losses, np.float64)
             _checks.check_shape(losses, g.shape, "losses")

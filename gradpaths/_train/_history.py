@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from gradpaths import _checks
+from gradpaths._checks import InputError
 from gradpaths._train._events import Event
 from gradpaths._train._probe import Probe
 
@@ -35,7 +36,7 @@ def _from_json(values: list, name: str, width: int | None = None) -> np.ndarray:
     out = np.array([[read(v) for v in row] for row in values] if width is not None
                    else [read(v) for v in values], np.float64)
     if width is not None and out.shape[1:] != (width,):
-        raise ValueError(f"{name}: expected rows of {width} numbers, got shape {out.shape}")
+        raise InputError(f"{name}: expected rows of {width} numbers, got shape {out.shape}")
     return out
 
 
@@ -94,7 +95,7 @@ class History:
     def route_exponent(self, route: str) -> np.ndarray:
         """(P,) the restricted top exponent of ``route`` at each probe."""
         if route not in self.routes:
-            raise ValueError(f"route: expected one of {self.routes}, got {route!r}")
+            raise InputError(f"route: expected one of {self.routes}, got {route!r}")
         return self.route_exponents[:, self.routes.index(route)]
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,10 +160,10 @@ class History:
         gates = probes[0].gates if probes else ()
         for p in probes:
             if p.step is None:
-                raise ValueError("records: expected every probe to carry its step, got one "
+                raise InputError("records: expected every probe to carry its step, got one "
                                  "without (pass step= to gradpaths.probe)")
             if (p.routes, p.gates) != (routes, gates):
-                raise ValueError(f"records: expected probes of one cell (routes {routes}, gates "
+                raise InputError(f"records: expected probes of one cell (routes {routes}, gates "
                                  f"{gates}), got routes {p.routes}, gates {p.gates}")
         probes.sort(key=lambda p: p.step)
         nan = lambda v: np.nan if v is None else float(v)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from gradpaths import _cells, _checks, _inputs, _lyapunov
+from gradpaths._checks import InputError, InputTypeError
 
 Array = jax.Array
 
@@ -25,22 +26,22 @@ def forget_bias_init(cell: Any, params: Any, scheme: Any, *, key: Any = None,
     ``1 / (1 - f) = 1 + u`` spread over ``(2, t_max)``.
     """
     if not isinstance(cell, _cells.LSTM) or not cell.forget_gate:
-        raise TypeError(f"cell: expected an LSTM with a forget gate, got {cell!r}")
+        raise InputTypeError(f"cell: expected an LSTM with a forget gate, got {cell!r}")
     cell.check_params(params)
     n = cell.hidden_size
     dtype = params.b.f.dtype
     if isinstance(scheme, str):
         _checks.check_choice(scheme, "scheme", ("chrono",))
         if key is None:
-            raise ValueError("key: expected a PRNG key for scheme='chrono', got None")
+            raise InputError("key: expected a PRNG key for scheme='chrono', got None")
         if t_max is None:
-            raise ValueError("t_max: expected the longest dependency (> 2) for chrono, got None")
+            raise InputError("t_max: expected the longest dependency (> 2) for chrono, got None")
         t_max = _checks.check_positive_float(t_max, "t_max", above=2.0)
         b_f = jnp.log(jax.random.uniform(_checks.check_key(key), (n,), dtype, 1.0, t_max - 1.0))
         return params._replace(b=params.b._replace(f=b_f, i=-b_f))
     if isinstance(scheme, bool) or not isinstance(scheme, (int, float)) or not math.isfinite(
             scheme):
-        raise TypeError(f"scheme: expected a finite number or 'chrono', got {scheme!r}")
+        raise InputTypeError(f"scheme: expected a finite number or 'chrono', got {scheme!r}")
     return params._replace(b=params.b._replace(f=jnp.full((n,), float(scheme), dtype)))
 
 
@@ -103,7 +104,7 @@ def init_diagnostics(cell: Any, params: Any, xs: Any, *, key: Any, t_max: float,
     if xs.ndim == 2:
         xs = xs[None]
     if xs.ndim != 3:
-        raise ValueError(f"xs: expected shape (B, T, m) or (T, m), got {tuple(xs.shape)}")
+        raise InputError(f"xs: expected shape (B, T, m) or (T, m), got {tuple(xs.shape)}")
     out = {}
     for scheme in schemes:
         p = forget_bias_init(cell, params, scheme, key=key, t_max=t_max)

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from gradpaths import _checks, _inputs
+from gradpaths._checks import InputError, InputTypeError
 from gradpaths._gradients import prepare_sequence
 from gradpaths._tasks import Batch, Model, ModelParams, check_task
 from gradpaths._train import _step
@@ -97,27 +98,27 @@ def _optimizer(optimizer: Any, learning_rate: Any, clip: Any) -> Any:
             learning_rate, "learning_rate")
         return _step.with_clip(_step.adam(lr), clip)
     if learning_rate is not None:
-        raise ValueError("learning_rate: expected None when an optimizer is given (set the "
+        raise InputError("learning_rate: expected None when an optimizer is given (set the "
                          "rate in the optimizer), got " + repr(learning_rate))
     if not (callable(getattr(optimizer, "init", None))
             and callable(getattr(optimizer, "update", None))):
-        raise TypeError(f"optimizer: expected an optax GradientTransformation, got "
-                        f"{type(optimizer).__name__}")
+        raise InputTypeError(f"optimizer: expected an optax GradientTransformation, got "
+                             f"{type(optimizer).__name__}")
     return _step.with_clip(optimizer, clip)
 
 
 def _check_model(model: Any, task: Any, regularizer: Any) -> None:
     if not isinstance(model, Model):
-        raise TypeError(f"model: expected gradpaths.Model, got {type(model).__name__}")
+        raise InputTypeError(f"model: expected gradpaths.Model, got {type(model).__name__}")
     check_task(task)
     if (model.output_size, model.loss) != (task.output_size, task.loss):
-        raise ValueError(
+        raise InputError(
             f"model: expected output_size {task.output_size} and loss {task.loss!r} for "
             f"{task!r}, got {model.output_size} and {model.loss!r} (use Model.for_task)")
     if regularizer is not None:
         if not isinstance(regularizer, GrowthRegularizer):
-            raise TypeError(f"regularizer: expected GrowthRegularizer or None, got "
-                            f"{type(regularizer).__name__}")
+            raise InputTypeError(f"regularizer: expected GrowthRegularizer or None, got "
+                                 f"{type(regularizer).__name__}")
         regularizer.check(model.cell, task.length)
 
 
@@ -138,11 +139,11 @@ def _resume(checkpoint: str, params: Any, opt_state: Any, meta: dict[str, Any], 
     params, opt_state, history, stored = load_checkpoint(checkpoint, params, opt_state)
     changed = sorted(k for k in meta if stored.get(k) != meta[k])
     if changed:
-        raise ValueError(
+        raise InputError(
             f"checkpoint: {checkpoint!r} was written with other settings: "
             + "; ".join(f"{k} expected {stored.get(k)!r}, got {meta[k]!r}" for k in changed))
     if history.next_step > steps:
-        raise ValueError(
+        raise InputError(
             f"steps: expected at least the {history.next_step} steps that the checkpoint "
             f"{checkpoint!r} already holds, got steps={steps} (a checkpoint is continued, "
             "never cut; load_checkpoint reads it as it is)")
@@ -270,7 +271,7 @@ def _plan(model: Any, params: Any, task: Any, *, key: Any, steps: Any, batch_siz
     if checkpoint is not None:      # before any work: a bad path fails now, not at the save
         checkpoint = check_checkpoint_path(checkpoint, resume)
     elif resume:
-        raise ValueError("resume: expected a checkpoint path to resume from, got checkpoint=None")
+        raise InputError("resume: expected a checkpoint path to resume from, got checkpoint=None")
     opt = _optimizer(optimizer, learning_rate, clip)
     clip = None if clip is None else float(clip)
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradpaths import _checks, _inputs, _lyapunov, _routes
+from gradpaths._checks import InputError, InputTypeError
 from gradpaths._tasks import Batch, Model
 from gradpaths._train._regularizer import skip_first
 from gradpaths._views import gate_saturation
@@ -83,7 +84,7 @@ class Probe(NamedTuple):
     def route_exponent(self, route: str) -> float:
         """The restricted top exponent of ``route``."""
         if route not in self.routes:
-            raise ValueError(f"route: expected one of {self.routes}, got {route!r}")
+            raise InputError(f"route: expected one of {self.routes}, got {route!r}")
         return float(np.asarray(self.route_exponents)[self.routes.index(route)])
 
 
@@ -131,7 +132,7 @@ def _optional_float(value: Any, name: str) -> float | None:
     value = np.asarray(jax.device_get(value))
     if value.shape != () or not np.issubdtype(value.dtype, np.floating) and not np.issubdtype(
             value.dtype, np.integer):
-        raise TypeError(f"{name}: expected None or a real number, got {value!r}")
+        raise InputTypeError(f"{name}: expected None or a real number, got {value!r}")
     return float(value)
 
 
@@ -140,7 +141,7 @@ def _xs_of(batch: Any) -> Any:
     if xs.ndim == 2:
         xs = xs[None]
     if xs.ndim != 3 or xs.shape[0] < 1 or xs.shape[1] < 1:
-        raise ValueError(f"batch: expected inputs of shape (B, T, m) or (T, m), "
+        raise InputError(f"batch: expected inputs of shape (B, T, m) or (T, m), "
                          f"got {tuple(xs.shape)}")
     return xs
 
@@ -197,7 +198,7 @@ def probe(model: Any, params: Any, batch: Any, *, step: int | None = None,
     xs = jnp.asarray(xs, prepared.xs.dtype)
     if isinstance(model, Model) and isinstance(batch, Batch):
         if loss is not None:
-            raise ValueError("loss: expected None with a Model and a Batch (the probe "
+            raise InputError("loss: expected None with a Model and a Batch (the probe "
                              f"computes the task loss), got {loss!r}")
         params = params._replace(cell=prepared.params)
         loss, top, alone, cut = jax.device_get(_inputs.call(

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from gradpaths import _checks
+from gradpaths._checks import InputError, InputTypeError
 from gradpaths._train._events import Event
 from gradpaths._train._probe import Probe
 
@@ -47,7 +48,7 @@ def _plain(value: Any) -> Any:
             return a.tolist()
         if np.issubdtype(a.dtype, np.floating):
             return _checks.json_number(a) if a.ndim == 0 else [_plain(v) for v in a]
-    raise TypeError(f"record: expected JSON-safe values, got {type(value).__name__}")
+    raise InputTypeError(f"record: expected JSON-safe values, got {type(value).__name__}")
 
 
 def _encode(record: Any) -> bytes:
@@ -58,12 +59,14 @@ def _encode(record: Any) -> bytes:
     elif isinstance(record, Mapping):
         obj = {"type": "data", "data": dict(record)}
     else:
-        raise TypeError(f"record: expected a gradpaths.Probe, a gradpaths.Event or a mapping, "
-                        f"got {type(record).__name__}")
+        raise InputTypeError(f"record: expected a gradpaths.Probe, a gradpaths.Event or a mapping, "
+                             f"got {type(record).__name__}")
     try:
         text = json.dumps(obj, allow_nan=False, default=_plain)
-    except ValueError as err:
-        raise ValueError(f"record: expected JSON-safe numbers (NaN and infinities as the "
+    except _checks.InputError:      # from _plain: a value of the wrong type
+        raise
+    except ValueError as err:       # from json: NaN or an infinity
+        raise InputError(f"record: expected JSON-safe numbers (NaN and infinities as the "
                          f"strings 'nan', 'inf', '-inf'), got {err}") from None
     return (text + "\n").encode()
 
@@ -82,14 +85,14 @@ def _repair(fd: int, path: str) -> bytes:
     if head != _HEADER:
         if size < len(_HEADER) and _HEADER.startswith(head):   # the first write was torn
             return _torn(size) + _HEADER
-        raise ValueError(f"records: {path!r} is not a gradpaths records file (its first line "
+        raise InputError(f"records: {path!r} is not a gradpaths records file (its first line "
                          f"is not the {FORMAT} header); it is never appended to")
     if os.pread(fd, 1, size - 1) == b"\n":
         return b""
     start = max(size - _TAIL, 0)
     tail = os.pread(fd, size - start, start)
     if b"\n" not in tail:
-        raise ValueError(f"records: {path!r} ends in a line longer than {_TAIL} bytes "
+        raise InputError(f"records: {path!r} ends in a line longer than {_TAIL} bytes "
                          "without a newline; it is not appended to")
     return _torn(len(tail) - tail.rindex(b"\n") - 1)
 
@@ -115,7 +118,7 @@ def append_record(path: str | os.PathLike, record: Any, *, fsync: bool = True) -
         folder does not exist.
     """
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path: expected a file path, got {type(path).__name__}")
+        raise InputTypeError(f"path: expected a file path, got {type(path).__name__}")
     path = os.fsdecode(os.fspath(path))
     line = _encode(record)
     if _create(path, _HEADER + line, fsync):
@@ -143,7 +146,7 @@ def _create(path: str, data: bytes, fsync: bool) -> bool:
         return False
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise ValueError(f"records: the folder {folder!r} of {path!r} does not exist; "
+        raise InputError(f"records: the folder {folder!r} of {path!r} does not exist; "
                          "create it first")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
     try:
@@ -163,7 +166,7 @@ def _create(path: str, data: bytes, fsync: bool) -> bool:
 
 def _decode(obj: Any, where: str) -> Probe | Event | dict[str, Any]:
     if not isinstance(obj, dict) or "type" not in obj:
-        raise ValueError(f"{where}: expected a JSON object with a 'type', got {obj!r:.80}")
+        raise InputError(f"{where}: expected a JSON object with a 'type', got {obj!r:.80}")
     kind = obj["type"]
     body = {k: v for k, v in obj.items() if k != "type"}
     if kind == "probe":
@@ -172,7 +175,7 @@ def _decode(obj: Any, where: str) -> Probe | Event | dict[str, Any]:
         return Event.from_dict(body)
     if kind == "data" and isinstance(body.get("data"), dict):
         return body["data"]
-    raise ValueError(f"{where}: expected a record of type 'probe', 'event' or 'data', "
+    raise InputError(f"{where}: expected a record of type 'probe', 'event' or 'data', "
                      f"got {kind!r}")
 
 
@@ -202,10 +205,10 @@ def read_records(path: str | os.PathLike) -> list[Probe | Event | dict[str, Any]
         else than a torn line).
     """
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path: expected a file path, got {type(path).__name__}")
+        raise InputTypeError(f"path: expected a file path, got {type(path).__name__}")
     path = os.fsdecode(os.fspath(path))
     if not os.path.isfile(path):
-        raise ValueError(f"records: no such file {path!r}")
+        raise InputError(f"records: no such file {path!r}")
     with open(path, "rb") as f:
         data = f.read()
     lines = data.split(b"\n")
@@ -226,24 +229,24 @@ def read_records(path: str | os.PathLike) -> list[Probe | Event | dict[str, Any]
             if not header:
                 obj = None
             else:
-                raise ValueError(f"{where} is damaged (not JSON: {err})") from None
+                raise InputError(f"{where} is damaged (not JSON: {err})") from None
         if not header:
             if obj != json.loads(_HEADER):
-                raise ValueError(f"{where}: expected the {FORMAT} header, got {line[:80]!r}; "
+                raise InputError(f"{where}: expected the {FORMAT} header, got {line[:80]!r}; "
                                  "not a gradpaths records file")
             header = True
         else:
             try:
                 out.append(_decode(obj, where))
             except (ValueError, KeyError, TypeError) as err:
-                raise ValueError(f"{where} is damaged ({type(err).__name__}: {err})") from None
+                raise InputError(f"{where} is damaged ({type(err).__name__}: {err})") from None
         i += 1
     if last:
         torn.append(len(lines) + 1)
     if last and not header and _HEADER.startswith(last):
         header = True      # only a torn header: no records yet
     if data and not header:
-        raise ValueError(f"records: {path!r} has no {FORMAT} header; not a gradpaths "
+        raise InputError(f"records: {path!r} has no {FORMAT} header; not a gradpaths "
                          "records file")
     if torn:
         warnings.warn(f"records: {path!r}: skipped {len(torn)} torn line(s) (a writer stopped "

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from gradpaths import _checks, _lyapunov, _routes
+from gradpaths._checks import InputError, InputTypeError
 from gradpaths._products import advance
 from gradpaths._state import layout_of
 from gradpaths._tasks import initial_state
@@ -75,12 +76,12 @@ class GrowthRegularizer:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
                     value):
-                raise TypeError(f"{name}: expected a finite float, got {value!r}")
+                raise InputTypeError(f"{name}: expected a finite float, got {value!r}")
         if self.strength < 0:
-            raise ValueError(f"strength: expected >= 0, got {self.strength}")
+            raise InputError(f"strength: expected >= 0, got {self.strength}")
         if self.routes is not None:
             if isinstance(self.routes, str) or not isinstance(self.routes, Iterable):
-                raise TypeError(f"routes: expected None or route names, got {self.routes!r}")
+                raise InputTypeError(f"routes: expected None or route names, got {self.routes!r}")
             object.__setattr__(self, "routes", tuple(self.routes))
         _checks.check_positive_int(self.k, "k")
         _checks.check_choice(self.side, "side", SIDES)
@@ -92,9 +93,9 @@ class GrowthRegularizer:
         _routes.check_routes(cell, self.routes)
         d = layout_of(jax.eval_shape(cell.initial_state)).size
         if self.k > d:
-            raise ValueError(f"k: expected 1 <= k <= {d} (the state size), got {self.k}")
+            raise InputError(f"k: expected 1 <= k <= {d} (the state size), got {self.k}")
         if self.skip >= length:
-            raise ValueError(f"skip: expected < the sequence length {length}, got {self.skip}")
+            raise InputError(f"skip: expected < the sequence length {length}, got {self.skip}")
 
     def exponents(self, cell: Any, params: Any, xs: Array) -> Array:
         """``lambda_i``, (k,): mean over the first ``n_sequences`` of ``xs`` (B, T, m).
