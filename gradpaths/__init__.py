@@ -68,6 +68,7 @@ from gradpaths._tasks import (
     ModelParams as ModelParams,
     Readout as Readout,
     SineTask as SineTask,
+    TextTask as TextTask,
     make_task as make_task,
 )
 from gradpaths._train import (
