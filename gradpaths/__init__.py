@@ -84,6 +84,12 @@ from gradpaths._train import (
     load_checkpoint as load_checkpoint,
     train as train,
 )
+from gradpaths._predict import (
+    Prediction as Prediction,
+    history_prediction as history_prediction,
+    pooled_predictions as pooled_predictions,
+    predict_events as predict_events,
+)
 # --- importers
 from gradpaths import interop as interop
 
