@@ -76,6 +76,7 @@ def train_one(cfg: dict[str, Any], seed: int, dtype: str) -> gp.History:
                     batch_size=cfg["batch_size"], optimizer=optimizer,
                     learning_rate=None if optimizer else cfg["learning_rate"],
                     clip=cfg.get("clip"), probe_every=cfg["probe_every"], n_probes=cfg["n_probes"],
+                    explosion_factor=cfg.get("explosion_factor", 10.0),
                     on_nonfinite="skip", progress=False).history
 
 
@@ -131,12 +132,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", choices=tuple(SIZES), default="tiny")
     ap.add_argument("--seeds", type=int, default=None, help="override the size's seed count")
     ap.add_argument("--steps", type=int, default=None, help="override the size's steps")
+    ap.add_argument("--cell", choices=tuple(CELLS), default=None, help="override the cell")
+    ap.add_argument("--learning-rate", type=float, default=None, help="override the rate")
+    ap.add_argument("--explosion-factor", type=float, default=None,
+                    help="override the explosion rule's factor (default 10)")
+    ap.add_argument("--n-probes", type=int, default=None, help="override the probe batch")
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     ap.add_argument("--out", default=None, help="the JSON file (default under results/)")
     ap.add_argument("--force", action="store_true", help="replace an existing --out")
     args = ap.parse_args(argv)
     cfg = dict(SIZES[args.size])
-    cfg.update({k: v for k, v in (("seeds", args.seeds), ("steps", args.steps)) if v})
+    overrides = {"seeds": args.seeds, "steps": args.steps, "cell": args.cell,
+                 "learning_rate": args.learning_rate, "explosion_factor": args.explosion_factor,
+                 "n_probes": args.n_probes}
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     env = C.environment()
