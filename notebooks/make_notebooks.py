@@ -660,7 +660,9 @@ point the small run can only hint at a rate; the full run has ten."""),
     code("""# The text above relies on these numbers:
 assert success[False][0] == success[True][0] == 1.0
 assert np.all(success[True] >= success[False])
-assert success[True][-1] > success[False][-1]"""),
+assert success[True][-1] > success[False][-1]
+if SIZE == "small":
+    assert list(success[True]) == [1.0, 1.0] and list(success[False]) == [1.0, 0.5]"""),
     md("""## What flossing did to the exponents
 
 The top exponent of each run at the end of training, on its probe sequences: flossing
