@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "python": task.python, "checksum": task.checksum,
                                    "baseline": task.baseline},
            "rows": rows, "runs": runs}
-    write_atomic(out, json.dumps(doc, indent=1, default=str), args.force)
+    write_atomic(out, json.dumps(doc, separators=(",", ":"), default=str), args.force)
     print(f"wrote {out}")
     return 0
 
