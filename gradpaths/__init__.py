@@ -76,6 +76,7 @@ from gradpaths._tasks import (
     ModelParams as ModelParams,
     Readout as Readout,
     SineTask as SineTask,
+    TextTask as TextTask,
     make_task as make_task,
 )
 from gradpaths._train import (
@@ -95,6 +96,12 @@ from gradpaths._train import (
     probe as probe,
     read_records as read_records,
     train as train,
+)
+from gradpaths._predict import (
+    Prediction as Prediction,
+    history_prediction as history_prediction,
+    pooled_predictions as pooled_predictions,
+    predict_events as predict_events,
 )
 # --- importers
 from gradpaths import interop as interop
