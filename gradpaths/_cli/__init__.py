@@ -4,7 +4,8 @@
 LSTM whose explosion comes through a non-carousel route) or on imported weights
 and prints the table and verdict; ``--out DIR`` also writes a report folder.
 ``gradpaths sweep`` maps the growth of each route over recurrent gain and forget
-bias; ``gradpaths train`` trains on a built-in task (synthetic or the text task) with or without clipping.
+bias; ``gradpaths train`` trains on a built-in task (synthetic, or real text) with or
+without clipping.
 
 One module per subcommand (``_explain``, ``_sweep``, ``_train``: its parser and its
 ``run``), the options and helpers they share in ``_common``, and :func:`main` in

@@ -1,4 +1,5 @@
-"""``gradpaths train``: :func:`gradpaths.train` on a built-in task (synthetic or the text task), with or without clipping.
+"""``gradpaths train``: :func:`gradpaths.train` on a built-in task (synthetic, or real text),
+with or without clipping.
 
 The LSTM starts as :func:`gradpaths.exploding_lstm` does (forget gates near 1, a large
 ``R_o`` from :func:`gradpaths.with_output_gain`), with a smaller output gain so that
@@ -47,7 +48,7 @@ _LSTM_ONLY = ("forget_bias", "output_gain")
 def add_parser(sub: Any) -> None:
     tr = sub.add_parser(
         "train", help="train on a built-in task with or without clipping",
-        description="Train a recurrent model on a built-in task (synthetic, or real text) (optimizer: --optimizer), "
+        description="Train a recurrent model on a built-in task (synthetic, or real text; optimizer: --optimizer), "
         "recording the loss, the gradient norm, explosion events (and the dominant route at "
         "each) and the routes' growth. --compare runs without and with clipping from the same "
         "start. Ctrl-C stops the whole command (exit status 130) and keeps what was recorded.")
