@@ -48,7 +48,8 @@ _LSTM_ONLY = ("forget_bias", "output_gain")
 def add_parser(sub: Any) -> None:
     tr = sub.add_parser(
         "train", help="train on a built-in task with or without clipping",
-        description="Train a recurrent model on a built-in task (synthetic, or real text; optimizer: --optimizer), "
+        description="Train a recurrent model on a built-in task (synthetic, or real text; "
+        "optimizer: --optimizer), "
         "recording the loss, the gradient norm, explosion events (and the dominant route at "
         "each) and the routes' growth. --compare runs without and with clipping from the same "
         "start. Ctrl-C stops the whole command (exit status 130) and keeps what was recorded.")
