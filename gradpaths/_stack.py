@@ -49,7 +49,8 @@ class StackState(tuple):
     """The state of a :class:`Stack`: one state per layer, layer 1 first.
 
     A tuple (``state[0]`` is layer 1's state) whose leaves are named by layer in a
-    :class:`~gradpaths.Layout`: ``"1:c"``, ``"1:h"``, ``"2:h"``, ...
+    :class:`~gradpaths.Layout`: ``"1:c"``, ``"1:h"``, ``"2:h"``, ...; ``state.h`` is
+    the top layer's output.
     """
 
     __slots__ = ()
@@ -59,6 +60,11 @@ class StackState(tuple):
 
     def __repr__(self) -> str:
         return f"StackState({', '.join(map(repr, self))})"
+
+    @property
+    def h(self) -> Array:
+        """The top layer's output (what a readout reads)."""
+        return self[-1].h
 
     def tree_flatten_with_keys(self):
         children, aux = [], []
