@@ -26,6 +26,7 @@ from gradpaths._jacobians import (
     unroll as unroll,
 )
 from gradpaths._state import Layout as Layout
+from gradpaths._stack import Stack as Stack, StackState as StackState
 
 # --- routes, products, spectra, explanation
 from gradpaths._routes import route_jacobians as route_jacobians
