@@ -387,3 +387,127 @@ class Stack:
             return out
 
         return _operator.MatrixFreeEdge(routes, push, pull, dtype)
+
+
+# --------------------------------------------------------------------------- bidirectional
+
+
+@dataclasses.dataclass(frozen=True)
+class Bidirectional:
+    r"""A bidirectional layer: two recurrences over one sequence, in opposite orders.
+
+    .. math::
+
+        s^f_{t+1} = F_f(s^f_t, x_t) \quad (t = 0..T-1), \qquad
+        s^r_{t+1} = F_r(s^r_t, x_{T-1-t}),
+
+    and the output at step t is ``[h^f_{t+1}; h^r_{T-t}]`` (PyTorch's and Keras'
+    ``out``). The directions share no state, so each is its own cell, analysed over
+    its own input order: ``reverse`` over ``xs[::-1]``. Params are the pair
+    ``(forward params, reverse params)``.
+
+    A stack of bidirectional layers couples the directions (layer k reads both
+    directions' outputs of layer k-1 at every step, and the reverse one is only known
+    after the whole sequence has been read), so it is no recurrence in one time
+    direction and no :class:`Stack`; import its layers one by one instead.
+
+    Attributes:
+      forward, reverse: the two cells (same input size).
+    """
+
+    forward: Any
+    reverse: Any
+
+    def __post_init__(self) -> None:
+        for name in ("forward", "reverse"):
+            if not callable(getattr(getattr(self, name), "step", None)):
+                raise TypeError(f"{name}: expected a cell with step(params, state, x), "
+                                f"got {type(getattr(self, name)).__name__}")
+        m_f = getattr(self.forward, "input_size", None)
+        m_r = getattr(self.reverse, "input_size", None)
+        if m_f is not None and m_r is not None and m_f != m_r:
+            raise ValueError(f"reverse: expected input_size {m_f} (the forward cell's), "
+                             f"got {m_r}")
+
+    @property
+    def input_size(self) -> int | None:
+        return getattr(self.forward, "input_size", None)
+
+    def init(self, key: Array, **options: Any) -> tuple[Any, Any]:
+        """Each direction's ``init`` with its own key."""
+        kf, kr = jax.random.split(key)
+        return self.forward.init(kf, **options), self.reverse.init(kr, **options)
+
+    def inputs(self, xs: Array) -> tuple[Array, Array]:
+        """What each direction reads: ``(xs, xs[::-1])``."""
+        return xs, xs[::-1]
+
+    def outputs(self, params: tuple[Any, Any], xs: Any, state0: Any = None) -> Array:
+        """The layer's output (T, H_f + H_r): ``[h^f_{t+1}; h^r_{T-t}]`` at step t.
+
+        ``state0``: None (zeros) or the pair of the directions' initial states."""
+        from gradpaths._jacobians import unroll
+
+        f0, r0 = (None, None) if state0 is None else state0
+        xs = jnp.asarray(xs)
+        h_f = unroll(self.forward, params[0], xs, f0).h[1:]
+        h_r = unroll(self.reverse, params[1], xs[::-1], r0).h[1:][::-1]
+        return jnp.concatenate([h_f, h_r], axis=1)
+
+
+class BidirectionalExplanation(tuple):
+    """The explanations of both directions of a :class:`Bidirectional`; ``str`` prints
+    them side by side. Attributes ``forward`` and ``reverse``."""
+
+    __slots__ = ()
+
+    def __new__(cls, forward: Any, reverse: Any) -> BidirectionalExplanation:
+        return super().__new__(cls, (forward, reverse))
+
+    @property
+    def forward(self) -> Any:
+        return self[0]
+
+    @property
+    def reverse(self) -> Any:
+        return self[1]
+
+    def __str__(self) -> str:
+        left = ["forward (reads x_0 .. x_{T-1})", ""] + str(self.forward).splitlines()
+        right = ["reverse (reads x_{T-1} .. x_0)", ""] + str(self.reverse).splitlines()
+        width = max(len(line) for line in left) + 4
+        rows = max(len(left), len(right))
+        left += [""] * (rows - len(left))
+        right += [""] * (rows - len(right))
+        return "\n".join((a.ljust(width) + b).rstrip() for a, b in zip(left, right))
+
+
+def explain_bidirectional(model: Bidirectional, params: tuple[Any, Any], xs: Any,
+                          state0: Any = None, **options: Any) -> BidirectionalExplanation:
+    """:func:`gradpaths.explain` of each direction of a bidirectional layer over its own
+    input order (the reverse one over ``xs[::-1]``).
+
+    Args:
+      model: a :class:`Bidirectional` (e.g. from ``gp.interop.from_torch`` of a
+        one-layer ``bidirectional=True`` module).
+      params: ``(forward params, reverse params)``.
+      xs: the layer's inputs (T, m), in the sequence's own order.
+      state0: None or ``(forward state0, reverse state0)``.
+      **options: passed to :func:`gradpaths.explain` (``warmup``, ``seed``...).
+
+    Returns:
+      :class:`BidirectionalExplanation` ``(forward, reverse)``; print it to see both
+      side by side.
+    """
+    from gradpaths._explain import explain
+
+    if not isinstance(model, Bidirectional):
+        raise TypeError(f"model: expected a gp.Bidirectional, got {type(model).__name__}")
+    if not isinstance(params, (tuple, list)) or len(params) != 2:
+        raise TypeError("params: expected the pair (forward params, reverse params), "
+                        f"got {type(params).__name__}")
+    f0, r0 = (None, None) if state0 is None else state0
+    xs = jnp.asarray(xs)
+    return BidirectionalExplanation(
+        explain(model.forward, params[0], xs, f0, **options),
+        explain(model.reverse, params[1], xs[::-1], r0, **options))
