@@ -259,3 +259,95 @@ def test_bad_stacks_raise_clear_errors():
         gp.unroll(stack, (params[0], params[0]), jnp.ones((3, 3)))
     with pytest.raises(ValueError, match="routes: expected names among"):
         gp.lyapunov_exponents(stack, params, jnp.ones((3, 3)), routes={"2>3"})
+
+
+# --------------------------------------------------------------------------- imported stacks
+
+import interop_cases as cases  # noqa: E402
+
+I = gp.interop
+
+
+def _stack_state0(framework, stack, arrays, direction="f"):
+    parts = []
+    for k in range(stack.num_layers):
+        count = sum(key.startswith(f"state0/{k}{direction}/") for key in arrays)
+        start = tuple(arrays[f"state0/{k}{direction}/{i}"] for i in range(count))
+        parts.append(start if count > 1 else start[0])
+    return I.state_from(framework, stack, parts)
+
+
+def _check_stack(framework, stack, params, arrays):
+    """Every step's top output and every layer's final state against the framework's."""
+    states = gp.unroll(stack, params, arrays["xs"], _stack_state0(framework, stack, arrays))
+    assert_close(states.h[1:], arrays["out"], err_msg="top layer's output, every step")
+    final = I.state_to(framework, stack, jax.tree_util.tree_map(lambda a: a[-1], states))
+    for k, got in enumerate(final):
+        got = got if isinstance(got, tuple) else (got,)
+        for i, a in enumerate(got):
+            assert_close(a, arrays[f"final/{k}f/{i}"], err_msg=f"final state, layer {k + 1}")
+
+
+@pytest.mark.parametrize("name", ["torch_lstm_stack2", "torch_lstm_stack3", "torch_gru_stack2",
+                                  "torch_gru_stack3"])
+def test_torch_stack_forward_and_state_gradients_match_torch(name):
+    arrays = cases.load(name)
+    stack, params = I.from_torch(cases.source_of(arrays))
+    L = int(name[-1])
+    assert isinstance(stack, gp.Stack) and stack.num_layers == L
+    _check_stack("torch", stack, params, arrays)
+    # dL/d(initial state) of every layer equals torch autograd of the same loss
+    W, b = arrays["readout/W"], arrays["readout/b"]
+    model = gp.Model(stack, W.shape[0])
+    mp = gp.ModelParams(params, gp.Readout(jnp.asarray(W), jnp.asarray(b)))
+    state0 = _stack_state0("torch", stack, arrays)
+    sg = gp.state_gradients(model, mp, arrays["xs"], arrays["targets"], state0, weights="all")
+    assert_close(sg.loss, arrays["loss"])
+    lstm = "lstm" in name
+    for k in range(L):
+        assert_close(sg.field(f"{k + 1}:h")[0], arrays[f"grad/{k}f/0"], err_msg=f"h, layer {k}")
+        if lstm:
+            assert_close(sg.field(f"{k + 1}:c")[0], arrays[f"grad/{k}f/1"],
+                         err_msg=f"c, layer {k}")
+
+
+def test_torch_bidirectional_layer_and_its_explanation():
+    arrays = cases.load("torch_lstm_bidirectional")
+    model, params = I.from_torch(cases.source_of(arrays))
+    assert model == gp.Bidirectional(gp.LSTM(2, 3), gp.LSTM(2, 3))
+    state0 = tuple(cases.state0_of(cases.CASES["torch_lstm_bidirectional"], model.forward,
+                                   arrays, tag) for tag in ("0f", "0r"))
+    assert_close(model.outputs(params, arrays["xs"], state0), arrays["out"])
+    ex = gp.explain_bidirectional(model, params, arrays["xs"], state0, warmup=1)
+    assert str(ex.reverse) == str(gp.explain(model.reverse, params[1], arrays["xs"][::-1],
+                                             state0[1], warmup=1))
+    text = str(ex).splitlines()
+    assert text[0].startswith("forward (reads x_0") and "reverse (reads x_{T-1}" in text[0]
+    one, _ = I.from_torch(cases.source_of(arrays), direction="reverse")   # one direction
+    assert one == gp.LSTM(2, 3)
+    with pytest.raises(ValueError, match="2-layer bidirectional module"):
+        I.from_torch(cases.source_of(cases.load("torch_lstm")))
+    with pytest.raises(TypeError, match="expected a gp.Bidirectional"):
+        gp.explain_bidirectional(model.forward, params, arrays["xs"])
+
+
+def _per_layer(source, heads):
+    return [{k[len(h) + 1:]: v for k, v in source.items() if k.startswith(h + "/")}
+            for h in heads]
+
+
+def test_keras_flax_and_equinox_lists_of_layers_are_stacks():
+    arrays = cases.load("keras_lstm")
+    keras_layers = _per_layer(cases.source_of(arrays), ("lstm0", "lstm1"))
+    stack, params = I.from_keras(keras_layers)
+    assert stack == gp.Stack([gp.LSTM(2, 3), gp.LSTM(3, 3)])
+    _check_stack("keras", stack, params, arrays)
+    arrays = cases.load("flax_linen_lstm")
+    layers = _per_layer(cases.source_of(arrays), ("params/lstm0", "params/lstm1"))
+    stack, params = I.from_flax(layers)
+    _check_stack("flax", stack, params, arrays)
+    eqx = cases.source_of(cases.load("equinox_lstm"))      # LSTM(3, 4) cannot read 4 inputs
+    with pytest.raises(ValueError, match=r"layers\[1\]: expected input_size 4"):
+        I.from_equinox([eqx, eqx])
+    with pytest.raises(ValueError, match=r"layers\[1\]: .*recurrent_kernel"):
+        I.from_keras([keras_layers[0], {"kernel": np.ones((3, 12))}])
