@@ -125,6 +125,26 @@ def test_torch_live_modules(torch_gen):
     assert all(np.all(np.asarray(b) == 0) for b in (*params.b, params.b_hn))
 
 
+def test_torch_live_whole_modules(torch_gen):
+    """A module imported whole: a Stack (num_layers > 1) or a Bidirectional, with the
+    module's own output at every step."""
+    import torch
+
+    torch.manual_seed(1)
+    xs = np.random.default_rng(1).standard_normal((5, 3))
+    for module in (torch.nn.GRU(3, 4, num_layers=3, dtype=torch.float64),
+                   torch.nn.LSTM(3, 2, bidirectional=True, dtype=torch.float64)):
+        with torch.no_grad():
+            out = module(torch.tensor(xs))[0].numpy()
+        model, params = I.from_torch(module)
+        if module.bidirectional:
+            assert isinstance(model, gp.Bidirectional)
+            assert_close(model.outputs(params, xs), out)
+        else:
+            assert model == gp.Stack([gp.GRU(3, 4), gp.GRU(4, 4), gp.GRU(4, 4)])
+            assert_close(gp.unroll(model, params, xs).h[1:], out)
+
+
 # --------------------------------------------------------------------------- keras
 
 
