@@ -1,9 +1,14 @@
 """Stacks: a multi-layer network analysed as one cell (gradpaths/_stack.py)."""
 
+import dataclasses
+from typing import NamedTuple
+
+import interop_cases as cases
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cells import Linear
 from helpers import assert_close
 
 import gradpaths as gp
@@ -263,8 +268,6 @@ def test_bad_stacks_raise_clear_errors():
 
 # --------------------------------------------------------------------------- imported stacks
 
-import interop_cases as cases  # noqa: E402
-
 I = gp.interop
 
 
@@ -351,3 +354,39 @@ def test_keras_flax_and_equinox_lists_of_layers_are_stacks():
         I.from_equinox([eqx, eqx])
     with pytest.raises(ValueError, match=r"layers\[1\]: .*recurrent_kernel"):
         I.from_keras([keras_layers[0], {"kernel": np.ones((3, 12))}])
+
+
+class _LeakyState(NamedTuple):
+    h: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class _Leaky:
+    """A custom cell without closed form or routes: ``h' = h / 2 + tanh(A h + W x)``."""
+
+    input_size: int
+    hidden_size: int
+
+    def step(self, params, state, x):
+        A, W = params
+        return _LeakyState(state.h / 2 + jnp.tanh(A @ state.h + W @ x))
+
+    def initial_state(self, dtype=None):
+        return _LeakyState(jnp.zeros((self.hidden_size,), dtype or jnp.float64))
+
+
+def test_a_custom_layer_takes_autodiff_and_has_no_routes():
+    lstm = gp.LSTM(2, 3)
+    stack = gp.Stack([lstm, _Leaky(3, 2)])
+    params = (lstm.init(jax.random.key(0)),
+              (jax.random.normal(jax.random.key(1), (2, 2)),
+               jax.random.normal(jax.random.key(2), (2, 3))))
+    xs = jax.random.normal(jax.random.key(3), (3, 2))
+    assert stack.routes == () and stack.edges is None
+    J = gp.step_jacobians(stack, params, xs, method="jacfwd")
+    assert J.layout.names == ("1:c", "1:h", "2:h") and np.all(J.matrix[:, :6, 6:] == 0)
+    assert_close(gp.step_jacobians(stack, params, xs, method="jacrev").matrix, J.matrix)
+    with pytest.raises(ValueError, match="'analytic' needs a cell with a closed form"):
+        gp.step_jacobians(stack, params, xs)
+    with pytest.raises(TypeError, match=r"layers\[0\]: expected a cell whose initial_state"):
+        gp.Stack([Linear(3), lstm])        # a layer below the top must output h
