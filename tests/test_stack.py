@@ -13,6 +13,7 @@ from helpers import assert_close
 
 import gradpaths as gp
 from gradpaths import _operator
+from gradpaths._products import orthonormal_start
 from gradpaths._state import layout_of
 
 
@@ -214,10 +215,14 @@ def test_inter_layer_route_alone_is_nilpotent():
 
 def test_analyses_take_a_stack():
     stack, params, xs, state0 = _setup(T=8)
+    # matrix-free (jvp) exponents without warm-up = log |diag R| / T of the QR of the
+    # product applied to the same orthonormal start
     lam = gp.lyapunov_exponents(stack, params, xs, state0, k=2)
-    assert_close(gp.lyapunov_exponents(stack, params, xs, state0, k=2, method="matrix"), lam)
-    counts = gp.route_use_counts(stack, params, xs, state0, route="1>2")
     J = gp.step_jacobians(stack, params, xs, state0).matrix
+    P = np.linalg.multi_dot(list(np.asarray(J)[::-1]))
+    R = np.linalg.qr(P @ np.asarray(orthonormal_start(0, J.shape[1], 2, J.dtype)))[1]
+    assert_close(lam, np.sort(np.log(np.abs(np.diag(R))) / xs.shape[0])[::-1])
+    counts = gp.route_use_counts(stack, params, xs, state0, route="1>2")
     total = np.asarray(counts.coefficients).sum(axis=0) * np.exp(float(counts.log_scale))
     assert_close(total, np.linalg.multi_dot(list(np.asarray(J)[::-1])))
     assert np.all(counts.log_norms[2:] == -np.inf)   # the nilpotent route is used at most once
