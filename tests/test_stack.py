@@ -269,6 +269,9 @@ def test_bad_stacks_raise_clear_errors():
         gp.unroll(stack, (params[0], params[0]), jnp.ones((3, 3)))
     with pytest.raises(ValueError, match="routes: expected names among"):
         gp.lyapunov_exponents(stack, params, jnp.ones((3, 3)), routes={"2>3"})
+    bad = (params[0], params[1]._replace(b_hn=params[1].b_hn.at[0].set(jnp.nan)))
+    with pytest.raises(gp.NonFiniteError, match="params"):
+        gp.unroll(stack, bad, jnp.ones((3, 3)))
 
 
 # --------------------------------------------------------------------------- imported stacks
