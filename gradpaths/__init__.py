@@ -19,7 +19,12 @@ from gradpaths._cells import (
     RNNParams as RNNParams,
     RNNState as RNNState,
 )
-from gradpaths._checks import NonFiniteError as NonFiniteError, checked as checked
+from gradpaths._checks import (
+    InputError as InputError,
+    InputTypeError as InputTypeError,
+    NonFiniteError as NonFiniteError,
+    checked as checked,
+)
 from gradpaths._jacobians import (
     StepJacobians as StepJacobians,
     step_jacobians as step_jacobians,
@@ -56,7 +61,10 @@ from gradpaths._explain import (
     GrowthRow as GrowthRow,
     explain as explain,
 )
-from gradpaths._examples import exploding_lstm as exploding_lstm
+from gradpaths._examples import (
+    exploding_lstm as exploding_lstm,
+    with_output_gain as with_output_gain,
+)
 
 # --- gradients and training
 from gradpaths._gradients import (
@@ -79,15 +87,20 @@ from gradpaths._tasks import (
 )
 from gradpaths._train import (
     Event as Event,
+    ExplosionDetector as ExplosionDetector,
     GrowthRegularizer as GrowthRegularizer,
     History as History,
     InitDiagnostics as InitDiagnostics,
     Probe as Probe,
+    RecordWarning as RecordWarning,
     TrainResult as TrainResult,
+    append_record as append_record,
     forget_bias_init as forget_bias_init,
     init_diagnostics as init_diagnostics,
     judged_steps as judged_steps,
     load_checkpoint as load_checkpoint,
+    probe as probe,
+    read_records as read_records,
     train as train,
 )
 # --- importers
@@ -108,4 +121,6 @@ from gradpaths._views import (
     input_events as input_events,
 )
 
-__version__ = "0.1.0"
+from gradpaths import _version
+
+__version__ = _version.version()

@@ -54,7 +54,7 @@ WARMUP = 50      # steps left out of the growth rates
 SEED = 0
 WINDOW = 40      # steps of the route-use counts
 
-cell, params, xs = gp.exploding_lstm(hidden=HIDDEN, steps=STEPS, seed=SEED)
+cell, params, xs = gp.exploding_lstm(hidden=HIDDEN, steps=STEPS, key=SEED)
 ex = gp.explain(cell, params, xs, warmup=WARMUP)
 cell"""),
     md("""## 1. The carousel alone does not amplify
@@ -193,7 +193,7 @@ SEED = 1
 GAINS = [1.0, 4.0, 16.0, 64.0]       # gain of R_o in the phase diagram
 FORGET_BIASES = [0.0, 2.0, 4.0]
 
-cell, params, xs = gp.exploding_lstm(hidden=HIDDEN, steps=STEPS, seed=SEED)"""),
+cell, params, xs = gp.exploding_lstm(hidden=HIDDEN, steps=STEPS, key=SEED)"""),
     md("""## 1. Routes add up to the Jacobian
 
 `gp.route_jacobians` gives each route's share (closed form); their sum is the full

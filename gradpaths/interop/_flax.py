@@ -74,12 +74,6 @@ def _params_of_nnx(module: Any) -> dict[str, Any]:
     return nnx.to_pure_dict(nnx.state(module, nnx.Param))
 
 
-def _kernel(reader: Reader, key: str, rows: int | None, cols: int, symbols: str) -> np.ndarray:
-    if rows is None:
-        rows = _common.matrix_shape(reader, key, symbols)[0]
-    return reader.take(key, (rows, cols), symbols)
-
-
 def from_flax(
     variables: Any,
     *,
