@@ -36,6 +36,7 @@ import jax.numpy as jnp
 
 from gradpaths import _operator
 from gradpaths._cells import Edge
+from gradpaths._checks import InputError, InputTypeError
 from gradpaths._state import _key_name, layout_of
 
 Array = jax.Array
@@ -98,7 +99,7 @@ def _output_size(cell: Any, k: int) -> int:
     state = cell.initial_state() if callable(getattr(cell, "initial_state", None)) else None
     h = getattr(state, "h", None)
     if h is None or not hasattr(h, "shape") or len(h.shape) != 1:
-        raise TypeError(
+        raise InputTypeError(
             f"layers[{k - 1}]: expected a cell whose initial_state() has an output field h "
             f"of shape (n,) that the layer above reads, got {type(cell).__name__}"
         )
@@ -107,27 +108,28 @@ def _output_size(cell: Any, k: int) -> int:
 
 def _check_layers(layers: Any) -> tuple[Any, ...]:
     if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
-        raise TypeError(f"layers: expected a list or tuple of cells, got {type(layers).__name__}")
+        raise InputTypeError(
+            f"layers: expected a list or tuple of cells, got {type(layers).__name__}")
     layers = tuple(layers)
     if not layers:
-        raise ValueError("layers: expected at least one cell, got an empty sequence")
+        raise InputError("layers: expected at least one cell, got an empty sequence")
     for k, cell in enumerate(layers, 1):
         if not callable(getattr(cell, "step", None)):
-            raise TypeError(
+            raise InputTypeError(
                 f"layers[{k - 1}]: expected a cell with step(params, state, x), "
                 f"got {type(cell).__name__}"
             )
         if not callable(getattr(cell, "initial_state", None)):
-            raise TypeError(f"layers[{k - 1}]: expected a cell with initial_state(), "
+            raise InputTypeError(f"layers[{k - 1}]: expected a cell with initial_state(), "
                             f"got {type(cell).__name__}")
         if isinstance(cell, Stack):
-            raise TypeError(f"layers[{k - 1}]: expected a single-layer cell, got a Stack "
+            raise InputTypeError(f"layers[{k - 1}]: expected a single-layer cell, got a Stack "
                             "(list its layers instead)")
     for k in range(2, len(layers) + 1):
         below = _output_size(layers[k - 2], k - 1)
         m = getattr(layers[k - 1], "input_size", None)
         if m is not None and m != below:
-            raise ValueError(
+            raise InputError(
                 f"layers[{k - 1}]: expected input_size {below} (layer {k - 1}'s output h has "
                 f"size {below}), got {m}"
             )
@@ -220,7 +222,7 @@ class Stack:
     def layer(self, k: int) -> Any:
         """Layer ``k`` (1-based, as in the route and field names)."""
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(self.layers):
-            raise ValueError(f"layer: expected an int in 1..{len(self.layers)}, got {k!r}")
+            raise InputError(f"layer: expected an int in 1..{len(self.layers)}, got {k!r}")
         return self.layers[k - 1]
 
     # -- params and states
@@ -237,10 +239,10 @@ class Stack:
     def check_params(self, params: Any) -> None:
         """Raise TypeError/ValueError unless ``params`` is a tuple of the layers' params."""
         if not isinstance(params, (tuple, list)) or hasattr(params, "_fields"):
-            raise TypeError(f"params: expected a tuple of {len(self.layers)} layers' params, "
+            raise InputTypeError(f"params: expected a tuple of {len(self.layers)} layers' params, "
                             f"got {type(params).__name__}")
         if len(params) != len(self.layers):
-            raise ValueError(f"params: expected {len(self.layers)} layers' params, "
+            raise InputError(f"params: expected {len(self.layers)} layers' params, "
                              f"got {len(params)}")
         for k, (cell, p) in enumerate(zip(self.layers, params), 1):
             if callable(getattr(cell, "check_params", None)):
@@ -252,11 +254,11 @@ class Stack:
     def _check_call(self, params: Any, state: Any, x: Array) -> None:
         self.check_params(params)
         if not isinstance(state, tuple) or len(state) != len(self.layers):
-            raise TypeError(f"state: expected a StackState of {len(self.layers)} layers' "
+            raise InputTypeError(f"state: expected a StackState of {len(self.layers)} layers' "
                             f"states, got {type(state).__name__}")
         m = self.input_size
         if m is not None and tuple(x.shape) != (m,):
-            raise ValueError(f"x: expected shape ({m},) for layer 1, got {tuple(x.shape)}")
+            raise InputError(f"x: expected shape ({m},) for layer 1, got {tuple(x.shape)}")
 
     # -- one step
 
@@ -421,12 +423,12 @@ class Bidirectional:
     def __post_init__(self) -> None:
         for name in ("forward", "reverse"):
             if not callable(getattr(getattr(self, name), "step", None)):
-                raise TypeError(f"{name}: expected a cell with step(params, state, x), "
+                raise InputTypeError(f"{name}: expected a cell with step(params, state, x), "
                                 f"got {type(getattr(self, name)).__name__}")
         m_f = getattr(self.forward, "input_size", None)
         m_r = getattr(self.reverse, "input_size", None)
         if m_f is not None and m_r is not None and m_f != m_r:
-            raise ValueError(f"reverse: expected input_size {m_f} (the forward cell's), "
+            raise InputError(f"reverse: expected input_size {m_f} (the forward cell's), "
                              f"got {m_r}")
 
     @property
@@ -502,9 +504,9 @@ def explain_bidirectional(model: Bidirectional, params: tuple[Any, Any], xs: Any
     from gradpaths._explain import explain
 
     if not isinstance(model, Bidirectional):
-        raise TypeError(f"model: expected a gp.Bidirectional, got {type(model).__name__}")
+        raise InputTypeError(f"model: expected a gp.Bidirectional, got {type(model).__name__}")
     if not isinstance(params, (tuple, list)) or len(params) != 2:
-        raise TypeError("params: expected the pair (forward params, reverse params), "
+        raise InputTypeError("params: expected the pair (forward params, reverse params), "
                         f"got {type(params).__name__}")
     f0, r0 = (None, None) if state0 is None else state0
     xs = jnp.asarray(xs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from gradpaths._checks import InputError
 from gradpaths._stack import Bidirectional, Stack
 from gradpaths.interop import _common
 
@@ -40,16 +41,16 @@ def recurrent_layers(model: Any) -> list[Any] | None:
     kinds = [any(n in _RECURRENT for n in _common.class_names(layer)) for layer in layers]
     picked = [k for k, rec in enumerate(kinds) if rec]
     if not picked:
-        raise ValueError(f"source: {type(model).__name__} holds no recurrent layer")
+        raise InputError(f"source: {type(model).__name__} holds no recurrent layer")
     between = [layers[k] for k in range(picked[0], picked[-1] + 1) if not kinds[k]]
     if between:
-        raise ValueError(
+        raise InputError(
             f"source: {type(between[0]).__name__} {getattr(between[0], 'name', '')!r} sits "
             "between recurrent layers; a Stack feeds each recurrent layer the one below")
     chosen = [layers[k] for k in picked]
     for layer in chosen[:-1]:
         if getattr(layer, "return_sequences", True) is False:
-            raise ValueError(
+            raise InputError(
                 f"source: layer {getattr(layer, 'name', type(layer).__name__)!r} has "
                 "return_sequences=False, so the layer above reads its last step only: "
                 "not a stack of recurrences")
@@ -66,7 +67,7 @@ def stack_of(importer: Callable[..., tuple[Any, Any]], sources: Sequence[Any],
         except (ValueError, TypeError) as err:
             raise type(err)(f"layers[{k}]: {err}") from err
         if isinstance(cell, (Stack, Bidirectional)):
-            raise ValueError(
+            raise InputError(
                 f"layers[{k}]: is a {type(cell).__name__}; a Stack takes single-direction "
                 "layers (a bidirectional layer couples the directions of the layers above)")
         cells.append(cell)

@@ -295,7 +295,7 @@ def _whole(layout: _Layout, layer: int | None, direction: str | None) -> str | N
 
 
 def _refuse_bidirectional(layout: _Layout) -> None:
-    raise ValueError(
+    raise _checks.InputError(
         f"layer=None: the state dict is a {len(layout.layers)}-layer bidirectional module, "
         "whose layer k reads both directions' outputs of layer k-1 at every step (the "
         "reverse ones exist only after the whole sequence), so it is no single recurrence; "
