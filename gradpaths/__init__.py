@@ -31,6 +31,13 @@ from gradpaths._jacobians import (
     unroll as unroll,
 )
 from gradpaths._state import Layout as Layout
+from gradpaths._stack import (
+    Bidirectional as Bidirectional,
+    BidirectionalExplanation as BidirectionalExplanation,
+    Stack as Stack,
+    StackState as StackState,
+    explain_bidirectional as explain_bidirectional,
+)
 
 # --- routes, products, spectra, explanation
 from gradpaths._routes import route_jacobians as route_jacobians
