@@ -107,7 +107,7 @@ def test_sweep_default(capsys):
     # Forget gates below 1 never amplify; with a large R_o and b_f >= 3 the whole grows.
     assert (carousel < 0).all()
     assert full[-1, -1] > 0.01 and full[0, 0] < -0.1
-    assert data["regions"][-1][-1] == "interaction" and data["regions"][0][0] == "vanish"
+    assert data["regions"][-1][-1] == "interaction" and data["regions"][0][0] == "vanishes"
 
 
 def test_train_default(capsys):
@@ -173,7 +173,7 @@ def test_explain_report_folder(small_report):
                "route_use_counts", "gate_saturation"]
     assert report["figures"]["files"] == [f"{f}.png" for f in figures]
     assert report["figures"]["heatmap_step"] == ex.peak_steps[0][0]
-    assert report["figures"]["route_use_counts"]["route"] == ex.driver["dominant"]
+    assert report["figures"]["route_use_counts"]["route"] == ex.driver.dominant
     assert len(report["figures"]["lyapunov_spectrum"]) == 16
     assert_close(report["figures"]["lyapunov_spectrum"][0], ex.exponent, scale=1e6)
     md = (out_dir / "report.md").read_text()
