@@ -273,7 +273,7 @@ def _driver(rows: dict[str, GrowthRow], cell: Cell, margin: float) -> Driver:
 
     def of(kind: str) -> dict[str, float]:
         return {s.focus: rows[s.name].exponent for s in sets
-                if s.kind == kind and s.name in rows}
+                if s.kind == kind and s.name in rows and s.focus is not None}
 
     return _routesets.classify(rows["full"].exponent, of("alone"), of("all but"),
                                of("with carousel"), margin=margin)
@@ -324,7 +324,7 @@ def _verdict(rows: dict[str, GrowthRow], driver: Driver, margin: float,
                      + (" (forget gates below 1 never amplify): the cell-state path carries "
                         "the signal but does not amplify it." if carries else "."))
     kind, dom = driver.kind, driver.route
-    if kind == "route":
+    if kind == "route" and dom is not None:
         parts.append(f"{_sentence(_edge(dom))} grows on its own at "
                      f"{rows[dom].exponent:+.4f} nats/step: its recurrent matrix is multiplied "
                      "step after step, as a vanilla RNN's W is.")

@@ -48,7 +48,7 @@ def _colour(name: str, k: int) -> str:
     if name in _ROUTE_COLOURS:
         return _ROUTE_COLOURS[name]
     focus = _routesets.describe(name)[1]
-    return _ROUTE_COLOURS.get(focus, _CYCLE[k % len(_CYCLE)])
+    return _ROUTE_COLOURS.get(focus or "", _CYCLE[k % len(_CYCLE)])
 
 
 _LINESTYLES = {"all but": "--", "with carousel": "-.", "set": "-."}

@@ -23,7 +23,7 @@ These are structural (``typing.Protocol``): a cell need not inherit from them, a
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, TypeGuard, runtime_checkable
 
 import jax
 
@@ -129,12 +129,12 @@ class SaturatingCell(Protocol):
         ...
 
 
-def has_routes(cell: Any) -> bool:
+def has_routes(cell: Any) -> TypeGuard[RoutedCell]:
     """True when ``cell`` names at least one route (a non-empty ``routes`` tuple)."""
     return isinstance(getattr(cell, "routes", None), tuple) and len(cell.routes) > 0
 
 
-def has_activations(cell: Any) -> bool:
+def has_activations(cell: Any) -> TypeGuard[SaturatingCell]:
     """True when ``cell`` reports its activations (:class:`SaturatingCell`)."""
     return (isinstance(getattr(cell, "activation_names", None), tuple)
             and callable(getattr(cell, "activations", None)))

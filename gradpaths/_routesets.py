@@ -104,7 +104,7 @@ class RouteSet(NamedTuple):
             return block(out[1:])
         routes = tuple(cell.routes) if has_routes(cell) else ()
         if kind == "all but":
-            if focus not in routes:
+            if focus is None or focus not in routes:
                 raise ValueError(f"route set: {text!r} cuts {focus!r}; expected one of {routes}")
             if len(routes) < 2:
                 raise ValueError(f"route set: {text!r} leaves no route")

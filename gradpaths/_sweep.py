@@ -60,7 +60,7 @@ class Sweep:
     def routes(self) -> tuple[str, ...]:
         """The routes (the focus of each single-route sequence)."""
         return tuple(focus for kind, focus in map(_routesets.describe, self.names)
-                     if kind == "alone")
+                     if kind == "alone" and focus is not None)
 
     def drivers(self, margin: float = DEFAULT_MARGIN) -> np.ndarray:
         """(G, F) object array of :class:`gradpaths.Driver`: the driver rule
@@ -72,8 +72,9 @@ class Sweep:
         full = self.exponent("full")
         out = np.empty(full.shape, dtype=object)
         for a, b in np.ndindex(*full.shape):
-            out[a, b] = _routesets.classify(full[a, b], {r: v[a, b] for r, v in alone.items()},
-                                            {r: v[a, b] for r, v in cut.items()}, margin=margin)
+            out[a, b] = _routesets.classify(
+                float(full[a, b]), {r: float(v[a, b]) for r, v in alone.items()},
+                {r: float(v[a, b]) for r, v in cut.items()}, margin=margin)
         return out
 
     def regions(self, margin: float = DEFAULT_MARGIN) -> np.ndarray:

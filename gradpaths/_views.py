@@ -17,6 +17,7 @@ import numpy as np
 from gradpaths import _checks, _inputs, _products, _protocols, _routes, _routesets
 from gradpaths._jacobians import _unroll
 from gradpaths._operator import Spec
+from gradpaths._protocols import Cell, SaturatingCell
 from gradpaths._state import Layout
 
 Array = jax.Array
@@ -24,7 +25,7 @@ Array = jax.Array
 # --------------------------------------------------------------------------- route sets
 
 
-def default_sets(cell: Any) -> tuple[str, ...]:
+def default_sets(cell: Cell) -> tuple[str, ...]:
     """The route sets a growth-curve figure shows by default.
 
     ``full``; with routes, ``carousel`` (when the cell has one) and ``all but r``
@@ -36,7 +37,7 @@ def default_sets(cell: Any) -> tuple[str, ...]:
                  or (s.kind == "all but" and s.focus != "carousel"))
 
 
-def _specs(cell: Any, layout: Layout, sets: Any) -> tuple[tuple[str, ...], tuple[Spec, ...]]:
+def _specs(cell: Cell, layout: Layout, sets: Any) -> tuple[tuple[str, ...], tuple[Spec, ...]]:
     if sets is None:
         sets = default_sets(cell)
     if isinstance(sets, str):
@@ -54,7 +55,7 @@ def _specs(cell: Any, layout: Layout, sets: Any) -> tuple[tuple[str, ...], tuple
     return names, specs
 
 
-def growth_curves(cell: Any, params: Any, xs: Any, state0: Any = None, *,
+def growth_curves(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
                   sets: Sequence[str] | Mapping[str, Iterable[str] | None] | None = None
                   ) -> dict[str, np.ndarray]:
     r"""Growth curves of several route sets along one trajectory, in one pass.
@@ -96,7 +97,7 @@ def growth_curves(cell: Any, params: Any, xs: Any, state0: Any = None, *,
 # --------------------------------------------------------------------------- saturation
 
 
-def gate_fractions(cell: Any, params: Any, prev: Any, xs: Array) -> dict[str, tuple]:
+def gate_fractions(cell: SaturatingCell, params: Any, prev: Any, xs: Array) -> dict[str, tuple]:
     r"""Per step, the fraction of units saturated at each end of every activation.
 
     A unit is saturated where its activation's slope is below
@@ -156,7 +157,8 @@ def _saturation(cell, params, xs, state0):
     return gate_fractions(cell, params, prev, xs)
 
 
-def gate_saturation(cell: Any, params: Any, xs: Any, state0: Any = None) -> GateSaturation:
+def gate_saturation(cell: SaturatingCell, params: Any, xs: Any, state0: Any = None
+                    ) -> GateSaturation:
     """How saturated each gate is at each step of the trajectory.
 
     Args:

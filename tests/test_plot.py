@@ -1,12 +1,11 @@
-"""Figures: each plot function returns a Figure with the expected axes, labels and data;
-and the numbers behind them (growth curves of many route sets, saturation over time)."""
+"""Figures: each plot function returns a Figure with the expected axes, labels and data
+(the numbers behind them are tested in test_views.py, test_sweep.py and others)."""
 
 from __future__ import annotations
 
 import matplotlib
 import numpy as np
 import pytest
-from cells import lstm_saturation_numpy
 from helpers import assert_close
 from matplotlib.figure import Figure
 
@@ -35,43 +34,6 @@ def test_plot_namespace_is_lazy_and_explicit():
 
 
 # --------------------------------------------------------------------------- growth curves
-
-
-def test_growth_curves_match_growth_curve(model):
-    """One pass over many sets gives what growth_curve gives set by set."""
-    cell, params, xs, ex = model
-    curves = gp.growth_curves(cell, params, xs)
-    assert list(curves) == ["full", "carousel", "all but z", "all but i", "all but f",
-                            "all but o"]
-    assert_close(curves["full"], gp.growth_curve(cell, params, xs), scale=1e3)
-    assert_close(curves["all but o"], gp.growth_curve(cell, params, xs,
-                                                      routes=("carousel", "z", "i", "f")),
-                 scale=1e3)
-    # The horizon growth of the explanation is the last point of the curve started
-    # after the warm-up, over the window's length.
-    routes = {"full": None, "carousel": ("carousel",), "all but o": ("carousel", "z", "i", "f")}
-    for name, chosen in routes.items():
-        after = gp.growth_curve(cell, params, xs, routes=chosen, start=WARMUP)
-        assert_close(after[-1] / (T - WARMUP), ex.row(name).horizon, scale=1e3)
-    blocks = gp.growth_curves(cell, params, xs, sets=["dc/dc", "carousel+o", "o"])
-    assert_close(blocks["dc/dc"], gp.growth_curve(cell, params, xs, block=("c", "c")), scale=1e3)
-    # The carousel product is diagonal-block: check against a plain numpy product.
-    J = np.asarray(gp.route_jacobians(cell, params, xs)["carousel"].matrix)
-    P, direct = np.eye(2 * N), []
-    for t in range(T):
-        P = J[t] @ P
-        direct.append(np.log(np.linalg.norm(P, 2)))
-    assert_close(curves["carousel"], direct, scale=1e3)
-
-
-def test_growth_curves_errors(model):
-    cell, params, xs, _ = model
-    with pytest.raises(ValueError, match="expected one of"):
-        gp.growth_curves(cell, params, xs, sets=["all but q"])
-    with pytest.raises(TypeError, match="string"):
-        gp.growth_curves(cell, params, xs, sets="full")
-    with pytest.raises(ValueError, match="distinct"):
-        gp.growth_curves(cell, params, xs, sets=["full", "full"])
 
 
 def test_plot_growth_curves(model):
@@ -125,14 +87,6 @@ def test_plot_step_spectra_marks_input_events(model):
     assert ax.get_xlabel() == "step t"
     with pytest.raises(ValueError, match="events"):
         gp.plot.step_spectra(spectra, events=[T])
-
-
-def test_input_events():
-    xs = np.zeros((10, 2))
-    xs[[2, 7, 4], 0] = [5.0, 3.0, 4.0]
-    np.testing.assert_array_equal(gp.input_events(xs, top=2), [2, 4])
-    np.testing.assert_array_equal(gp.input_events(xs, top=5), [2, 4, 7])   # zeros never count
-    assert gp.input_events(np.zeros((4, 0))).size == 0
 
 
 # --------------------------------------------------------------------------- Jacobian blocks
@@ -199,25 +153,6 @@ def test_plot_route_use_counts(model):
 
 
 # --------------------------------------------------------------------------- saturation
-
-
-def test_gate_saturation_against_numpy(model):
-    """Step by step, the saturated fractions equal a plain numpy count over the LSTM's
-    gates; their means over all steps (the warm-up included) are what explain reports."""
-    cell, params, xs, ex = model
-    sat = gp.gate_saturation(cell, params, xs)
-    states = gp.unroll(cell, params, xs)
-    expected = lstm_saturation_numpy(params, gp.LSTMState(states.c[:-1], states.h[:-1]), xs)
-    assert sat.gates == ("z", "i", "f", "o", "tanh(c)") == tuple(expected)
-    assert sat.low.shape == sat.high.shape == (T, 5)
-    for k, g in enumerate(sat.gates):
-        assert_close(sat.low[:, k], expected[g][0], err_msg=g)
-        assert_close(sat.high[:, k], expected[g][1], err_msg=g)
-    assert sat.high.max() > 0 and sat.low.max() > 0       # both ends are exercised
-    for k, g in enumerate(sat.gates):
-        assert_close(ex.saturation[g]["high"], sat.high[:, k].mean())
-    with pytest.raises(TypeError, match="reports its activations"):
-        gp.gate_saturation(object(), params, xs)
 
 
 def test_plot_gate_saturation(model):
