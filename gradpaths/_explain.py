@@ -200,6 +200,10 @@ def growth_table(ex: Explanation, fmt: str = "text") -> list[str]:
         mark = "*" if not r.horizon_converged else ("" if markdown else " ")
         rows.append([f"`{r.name}`" if markdown else r.name, f"{r.exponent:+.4f}",
                      f"{r.horizon:+.4f}{mark}", fold])
+    if markdown:            # the report also names each row's kind of route set
+        columns.insert(1, _render.Column("kind", 0))
+        for row, r in zip(rows, ex.rows, strict=True):
+            row.insert(1, r.kind)
     lines = _render.table(columns, rows, fmt)
     notes = [] if markdown else [f"({ex.horizon_note})"]
     if not all(r.horizon_converged for r in ex.rows):
@@ -262,13 +266,14 @@ def render(ex: Explanation, fmt: str = "text", *, source: str | None = None) -> 
 
 def dominant_route(full: float, alone: dict[str, float], cut: dict[str, float],
                    margin: float = DEFAULT_MARGIN) -> str | None:
-    """``classify(full, alone, cut, margin=margin).dominant``, kept for callers
-    written before :func:`gradpaths._routesets.classify`; new code calls that."""
-    return _routesets.classify(full, alone, cut, margin=margin).dominant
+    """``classify(full, alone, cut, margin=margin).cut``: the route whose removal lowers
+    the exponent most, the carousel left out unless it grows alone. Kept for training
+    events until they call :func:`gradpaths.classify` themselves."""
+    return _routesets.classify(full, alone, cut, margin=margin).cut
 
 
 def _driver(rows: dict[str, GrowthRow], cell: Cell, margin: float) -> Driver:
-    """The driver rule (:func:`gradpaths._routesets.classify`) on the measured rows."""
+    """The driver rule (:func:`gradpaths.classify`) on the measured rows."""
     sets = _routesets.standard_sets(cell, kinds=("alone", "with carousel", "all but"))
 
     def of(kind: str) -> dict[str, float]:

@@ -64,7 +64,7 @@ class Sweep:
 
     def drivers(self, margin: float = DEFAULT_MARGIN) -> np.ndarray:
         """(G, F) object array of :class:`gradpaths.Driver`: the driver rule
-        (:func:`gradpaths._routesets.classify`, the rule of :func:`gradpaths.explain`)
+        (:func:`gradpaths.classify`, the rule of :func:`gradpaths.explain`)
         at every grid point."""
         routes = self.routes
         cut = {r: self.exponent(f"all but {r}") for r in routes if f"all but {r}" in self.names}

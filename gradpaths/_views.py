@@ -101,7 +101,7 @@ def gate_fractions(cell: SaturatingCell, params: Any, prev: Any, xs: Array) -> d
     r"""Per step, the fraction of units saturated at each end of every activation.
 
     A unit is saturated where its activation's slope is below
-    ``SATURATION_SLOPE = 0.1`` of its maximum (:class:`gradpaths._protocols.Activation`:
+    ``SATURATION_SLOPE = 0.1`` of its maximum (:class:`gradpaths.Activation`:
     a sigmoid below 0.0256 or above 0.9744, ``|tanh|`` above 0.9487, a ReLU at or
     below 0), at the low end where its pre-activation is ``<= 0``, else the high end.
     Traceable.
@@ -163,7 +163,7 @@ def gate_saturation(cell: SaturatingCell, params: Any, xs: Any, state0: Any = No
 
     Args:
       cell: a cell that reports its activations (the built-in ``LSTM``, ``GRU``,
-        ``RNN``: :class:`gradpaths._protocols.SaturatingCell`); params, xs (T, m),
+        ``RNN``: :class:`gradpaths.SaturatingCell`); params, xs (T, m),
         state0 as in :func:`gradpaths.unroll`.
 
     Returns:

@@ -32,15 +32,16 @@ def test_text_and_markdown_tables_carry_the_same_numbers():
     markdown = _explain.growth_table(ex, "markdown")
     assert text[0].split() == ["Jacobian", "sequence", "top", "exponent", "horizon", "growth",
                                "e-fold", "steps"]
-    assert markdown[0] == ("| Jacobian sequence | top exponent (nats/step) | horizon growth "
-                           "(nats/step) | e-fold steps |")
+    assert markdown[0] == ("| Jacobian sequence | kind | top exponent (nats/step) | horizon "
+                           "growth (nats/step) | e-fold steps |")
     expected = [["full", "+0.0512", "+0.0498", "19.5"], ["carousel", "-0.2500", "-0.2600", "4"],
                 ["o", "-inf", "-inf", "-"], ["all but o", "-0.0310", "-0.0200*", "32.3"]]
     body = [line for line in text if line[:1].isalpha() and not line.startswith("Jacobian")]
     assert [line.replace("all but o", "all_but_o").split() for line in body] == [
         [c.replace("all but o", "all_but_o") for c in row] for row in expected]
     cells = [[c.strip().strip("`") for c in line.strip("|").split("|")] for line in markdown[2:6]]
-    assert cells == expected
+    assert [row[:1] + row[2:] for row in cells] == expected
+    assert [row[1] for row in cells] == ["full", "alone", "alone", "all but"]
     for lines in (text, markdown):      # the notes: lower bound and exactly zero
         assert any("not converged" in t for t in lines)
         assert any("-inf: that product is exactly zero" in t for t in lines)
