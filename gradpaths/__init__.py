@@ -19,6 +19,13 @@ from gradpaths._cells import (
     RNNParams as RNNParams,
     RNNState as RNNState,
 )
+from gradpaths._protocols import (
+    Activation as Activation,
+    Cell as Cell,
+    ClosedFormCell as ClosedFormCell,
+    RoutedCell as RoutedCell,
+    SaturatingCell as SaturatingCell,
+)
 from gradpaths._checks import (
     InputError as InputError,
     InputTypeError as InputTypeError,
@@ -60,6 +67,12 @@ from gradpaths._explain import (
     Explanation as Explanation,
     GrowthRow as GrowthRow,
     explain as explain,
+)
+from gradpaths._routesets import (
+    Driver as Driver,
+    RouteSet as RouteSet,
+    classify as classify,
+    standard_sets as standard_sets,
 )
 from gradpaths._examples import (
     exploding_lstm as exploding_lstm,

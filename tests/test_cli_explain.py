@@ -102,7 +102,7 @@ def test_explain_report_folder(small_report):
                "route_use_counts", "gate_saturation"]
     assert report["figures"]["files"] == [f"{f}.png" for f in figures]
     assert report["figures"]["heatmap_step"] == ex.peak_steps[0][0]
-    assert report["figures"]["route_use_counts"]["route"] == ex.driver["dominant"]
+    assert report["figures"]["route_use_counts"]["route"] == ex.driver.dominant
     assert len(report["figures"]["lyapunov_spectrum"]) == 16
     assert_close(report["figures"]["lyapunov_spectrum"][0], ex.exponent, scale=1e6)
     md = (out_dir / "report.md").read_text()
