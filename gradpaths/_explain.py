@@ -264,14 +264,6 @@ def render(ex: Explanation, fmt: str = "text", *, source: str | None = None) -> 
 # --------------------------------------------------------------------------- verdict
 
 
-def dominant_route(full: float, alone: dict[str, float], cut: dict[str, float],
-                   margin: float = DEFAULT_MARGIN) -> str | None:
-    """``classify(full, alone, cut, margin=margin).cut``: the route whose removal lowers
-    the exponent most, the carousel left out unless it grows alone. Kept for training
-    events until they call :func:`gradpaths.classify` themselves."""
-    return _routesets.classify(full, alone, cut, margin=margin).cut
-
-
 def _driver(rows: dict[str, GrowthRow], cell: Cell, margin: float) -> Driver:
     """The driver rule (:func:`gradpaths.classify`) on the measured rows."""
     sets = _routesets.standard_sets(cell, kinds=("alone", "with carousel", "all but"))
