@@ -145,6 +145,13 @@ def check_key(key: Any, name: str = "key") -> jax.Array:
                          f"got {type(key).__name__} {key!r}")
 
 
+def key_data(key: Any, name: str = "key") -> jax.Array:
+    """The raw ``uint32`` data of :func:`check_key`'s key: what jitted functions take,
+    so that a new key does not recompile (:func:`gradpaths._products.as_key` wraps it
+    back)."""
+    return jax.random.key_data(check_key(key, name))
+
+
 def check_choice(value: Any, name: str, choices: Iterable[str]) -> str:
     choices = tuple(choices)
     if value not in choices:

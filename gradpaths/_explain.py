@@ -39,8 +39,8 @@ from gradpaths._views import gate_fractions
 # --------------------------------------------------------------------------- traced part
 
 
-def _analyse_one(cell, params, xs, state0, *, specs, warmup, seed, horizon):
-    growth = _lyapunov.growth_many(cell, params, xs, state0, specs, warmup=warmup, seed=seed,
+def _analyse_one(cell, params, xs, state0, key, *, specs, warmup, horizon):
+    growth = _lyapunov.growth_many(cell, params, xs, state0, specs, warmup=warmup, key=key,
                                    horizon=horizon)
     return dict(
         exponent=growth.exponent,
@@ -53,8 +53,8 @@ def _analyse_one(cell, params, xs, state0, *, specs, warmup, seed, horizon):
     )
 
 
-def _analyse_batch(cell, params, xs, state0, **kw):
-    return jax.vmap(lambda x: _analyse_one(cell, params, x, state0, **kw))(xs)
+def _analyse_batch(cell, params, xs, state0, key, **kw):
+    return jax.vmap(lambda x: _analyse_one(cell, params, x, state0, key, **kw))(xs)
 
 
 # --------------------------------------------------------------------------- result
@@ -351,7 +351,7 @@ def _verdict(rows: dict[str, GrowthRow], driver: Driver, margin: float,
 
 
 def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int = 0,
-            margin: float = DEFAULT_MARGIN, top_steps: int = 5, top_units: int = 5, seed: int = 0,
+            margin: float = DEFAULT_MARGIN, top_steps: int = 5, top_units: int = 5, key: Any = 0,
             shard: bool = True, horizon: str = "power") -> Explanation:
     """Explain where the gradients of ``cell`` explode or vanish along ``xs``.
 
@@ -363,7 +363,7 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
       warmup: steps left out of the exponents, ``0 <= warmup < T``.
       margin: exponents within ``+/- margin`` nats/step of 0 count as neutral.
       top_steps, top_units: how many peak steps and leading units to report.
-      seed: the random start of the tangent vectors.
+      key: the random start of the tangent vectors: a PRNG key or an int seed.
       shard: shard a batch over ``jax.devices()`` when there are several.
       horizon: how the horizon growth ``log ||J_{T-1} ... J_w||_2 / (T - w)`` is
         computed. ``"power"`` (default): matrix-free power iteration on the window's
@@ -400,7 +400,7 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
         raise ValueError(f"warmup: expected 0 <= warmup < T = {T}, got {warmup}")
     top_steps = _checks.check_positive_int(top_steps, "top_steps")
     top_units = _checks.check_positive_int(top_units, "top_units")
-    seed = _checks.check_positive_int(seed, "seed", allow_zero=True)
+    key = _checks.key_data(key)
     if isinstance(margin, bool) or not (isinstance(margin, (int, float)) and margin >= 0):
         raise ValueError(f"margin: expected a number >= 0, got {margin!r}")
 
@@ -408,8 +408,8 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
     if shard:
         xs = _inputs.shard_batch(xs)
     _checks.check_choice(horizon, "horizon", _lyapunov.HORIZONS)
-    out = _inputs.call(_analyse_batch, cell, p.params, xs, p.state0,
-                       specs=tuple(s.spec for s in sets), warmup=warmup, seed=seed,
+    out = _inputs.call(_analyse_batch, cell, p.params, xs, p.state0, key,
+                       specs=tuple(s.spec for s in sets), warmup=warmup,
                        horizon=horizon)
     out = jax.tree_util.tree_map(lambda a: np.asarray(a)[:B], out)
     for key in ("exponent", "horizon", "units"):

@@ -1,7 +1,7 @@
 r"""Lyapunov exponents of the step-Jacobian sequence, streamed through time.
 
 The top ``k`` exponents are the growth rates of ``k``-dimensional volumes under
-the products ``J_{t-1} ... J_0`` (docs/maths.md). From a seeded random orthonormal
+the products ``J_{t-1} ... J_0`` (docs/maths.md). From a random orthonormal
 frame ``Q_0`` (d, k), push ``Z = J_t Q_t``, re-orthonormalise ``Z = Q_{t+1} R_t``
 (R's diagonal made positive) and average the logs:
 
@@ -87,11 +87,11 @@ class Growth(NamedTuple):
 HORIZONS = ("power", "exact")
 
 
-def _starts(layout, specs, seed, dtype):
+def _starts(layout, specs, key, dtype):
     """(d, S) unit start vectors, each in its spec's block (zeros outside)."""
     cols = []
     for spec in specs:
-        v = orthonormal_start(seed, spec_size(layout, spec), 1, dtype)
+        v = orthonormal_start(key, spec_size(layout, spec), 1, dtype)
         if spec.block is not None:
             v = jnp.zeros((layout.size, 1), dtype).at[layout.slice(spec.block[0])].set(v)
         cols.append(v)
@@ -105,7 +105,7 @@ def _normalise_columns(V):
 
 
 def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[Any], *,
-                warmup: int = 0, seed: int = 0, horizon: str | None = "power",
+                warmup: int = 0, key: Any = 0, horizon: str | None = "power",
                 tol: float | None = None, max_sweeps: int = 100) -> Growth:
     r"""Top exponent, horizon growth and local stretching of several specs, matrix-free.
 
@@ -141,7 +141,8 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
       ``||M||_2`` by SVD at the end; certified, for small ``d`` or reference use.
 
     Traceable: call it on inputs from ``_inputs.prepare``, inside ``_inputs.call``
-    (``specs``, ``warmup``, ``seed`` and the options static). A step at which a
+    (``specs``, ``warmup`` and the options static; ``key`` a PRNG key, an int or
+    raw key data, traced or not). A step at which a
     pushed vector is exactly 0 gives ``local = -inf`` there (and the direction is kept).
 
     Returns:
@@ -162,7 +163,7 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         tol = 1e-9 if dtype == jnp.float64 else 5e-5
     S = len(specs)
     op = step_operator(cell, params, layout, specs)
-    start = _starts(layout, specs, seed, dtype)
+    start = _starts(layout, specs, key, dtype)
     window = T - warmup
     zeros = jnp.zeros((S,), dtype)
 
@@ -280,7 +281,7 @@ def _exact_horizon(op, specs, layout, states, xs, warmup, dtype):
 # --------------------------------------------------------------------------- QR method
 
 
-def _qr_logs(cell, params, xs, state0, warmup, seed, *, spec, k, method, reorth_every,
+def _qr_logs(cell, params, xs, state0, warmup, key, *, spec, k, method, reorth_every,
              per_step):
     """Scan of the QR method. Returns the summed ``log |R_ii|`` over steps ``>= warmup``
     (k,), or with ``per_step`` the (T, k) logs of every step (``reorth_every`` = 1)."""
@@ -294,7 +295,7 @@ def _qr_logs(cell, params, xs, state0, warmup, seed, *, spec, k, method, reorth_
     method_qr = default_method()
 
     def qr(Z, t):
-        return orthonormalise(Z, seed, t, method=method_qr)
+        return orthonormalise(Z, key, t, method=method_qr)
 
     def skip(Z, t):
         return Z, jnp.ones((k,), Z.dtype)
@@ -321,22 +322,22 @@ def _qr_logs(cell, params, xs, state0, warmup, seed, *, spec, k, method, reorth_
         return (state, Q, total, comp, overflow), None
 
     zeros = jnp.zeros((k,), dtype)
-    init = (state0, orthonormal_start(seed, size, k, dtype), zeros, zeros, jnp.array(False))
+    init = (state0, orthonormal_start(key, size, k, dtype), zeros, zeros, jnp.array(False))
     (_, _, total, comp, overflow), logs = jax.lax.scan(body, init, (jnp.arange(T), xs))
     return (logs if per_step else total - comp), overflow
 
 
-def _exponents(cell, params, xs, state0, warmup, seed, **kw):
-    # warmup and seed are traced: changing them does not recompile
-    total, overflow = _qr_logs(cell, params, xs, state0, warmup, seed, per_step=False, **kw)
+def _exponents(cell, params, xs, state0, warmup, key, **kw):
+    # warmup and key are traced: changing them does not recompile
+    total, overflow = _qr_logs(cell, params, xs, state0, warmup, key, per_step=False, **kw)
     return jnp.sort(total / (xs.shape[0] - warmup).astype(total.dtype))[::-1], overflow
 
 
-def _exponents_batch(cell, params, xs, state0, warmup, seed, **kw):
-    return jax.vmap(lambda x: _exponents(cell, params, x, state0, warmup, seed, **kw))(xs)
+def _exponents_batch(cell, params, xs, state0, warmup, key, **kw):
+    return jax.vmap(lambda x: _exponents(cell, params, x, state0, warmup, key, **kw))(xs)
 
 
-def _check_common(cell, params, xs, state0, routes, block, k, method, seed):
+def _check_common(cell, params, xs, state0, routes, block, k, method, key):
     p = _inputs.prepare(cell, params, xs, state0)
     spec = check_spec(cell, p.layout, routes, block)
     size = spec_size(p.layout, spec)
@@ -345,19 +346,17 @@ def _check_common(cell, params, xs, state0, routes, block, k, method, seed):
         if k > size:
             raise ValueError(f"k: expected 1 <= k <= {size} (the Jacobian's size), got {k}")
     method = choose_method(method, size, k)
-    seed = _checks.check_positive_int(seed, "seed", allow_zero=True)
-    if seed >= 2**32:
-        raise ValueError(f"seed: expected 0 <= seed < 2**32, got {seed}")
-    return p, spec, size if k is None else k, method, seed
+    key = _checks.key_data(key)
+    return p, spec, size if k is None else k, method, key
 
 
 def lyapunov_exponents(cell: Any, params: Any, xs: Any, state0: Any = None, *,
                        k: int | None = None, warmup: int = 0,
                        routes: Iterable[str] | None = None, block: Any = None,
-                       method: str = "auto", seed: int = 0, reorth_every: int = 1) -> Array:
+                       method: str = "auto", key: Any = 0, reorth_every: int = 1) -> Array:
     r"""Top ``k`` Lyapunov exponents of the step Jacobians along the trajectory.
 
-    QR method (module docstring): push a seeded random orthonormal frame
+    QR method (module docstring): push a random orthonormal frame
     ``Q`` (size, k) through ``Z = J_t Q``, re-orthonormalise ``Z = Q' R``
     (positive diagonal) every ``reorth_every`` steps (and at the end of the
     warm-up and of the sequence), and average ``log |R_ii|`` over steps
@@ -381,8 +380,9 @@ def lyapunov_exponents(cell: Any, params: Any, xs: Any, state0: Any = None, *,
       method: ``"jvp"`` (push k tangents, never form the matrix), ``"matrix"``
         (form the (size, size) Jacobian in the scan) or ``"auto"`` (matrix when
         ``k`` is None or ``2 k >= size``, else jvp). All agree to round-off.
-      seed: the random start frame (column ``j`` depends on ``seed`` and ``j``
-        only, so the top k for any k agree with the first k of the full set).
+      key: the random start frame, a PRNG key (``jax.random.key(0)``) or an int
+        seed (column ``j`` depends on ``key`` and ``j`` only, so the top k for any k
+        agree with the first k of the full set).
       reorth_every: steps between QR factorisations (1: every step, the safe
         default). Between them the columns grow, shrink and align freely: once
         ``exp(reorth_every * (lambda_1 - lambda_k))`` passes ``1 / eps`` the k-th
@@ -403,8 +403,8 @@ def lyapunov_exponents(cell: Any, params: Any, xs: Any, state0: Any = None, *,
     batched = raw.ndim == 3
     if batched and raw.shape[0] < 1:
         raise ValueError(f"xs: expected a batch of at least one sequence, got {raw.shape}")
-    p, spec, k, method, seed = _check_common(cell, params, raw[0] if batched else raw, state0,
-                                             routes, block, k, method, seed)
+    p, spec, k, method, key = _check_common(cell, params, raw[0] if batched else raw, state0,
+                                            routes, block, k, method, key)
     T = p.xs.shape[0]
     warmup = _checks.check_positive_int(warmup, "warmup", allow_zero=True)
     if warmup >= T:
@@ -415,12 +415,12 @@ def lyapunov_exponents(cell: Any, params: Any, xs: Any, state0: Any = None, *,
         B = raw.shape[0]
         batch = _inputs.shard_batch(jnp.asarray(raw, p.xs.dtype))
         out, overflow = _inputs.call(_exponents_batch, cell, p.params, batch, p.state0,
-                                     np.int32(warmup), np.uint32(seed), spec=spec, k=k,
+                                     np.int32(warmup), key, spec=spec, k=k,
                                      method=method, reorth_every=reorth_every)
         out, overflow = out[:B], jnp.any(overflow[:B])
     else:
         out, overflow = _inputs.call(_exponents, cell, p.params, p.xs, p.state0,
-                                     np.int32(warmup), np.uint32(seed), spec=spec, k=k,
+                                     np.int32(warmup), key, spec=spec, k=k,
                                      method=method, reorth_every=reorth_every)
     if _checks.is_concrete(overflow) and bool(overflow):
         raise _checks.NonFiniteError(
@@ -430,13 +430,13 @@ def lyapunov_exponents(cell: Any, params: Any, xs: Any, state0: Any = None, *,
     return check_result(out, "lyapunov_exponents")
 
 
-def _local(cell, params, xs, state0, seed, **kw):
-    return _qr_logs(cell, params, xs, state0, 0, seed, reorth_every=1, per_step=True, **kw)[0]
+def _local(cell, params, xs, state0, key, **kw):
+    return _qr_logs(cell, params, xs, state0, 0, key, reorth_every=1, per_step=True, **kw)[0]
 
 
 def local_stretching(cell: Any, params: Any, xs: Any, state0: Any = None, *,
                      k: int | None = None, routes: Iterable[str] | None = None,
-                     block: Any = None, method: str = "auto", seed: int = 0) -> Array:
+                     block: Any = None, method: str = "auto", key: Any = 0) -> Array:
     r"""Per-step log stretching rates of the leading tangent directions.
 
     ``out[t, i] = log |(R_t)_{ii}|`` from the QR method with re-orthonormalisation
@@ -452,9 +452,9 @@ def local_stretching(cell: Any, params: Any, xs: Any, state0: Any = None, *,
     Returns:
       (T,) or (T, k) nats, dtype of the inputs.
     """
-    p, spec, kk, method, seed = _check_common(cell, params, xs, state0, routes, block,
-                                              1 if k is None else k, method, seed)
-    out = _inputs.call(_local, cell, p.params, p.xs, p.state0, np.uint32(seed), spec=spec, k=kk,
+    p, spec, kk, method, key = _check_common(cell, params, xs, state0, routes, block,
+                                             1 if k is None else k, method, key)
+    out = _inputs.call(_local, cell, p.params, p.xs, p.state0, key, spec=spec, k=kk,
                        method=method)
     check_result(out, "local_stretching")
     return out[:, 0] if k is None else out
@@ -463,7 +463,7 @@ def local_stretching(cell: Any, params: Any, xs: Any, state0: Any = None, *,
 def finite_time_exponents(cell: Any, params: Any, xs: Any, state0: Any = None, *,
                           window: int, k: int | None = None,
                           routes: Iterable[str] | None = None, block: Any = None,
-                          method: str = "auto", seed: int = 0) -> Array:
+                          method: str = "auto", key: Any = 0) -> Array:
     r"""Lyapunov exponents over consecutive windows of ``window`` steps.
 
     ``out[w, i]`` is the mean of ``log |(R_t)_{ii}|`` over steps
@@ -480,13 +480,13 @@ def finite_time_exponents(cell: Any, params: Any, xs: Any, state0: Any = None, *
     Returns:
       (T // W, k) nats per step.
     """
-    p, spec, k, method, seed = _check_common(cell, params, xs, state0, routes, block, k,
-                                             method, seed)
+    p, spec, k, method, key = _check_common(cell, params, xs, state0, routes, block, k,
+                                            method, key)
     T = p.xs.shape[0]
     window = _checks.check_positive_int(window, "window")
     if window > T:
         raise ValueError(f"window: expected 1 <= window <= T = {T}, got {window}")
-    logs = _inputs.call(_local, cell, p.params, p.xs, p.state0, np.uint32(seed), spec=spec, k=k,
+    logs = _inputs.call(_local, cell, p.params, p.xs, p.state0, key, spec=spec, k=k,
                         method=method)
     windows = T // window
     means = jnp.mean(jnp.reshape(logs[: windows * window], (windows, window, k)), axis=1)

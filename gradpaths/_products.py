@@ -143,10 +143,23 @@ def advance(cell: Any, params: Any, xs: Array, state: Any) -> Any:
     return run(cell, params, xs, state, keep=False)
 
 
-def orthonormal_start(seed: int, size: int, k: int, dtype: Any) -> Array:
-    """A seeded random orthonormal (size, k) frame; column ``j`` depends on ``j`` only
-    (through ``fold_in``), so the first k columns agree for every k."""
-    key = jax.random.key(seed)
+def as_key(key: Any) -> Array:
+    """A typed PRNG key from a typed key, an int seed or raw key data (``uint32``,
+    as :func:`gradpaths._checks.key_data` gives; traced or not)."""
+    if isinstance(key, (int, np.integer)):
+        return jax.random.key(int(key))
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    if key.ndim == 0:                   # an integer seed, traced or not
+        return jax.random.key(key)
+    return jax.random.wrap_key_data(key)
+
+
+def orthonormal_start(key: Any, size: int, k: int, dtype: Any) -> Array:
+    """A random orthonormal (size, k) frame drawn from ``key`` (:func:`as_key`); column
+    ``j`` depends on ``j`` only (through ``fold_in``), so the first k columns agree for
+    every k."""
+    key = as_key(key)
     cols = jax.vmap(lambda j: jax.random.normal(jax.random.fold_in(key, j), (size,), dtype))(
         jnp.arange(k))
     return jnp.linalg.qr(cols.T)[0]
@@ -308,10 +321,11 @@ def qr_positive(A: Array) -> tuple[Array, Array]:
     return Q * sign[None, :], jnp.abs(diag)
 
 
-def fresh_directions(seed: Array, t: Array, size: int, k: int, dtype: Any) -> Array:
-    """Seeded random (size, k) directions for step ``t``: a generic replacement for
-    frame columns a step annihilated (never coordinate vectors)."""
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 0x5EED), t)
+def fresh_directions(seed: Any, t: Array, size: int, k: int, dtype: Any) -> Array:
+    """Random (size, k) directions for step ``t`` drawn from the key ``seed``
+    (:func:`as_key`): a generic replacement for frame columns a step annihilated (never
+    coordinate vectors)."""
+    key = jax.random.fold_in(jax.random.fold_in(as_key(seed), 0x5EED), t)
     return jax.random.normal(key, (size, k), dtype)
 
 
@@ -350,7 +364,7 @@ def qr_reseeded(Z: Array, seed: Array, t: Array) -> tuple[Array, Array]:
     return Q, jnp.where(lost & (diag == 0), floor, diag)
 
 
-def _product_singular_values(cell, params, xs, state0, *, spec, start, stop, seed, max_sweeps):
+def _product_singular_values(cell, params, xs, state0, key, *, spec, start, stop, max_sweeps):
     layout = layout_of(state0)
     size = spec_size(layout, spec)
     dtype = layout.ravel(state0).dtype
@@ -399,7 +413,7 @@ def _product_singular_values(cell, params, xs, state0, *, spec, start, stop, see
         moved = jnp.where(jnp.isnan(moved), jnp.inf, moved)
         return (it < max_sweeps) & (jnp.max(moved) > tol * scale)
 
-    Q0 = orthonormal_start(seed, size, size, dtype)
+    Q0 = orthonormal_start(key, size, size, dtype)
     nan = jnp.full((size,), jnp.nan, dtype)
     _, _, _, est = jax.lax.while_loop(cond, sweep, sweep((0, Q0, nan, nan)))
     return jnp.sort(est)[::-1]
@@ -407,7 +421,7 @@ def _product_singular_values(cell, params, xs, state0, *, spec, start, stop, see
 
 def product_singular_values(cell: Any, params: Any, xs: Any, state0: Any = None, *,
                             routes: Iterable[str] | None = None, block: Any = None,
-                            start: int = 0, stop: int | None = None, seed: int = 0,
+                            start: int = 0, stop: int | None = None, key: Any = 0,
                             max_sweeps: int = 50) -> Array:
     r"""Log singular values of the product over the window ``[start, stop)``.
 
@@ -419,7 +433,7 @@ def product_singular_values(cell: Any, params: Any, xs: Any, state0: Any = None,
     the largest). Orthogonal iteration on ``P^T P`` in product form: a forward
     sweep ``J_t Q = Q' R_t`` and a backward sweep ``J_t^T Q = Q' R'_t`` give
     ``P^T P Q = Q'' (prod R') (prod R)``, whose triangular diagonals are summed in
-    logs; sweeps repeat (from a seeded random orthonormal frame) until the
+    logs; sweeps repeat (from a random orthonormal frame) until the
     estimates move by less than round-off, at most ``max_sweeps`` times. Long
     windows converge in one or two sweeps (the gaps grow with the window).
 
@@ -430,7 +444,7 @@ def product_singular_values(cell: Any, params: Any, xs: Any, state0: Any = None,
       cell, params, xs, state0: as in :func:`gradpaths.unroll`.
       routes, block: which Jacobian sequence (as in :func:`growth_curve`).
       start, stop: the window, ``0 <= start < stop <= T`` (``stop`` None: T).
-      seed: the random start frame.
+      key: the random start frame: a PRNG key or an int seed.
       max_sweeps: cap on forward-backward sweeps.
 
     Returns:
@@ -439,10 +453,10 @@ def product_singular_values(cell: Any, params: Any, xs: Any, state0: Any = None,
     p = _inputs.prepare(cell, params, xs, state0)
     spec = check_spec(cell, p.layout, routes, block)
     start, stop = check_window(p.xs.shape[0], start, stop)
-    seed = _checks.check_positive_int(seed, "seed", allow_zero=True)
+    key = _checks.key_data(key)
     max_sweeps = _checks.check_positive_int(max_sweeps, "max_sweeps")
-    out = _inputs.call(_product_singular_values, cell, p.params, p.xs, p.state0, spec=spec,
-                       start=start, stop=stop, seed=seed, max_sweeps=max_sweeps)
+    out = _inputs.call(_product_singular_values, cell, p.params, p.xs, p.state0, key,
+                       spec=spec, start=start, stop=stop, max_sweeps=max_sweeps)
     return check_result(out, "product_singular_values")
 
 

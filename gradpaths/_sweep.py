@@ -3,7 +3,8 @@ gain and forget bias.
 
 One random LSTM, ``R_g ~ N(0, 1/n)`` and ``W_g ~ N(0, 1/m)`` drawn once, is scaled
 to every grid point: ``R_g -> gain * R_g`` for the routes in ``scaled`` (default
-``R_o``, the question's route; the other recurrent matrices keep ``base_gain``)
+``R_o``, the route through which :func:`gradpaths.exploding_lstm` explodes; the
+other recurrent matrices keep ``base_gain``)
 and ``b_f = forget bias``. Along one seeded input sequence ``x_t ~ N(0,
 input_scale^2)`` each point gets the top Lyapunov exponent (nats/step, after
 ``warmup``) of the full Jacobian product, of each route alone and of all routes
@@ -40,7 +41,8 @@ class Sweep:
       exponents: (G, F, S) top Lyapunov exponents, nats/step (``-inf`` where a
         route's product is exactly singular).
       scaled: the routes whose recurrent matrix the gain multiplies.
-      settings: hidden, inputs, steps, warmup, seed, input_scale, base_gain.
+      settings: hidden, inputs, steps, warmup, key (an int seed, or a key's raw data),
+        input_scale, base_gain.
     """
 
     gains: np.ndarray
@@ -157,14 +159,14 @@ def grid(sweep: Sweep, fmt: str = "text") -> list[str]:
     return _render.table(columns, rows, fmt)
 
 
-def _grid(cell, params, xs, state0, grid, *, scaled, specs, warmup, seed):
+def _grid(cell, params, xs, state0, grid, key, *, scaled, specs, warmup):
     def one(point):
         gain, bias = point[0], point[1]
         R = params.R._replace(**{g: gain * getattr(params.R, g) for g in scaled})
         b = params.b._replace(f=jnp.full_like(params.b.f, bias))
         p = params._replace(R=R, b=b)
         return _lyapunov.growth_many(cell, p, xs, state0, specs, warmup=warmup,
-                                     seed=seed, horizon=None).exponent
+                                     key=key, horizon=None).exponent
 
     return jax.vmap(one)(grid)
 
@@ -186,15 +188,16 @@ DEFAULT_FORGET_BIASES = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)
 def sweep(*, gains: Iterable[float] = DEFAULT_GAINS,
           forget_biases: Iterable[float] = DEFAULT_FORGET_BIASES,
           hidden: int = 16, inputs: int = 4, steps: int = 200, warmup: int = 50,
-          seed: int = 0, input_scale: float = 1.0,
+          key: Any = 0, input_scale: float = 1.0,
           scaled: Iterable[str] = ("o",), base_gain: float = 0.5,
           dtype: Any = None) -> Sweep:
     r"""Growth of each route and of the whole over a grid of recurrent gain and forget bias.
 
     At grid point ``(gain, b_f)``: ``R_g = gain * R^0_g`` for ``g`` in ``scaled``
-    (by default ``R_o`` alone, the question's route; ``base_gain * R^0_g``
+    (by default ``R_o`` alone, the route of :func:`gradpaths.exploding_lstm`;
+    ``base_gain * R^0_g``
     otherwise), ``b_f`` for every unit, with ``R^0_g ~ N(0, 1/n)`` drawn once
-    from ``seed`` (so only the scale changes across the grid). The routes' gain
+    from ``key`` (so only the scale changes across the grid). The routes' gain
     bounds (docs/maths.md) say what to expect: the carousel never grows while
     ``0 < f < 1``; the z route can grow only once ``||R_z||_2`` passes 1; the i
     and o routes need ``||R||_2 > 4`` (``||R^0||_2`` is about 2); and the whole
@@ -205,10 +208,10 @@ def sweep(*, gains: Iterable[float] = DEFAULT_GAINS,
       forget_biases: forget biases (columns).
       hidden, inputs, steps: n, m, T.
       warmup: steps left out of the exponents, ``0 <= warmup < steps``.
-      seed: weights, inputs and tangent start.
+      key: weights, inputs and tangent start: a PRNG key or an int seed.
       input_scale: standard deviation of the inputs.
       scaled: which recurrent matrices the gain multiplies (of ``z i f o``;
-        default ``("o",)``, the scenario of :func:`gradpaths.exploding_lstm`).
+        default ``("o",)``, the setting of :func:`gradpaths.exploding_lstm`).
       base_gain: gain of the others.
       dtype: None for the default float.
 
@@ -232,7 +235,8 @@ def sweep(*, gains: Iterable[float] = DEFAULT_GAINS,
     warmup = _checks.check_positive_int(warmup, "warmup", allow_zero=True)
     if warmup >= steps:
         raise ValueError(f"warmup: expected 0 <= warmup < steps = {steps}, got {warmup}")
-    seed = _checks.check_positive_int(seed, "seed", allow_zero=True)
+    given = key
+    key = _checks.check_key(key)
     for name, value in (("input_scale", input_scale), ("base_gain", base_gain)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                 math.isfinite(value) and value >= 0):
@@ -247,7 +251,7 @@ def sweep(*, gains: Iterable[float] = DEFAULT_GAINS,
     dtype = _checks.resolve_dtype(dtype)
 
     cell = LSTM(inputs, hidden)
-    k_params, k_xs = jax.random.split(jax.random.key(seed))
+    k_params, k_xs = jax.random.split(key)
     params = cell.init(k_params, recurrent_gain=1.0, dtype=dtype)
     others = {g: base_gain * getattr(params.R, g) for g in ("z", "i", "f", "o")
               if g not in scaled}
@@ -260,12 +264,14 @@ def sweep(*, gains: Iterable[float] = DEFAULT_GAINS,
     grid = _inputs.shard_batch(jnp.asarray(np.stack([np.repeat(gains, F), np.tile(biases, G)],
                                                     axis=1), dtype))
     out = _inputs.call(_grid, cell, params, xs, cell.initial_state(dtype), grid,
-                       scaled=scaled, specs=specs, warmup=warmup, seed=seed)
+                       jax.random.key_data(key), scaled=scaled, specs=specs, warmup=warmup)
     exponents = np.asarray(out, np.float64)[:G * F].reshape(G, F, len(names))
     if np.isnan(exponents).any():
         raise _checks.NonFiniteError("sweep: some exponents came out NaN (the trajectory "
                                      "overflowed); use smaller gains or input_scale")
-    settings = dict(hidden=hidden, inputs=inputs, steps=steps, warmup=warmup, seed=seed,
+    seed = int(given) if isinstance(given, (int, np.integer)) else [
+        int(v) for v in np.asarray(jax.random.key_data(key)).ravel()]
+    settings = dict(hidden=hidden, inputs=inputs, steps=steps, warmup=warmup, key=seed,
                     input_scale=float(input_scale), base_gain=float(base_gain),
                     dtype=str(jnp.dtype(dtype)))
     return Sweep(gains, biases, names, exponents, scaled, settings)

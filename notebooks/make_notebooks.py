@@ -273,7 +273,7 @@ assert cut[list(gains).index(16.0), 2] == "z" and cut[list(gains).index(64.0), 2
 NOTEBOOKS["03_training_with_and_without_clipping"] = [
     md("""# Training with and without gradient clipping
 
-An LSTM starting in the question's regime (forget gates near 1, a large `R_o`) is
+An LSTM starting in the regime of `gp.exploding_lstm` (forget gates near 1, a large `R_o`) is
 trained with plain SGD on the adding problem, once as is and once with the gradient's
 global norm clipped (`optax.clip_by_global_norm`). `gp.train` records every step's loss
 and gradient norm, marks explosion events (a norm far above its running median), and

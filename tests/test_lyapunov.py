@@ -149,14 +149,14 @@ def test_growth_many_matches_the_single_functions():
     p = _inputs.prepare(cell, params, xs, s0)
 
     def run(cell, params, xs, state0, *, specs):
-        return _lyapunov.growth_many(cell, params, xs, state0, specs, warmup=5, seed=3)
+        return _lyapunov.growth_many(cell, params, xs, state0, specs, warmup=5, key=3)
 
     g = _inputs.call(run, cell, p.params, p.xs, p.state0, specs=specs)
     assert g.exponent.shape == g.horizon.shape == (4,) and g.local.shape == (4, 50)
     kw = dict(routes=specs[3][0], block=specs[3][1])
-    lam = gp.lyapunov_exponents(cell, params, xs, s0, k=1, warmup=5, seed=3, **kw)
+    lam = gp.lyapunov_exponents(cell, params, xs, s0, k=1, warmup=5, key=3, **kw)
     assert_close(g.exponent[3], lam[0], scale=1e2)
-    local = gp.local_stretching(cell, params, xs, s0, seed=3, method="jvp", **kw)
+    local = gp.local_stretching(cell, params, xs, s0, key=3, method="jvp", **kw)
     assert_close(g.local[3], local, scale=1e2)
     assert_close(g.exponent, np.asarray(g.local)[:, 5:].mean(axis=1), scale=1e2)
     # the horizon is the product over the exponent's window, steps 5..49
@@ -215,7 +215,7 @@ def test_jit_vmap_and_no_recompilation():
     assert_close(mapped[1], gp.lyapunov_exponents(cell, params, 2 * xs, s0, k=2))
     names = ("spec", "k", "method", "reorth_every")
     n = _inputs.cache_size(_lyapunov._exponents, *names)
-    gp.lyapunov_exponents(cell, params, xs + 1, s0, k=2, warmup=3, seed=5)  # traced, no retrace
+    gp.lyapunov_exponents(cell, params, xs + 1, s0, k=2, warmup=3, key=5)  # traced, no retrace
     assert _inputs.cache_size(_lyapunov._exponents, *names) == n
 
 

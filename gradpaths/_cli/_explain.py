@@ -364,7 +364,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
                          f"warm-up ({T} steps, warm-up {warmup}), got {args.counts_window}")
     window = min(COUNTS_WINDOW, after) if args.counts_window is None else args.counts_window
     # gp.explain, looked up when called, so that tests can stand in for the library.
-    ex = gp.explain(cell, params, xs, warmup=warmup, margin=args.margin, seed=args.seed,
+    ex = gp.explain(cell, params, xs, warmup=warmup, margin=args.margin, key=args.seed,
                     horizon=args.horizon)
     if not args.json:
         if source is not None:

@@ -42,7 +42,7 @@ def add_parser(sub: Any) -> None:
             ("--warmup", "warmup", _common.non_negative, "steps left out of the exponents"),
             ("--input-scale", "input_scale", _common.non_negative_float,
              "inputs x_t ~ N(0, scale^2)"),
-            ("--seed", "seed", _common.non_negative, "random seed")):
+            ("--seed", "key", _common.non_negative, "random seed (an int)")):
         default = _default(name)
         sw.add_argument(option, type=kind, default=default,
                         help=f"{what} (default {_common.listed([default])})")
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     if any(g < 0 for g in args.gains):
         raise InputError(f"--gains: expected numbers >= 0, got {list(args.gains)}")
     result = gp.sweep(gains=args.gains, forget_biases=args.forget_biases, hidden=args.hidden,
-                      inputs=args.inputs, steps=args.steps, warmup=args.warmup, seed=args.seed,
+                      inputs=args.inputs, steps=args.steps, warmup=args.warmup, key=args.seed,
                       input_scale=args.input_scale, scaled=args.scaled,
                       base_gain=args.base_gain)
     if not args.json:
