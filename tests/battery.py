@@ -23,14 +23,9 @@ def central_differences(cell, params, state, x, eps=1e-6):
     """``d step / d s`` column by column, ``(F(s + eps e_b) - F(s - eps e_b)) / 2 eps``."""
     layout = layout_of(state)
     s = np.asarray(layout.ravel(state))
-    cols = []
-    for b in range(s.size):
-        e = np.zeros_like(s)
-        e[b] = eps
-        plus = layout.ravel(cell.step(params, layout.unravel(jnp.asarray(s + e)), x))
-        minus = layout.ravel(cell.step(params, layout.unravel(jnp.asarray(s - e)), x))
-        cols.append((np.asarray(plus) - np.asarray(minus)) / (2 * eps))
-    return np.stack(cols, axis=1)
+    step = jax.jit(jax.vmap(lambda u: layout.ravel(cell.step(params, layout.unravel(u), x))))
+    E = eps * np.eye(s.size)
+    return (np.asarray(step(s + E)) - np.asarray(step(s - E))).T / (2 * eps)
 
 
 def methods_agree(cell, params, xs, s0):
@@ -73,8 +68,7 @@ def float32_agrees(cell, params, xs, s0):
     assert J32.matrix.dtype == jnp.float32
     assert_close(J32.matrix, gp.step_jacobians(cell, params, xs, s0).matrix,
                  dtype=jnp.float32, scale=10)
-    for method in ("jacfwd", "jacrev"):
-        assert_close(gp.step_jacobians(cell, p32, x32, s32, method=method).matrix, J32.matrix)
+    assert_close(gp.step_jacobians(cell, p32, x32, s32, method="jacrev").matrix, J32.matrix)
     states = gp.unroll(cell, p32, x32, s32)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(states))
 
@@ -98,9 +92,10 @@ def jit_and_vmap_agree(cell, params, xs, s0):
 def unroll_matches_loop(cell, params, xs, s0):
     """The fused scan (projected inputs) equals stepping one input at a time."""
     states = gp.unroll(cell, params, xs, s0)
+    step = jax.jit(cell.step)
     state = s0
     for t in range(xs.shape[0]):
-        state = cell.step(params, state, xs[t])
+        state = step(params, state, xs[t])
         for got, want in zip(jax.tree_util.tree_leaves(states_at(states, t + 1)),
                              jax.tree_util.tree_leaves(state)):
             assert_close(got, want)
