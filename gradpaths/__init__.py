@@ -19,6 +19,19 @@ from gradpaths._cells import (
     RNNParams as RNNParams,
     RNNState as RNNState,
 )
+# --- modern gated recurrences (sLSTM, minGRU, minLSTM, LRU)
+from gradpaths._lru import LRU as LRU, LRUParams as LRUParams, LRUState as LRUState
+from gradpaths._mingated import (
+    MinGRU as MinGRU,
+    MinGRUGates as MinGRUGates,
+    MinGRUParams as MinGRUParams,
+    MinLSTM as MinLSTM,
+    MinLSTMGates as MinLSTMGates,
+    MinLSTMParams as MinLSTMParams,
+    MinState as MinState,
+)
+from gradpaths._slstm import SLSTM as SLSTM, SLSTMParams as SLSTMParams, SLSTMState as SLSTMState
+# --- end of modern gated recurrences
 from gradpaths._checks import NonFiniteError as NonFiniteError, checked as checked
 from gradpaths._jacobians import (
     StepJacobians as StepJacobians,
