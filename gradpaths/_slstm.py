@@ -20,11 +20,21 @@ not depend on the stabiliser (the *normalisation invariance*): shifting ``m`` by
 unchanged.
 
 The max is piecewise: with ``a = l + m`` and ``b = i~`` the *forget branch* is taken
-where ``a >= b`` (ties go to it) and the unit's normaliser is non-zero; a unit with
-``n = 0`` (the zero initial state) takes the *input branch* ``m' = i~`` as the
-reference implementation does. Forward pass and every derivative (closed form,
-``jacfwd``, ``jacrev``) use the same selection ``sel`` (1: forget branch), written with
-``jnp.where``: ``jnp.maximum`` would split the derivative 1/2 : 1/2 at a tie.
+where ``a >= b`` (ties go to it), the *input branch* elsewhere. Forward pass and every
+derivative (closed form, ``jacfwd``, ``jacrev``) use the same selection ``sel`` (1:
+forget branch), written with ``jnp.where``: ``jnp.maximum`` would split the derivative
+1/2 : 1/2 at a tie. The step is continuous everywhere and smooth away from ties. (The
+reference implementation sets ``m' = i~`` while every normaliser is 0, i.e. on the
+first step from the zero state; that choice differs from the max only by a stabiliser
+shift, so every ``h`` is the same, but it makes the stabilised state jump at ``n = 0``
+and lets ``f'`` exceed 1 there; it is not copied.)
+
+The invariance is a tangent direction per unit ``j``, ``v_j = (-c_j, -n_j, 1, 0)``
+(entries in the c, n, m, h rows of unit j): ``J v_j = sel_j v_j'`` (the next state's
+direction), and ``h`` never moves along it. Over runs of forget-branch steps it is
+carried with factor 1, and its length grows with ``n`` (at most linearly), so the
+full-state Jacobian has up to n Lyapunov exponents near 0 that are pure gauge: a
+gradient of any loss of ``h`` is orthogonal to these directions and does not see them.
 
 The recurrent matrices are dense (n, n); the paper's block-diagonal heads are the
 special case of a block-diagonal ``R``.
@@ -144,8 +154,7 @@ class SLSTM:
         return SLSTMParams(W, R, b)
 
     def initial_state(self, dtype: Any = None) -> SLSTMState:
-        """Zeros: ``SLSTMState(c=0, n=0, m=0, h=0)`` (the first step takes the input
-        branch, ``m' = i~``, because ``n = 0``)."""
+        """Zeros: ``SLSTMState(c=0, n=0, m=0, h=0)``."""
         return _cells._zeros_state(SLSTMState, self.hidden_size, dtype)
 
     def check_params(self, params: Any) -> None:
@@ -191,7 +200,7 @@ class SLSTM:
         z, o = _cells.tanh(zbar), _cells.sigmoid(obar)
         log_f, dl = self._log_forget(fbar)
         a = log_f + read("stabiliser", m)           # forget branch of the max
-        forget_branch = (a >= ibar) & (n != 0)      # ties -> forget branch; n = 0 -> input
+        forget_branch = a >= ibar                   # ties -> forget branch
         m_new = jnp.where(forget_branch, a, ibar)
         f_s = jnp.exp(a - m_new)                    # <= 1; exactly 1 in the forget branch
         i_s = jnp.exp(ibar - m_new)                 # <= 1; exactly 1 in the input branch
