@@ -134,7 +134,8 @@ def test_explain_and_training_run(name):
     log_a = np.log(reference_diagonal(name, params, xs))[5:].mean(axis=0)
     assert np.isfinite(ex.exponent) and ex.exponent < 0
     assert ex.exponent <= np.max(log_a) + 0.1     # the slowest unit's mean log gate, O(1/T)
-    battery.trains_one_step(lambda m: CELLS[name](m, 4))
+    if name == "mingru":     # minLSTM trains through the same code (one diagonal step)
+        battery.trains_one_step(lambda m: CELLS[name](m, 4))
 
 
 def test_bad_inputs():
