@@ -156,6 +156,7 @@ class LRU:
         ``re``, ``im``. ``read(route, value)`` is applied to the previous state's real
         and imaginary parts (routes ``re``, ``im``)."""
         self.check_params(params)
+        _checks.check_shape(x, (self.input_size,), "x")
         return self.forward_projected(params, state, self.project(params, x[None])[0], read)
 
     def forward_projected(self, params: LRUParams, state: LRUState, u: Array,

@@ -114,8 +114,10 @@ class _Diagonal:
     def forward(self, params: Any, state: MinState, x: Array,
                 read: Callable[[str, Array], Array] = _cells._keep) -> dict[str, Array]:
         """One step with intermediates: ``a`` (the diagonal of the step Jacobian),
-        ``h_tilde``, ``h`` and the gates."""
+        ``h_tilde``, ``h``, the gates and their pre-activations (``zbar``; ``fbar``,
+        ``ibar``)."""
         self.check_params(params)
+        _checks.check_shape(x, (self.input_size,), "x")
         return self.forward_projected(params, state, self.project(params, x[None])[0], read)
 
     def forward_projected(self, params: Any, state: MinState, u: Array,
@@ -196,7 +198,7 @@ class MinGRU(_Diagonal):
     def _gates(self, u: Array) -> dict[str, Array]:
         zbar, h_tilde = u
         return dict(z=_cells.sigmoid(zbar), a=_cells.sigmoid(-zbar), b=_cells.sigmoid(zbar),
-                    h_tilde=h_tilde)
+                    h_tilde=h_tilde, zbar=zbar)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,4 +250,4 @@ class MinLSTM(_Diagonal):
             a, b = _cells.sigmoid(log_ratio), _cells.sigmoid(-log_ratio)
         else:
             a, b = f, i
-        return dict(f=f, i=i, a=a, b=b, h_tilde=h_tilde)
+        return dict(f=f, i=i, a=a, b=b, h_tilde=h_tilde, fbar=fbar, ibar=ibar)

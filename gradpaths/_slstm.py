@@ -184,8 +184,10 @@ class SLSTM:
         route). Returns ``z, o``, ``f_s = f'`` and ``i_s = i'`` (stabilised gates),
         ``sel`` (1.0 where the forget branch is taken), ``dl = dl/df~``, the new
         ``c, n, m, h``, ``h_tilde = c'/n'`` and the activation derivatives ``dz =
-        tanh'(z~)``, ``do = sigmoid'(o~)``."""
+        tanh'(z~)``, ``do = sigmoid'(o~)``, and the pre-activations ``zbar, ibar,
+        fbar, obar``."""
         self.check_params(params)
+        _checks.check_shape(x, (self.input_size,), "x")
         return self.forward_projected(params, state, self.project(params, x[None])[0], read)
 
     def forward_projected(self, params: SLSTMParams, state: SLSTMState, u: Array,
@@ -209,7 +211,8 @@ class SLSTM:
         h_tilde = c_new / n_new
         return dict(z=z, o=o, f_s=f_s, i_s=i_s, sel=forget_branch.astype(c_new.dtype), dl=dl,
                     c=c_new, n=n_new, m=m_new, h=o * h_tilde, h_tilde=h_tilde,
-                    dz=_cells.dtanh(zbar), do=_cells.dsigmoid(obar))
+                    dz=_cells.dtanh(zbar), do=_cells.dsigmoid(obar),
+                    zbar=zbar, ibar=ibar, fbar=fbar, obar=obar)
 
     def step_projected(self, params: SLSTMParams, state: SLSTMState, u: Array) -> SLSTMState:
         """:meth:`step` from the projected input ``u`` (4, n) (the fused forward pass)."""
