@@ -105,6 +105,8 @@ class SLSTM:
     it is exactly 1 in the forget branch (the unstabilised factor ``e^l``, which can
     exceed 1 with the exponential forget gate, moves into ``m' = l + m``, an additive
     update whose coefficient on ``m`` is 1) and ``e^{a - b} < 1`` in the input branch.
+    The carousel, normaliser and stabiliser routes alone are therefore neutral at most;
+    growth needs the routes through ``R``, whose h rows carry ``o / n'``.
 
     Args:
       input_size: m.
