@@ -227,6 +227,14 @@ class SLSTM:
         g = self.forward(params, state, x, read)
         return SLSTMState(g["c"], g["n"], g["m"], g["h"])
 
+    def gauge_directions(self, state: SLSTMState) -> Array:
+        """The stabiliser's gauge tangents at ``state``: (4n, n), column j is
+        ``v_j = (-c_j, -n_j, 1, 0)`` in the c, n, m, h rows of unit j. Moving the state
+        along them changes no later ``h``; a step maps ``v_j`` to ``sel_j v_j'``."""
+        eye = jnp.eye(self.hidden_size, dtype=state.c.dtype)
+        return jnp.concatenate([-state.c[:, None] * eye, -state.n[:, None] * eye, eye,
+                                jnp.zeros_like(eye)])
+
     def fixed_matrices(self, params: SLSTMParams) -> dict[str, tuple[str, Array]]:
         """The edge matrices that depend on the parameters only: route -> (source, R_g)."""
         return {g: ("h", getattr(params.R, g)) for g in self.gates}

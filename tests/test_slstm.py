@@ -201,7 +201,10 @@ def test_jacobian_carries_gauge_directions(forget_activation):
 
     def gauge(t):
         s = battery.states_at(states, t)
-        return np.concatenate([-np.diag(s.c), -np.diag(s.n), np.eye(n), np.zeros((n, n))])
+        V = np.asarray(cell.gauge_directions(s))
+        assert_close(V, np.concatenate([-np.diag(s.c), -np.diag(s.n), np.eye(n),
+                                        np.zeros((n, n))]))
+        return V
 
     for t in range(xs.shape[0]):
         sel = np.asarray(cell.forward(params, battery.states_at(states, t), xs[t])["sel"])
