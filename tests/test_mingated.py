@@ -20,7 +20,7 @@ CELLS = {
 }
 
 
-def setup(name, m=3, n=4, T=10, seed=0, dtype=jnp.float64, bias=None, input_gain=1.0):
+def setup(name, m=3, n=4, T=30, seed=0, dtype=jnp.float64, bias=None, input_gain=1.0):
     """(cell, params, xs, state0); ``bias`` (n,) replaces the bias of the gate that
     sets the diagonal (minGRU: ``b_z = -bias``; minLSTM: ``b_f = bias``, ``b_i = -bias``),
     else random biases."""
@@ -96,7 +96,7 @@ def test_exponents_are_the_mean_log_gates(name):
     # gates); with rates far apart (biases -3, 0, 3, 6 -> gaps >= 0.6 nats/step) the
     # QR frame aligns with the units during the warm-up, and each exponent is one
     # unit's mean log gate.
-    cell, params, xs, _ = setup(name, T=30, bias=[3.0, 0.0, -3.0, -6.0], input_gain=0.3)
+    cell, params, xs, _ = setup(name, bias=[3.0, 0.0, -3.0, -6.0], input_gain=0.3)
     warmup = 20
     log_a = np.log(reference_diagonal(name, params, xs))
     expected = np.sort(log_a[warmup:].mean(axis=0))[::-1]
@@ -105,7 +105,7 @@ def test_exponents_are_the_mean_log_gates(name):
     assert_close(np.sum(lam), np.sum(expected))
     assert_close(lam, expected, scale=100)   # alignment left after 20 steps: ~e^{-25}
     # unseparated rates still sum exactly
-    cell, params, xs, _ = setup(name, T=30)
+    cell, params, xs, _ = setup(name)
     lam = np.asarray(gp.lyapunov_exponents(cell, params, xs, warmup=5))
     assert_close(np.sum(lam), np.log(reference_diagonal(name, params, xs))[5:].mean(0).sum())
 
@@ -113,7 +113,7 @@ def test_exponents_are_the_mean_log_gates(name):
 @pytest.mark.parametrize("name", ["mingru", "minlstm"])
 def test_growth_curve_is_the_largest_unit_product(name):
     # ||diag(prod a)||_2 = max_j prod_t a_{t,j}: g_j is known exactly.
-    cell, params, xs, s0 = setup(name, T=20)
+    cell, params, xs, s0 = setup(name)
     g = np.asarray(gp.growth_curve(cell, params, xs, s0))
     expected = np.max(np.cumsum(np.log(reference_diagonal(name, params, xs)), axis=0), axis=1)
     assert_close(g, expected, scale=10)
@@ -127,7 +127,7 @@ def test_float32_jit_and_vmap():
 
 @pytest.mark.parametrize("name", ["mingru", "minlstm"])
 def test_explain_and_training_run(name):
-    cell, params, xs, _ = setup(name, T=30)
+    cell, params, xs, _ = setup(name)
     assert cell.jacobian_structure == "diagonal" and cell.fixed_matrices(params) == {}
     ex = gp.explain(cell, params, xs, warmup=5)
     assert [row.name for row in ex.rows] == ["full"]
