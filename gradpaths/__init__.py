@@ -32,13 +32,25 @@ from gradpaths._mingated import (
 )
 from gradpaths._slstm import SLSTM as SLSTM, SLSTMParams as SLSTMParams, SLSTMState as SLSTMState
 # --- end of modern gated recurrences
-from gradpaths._checks import NonFiniteError as NonFiniteError, checked as checked
+from gradpaths._checks import (
+    InputError as InputError,
+    InputTypeError as InputTypeError,
+    NonFiniteError as NonFiniteError,
+    checked as checked,
+)
 from gradpaths._jacobians import (
     StepJacobians as StepJacobians,
     step_jacobians as step_jacobians,
     unroll as unroll,
 )
 from gradpaths._state import Layout as Layout
+from gradpaths._stack import (
+    Bidirectional as Bidirectional,
+    BidirectionalExplanation as BidirectionalExplanation,
+    Stack as Stack,
+    StackState as StackState,
+    explain_bidirectional as explain_bidirectional,
+)
 
 # --- routes, products, spectra, explanation
 from gradpaths._routes import route_jacobians as route_jacobians
@@ -62,7 +74,10 @@ from gradpaths._explain import (
     GrowthRow as GrowthRow,
     explain as explain,
 )
-from gradpaths._examples import exploding_lstm as exploding_lstm
+from gradpaths._examples import (
+    exploding_lstm as exploding_lstm,
+    with_output_gain as with_output_gain,
+)
 
 # --- gradients and training
 from gradpaths._gradients import (
@@ -81,20 +96,32 @@ from gradpaths._tasks import (
     ModelParams as ModelParams,
     Readout as Readout,
     SineTask as SineTask,
+    TextTask as TextTask,
     make_task as make_task,
 )
 from gradpaths._train import (
     Event as Event,
+    ExplosionDetector as ExplosionDetector,
     GrowthRegularizer as GrowthRegularizer,
     History as History,
     InitDiagnostics as InitDiagnostics,
     Probe as Probe,
+    RecordWarning as RecordWarning,
     TrainResult as TrainResult,
+    append_record as append_record,
     forget_bias_init as forget_bias_init,
     init_diagnostics as init_diagnostics,
     judged_steps as judged_steps,
     load_checkpoint as load_checkpoint,
+    probe as probe,
+    read_records as read_records,
     train as train,
+)
+from gradpaths._predict import (
+    Prediction as Prediction,
+    history_prediction as history_prediction,
+    pooled_predictions as pooled_predictions,
+    predict_events as predict_events,
 )
 # --- importers
 from gradpaths import interop as interop
@@ -114,4 +141,6 @@ from gradpaths._views import (
     input_events as input_events,
 )
 
-__version__ = "0.1.0"
+from gradpaths import _version
+
+__version__ = _version.version()

@@ -3,7 +3,8 @@
 Two tiers, as in the rest of the library:
 
 * shapes, dtypes and options are checked in Python at trace time and raise
-  ``ValueError``/``TypeError`` naming what was expected and what was got;
+  :class:`InputError` (a ``ValueError``) or :class:`InputTypeError` (also a
+  ``TypeError``) naming what was expected and what was got;
 * values (non-finite parameters, inputs or states) are checked eagerly when the
   arguments are concrete. Inside ``jax.jit`` the values are tracers and cannot be
   inspected in Python; wrap the jitted function with :func:`checked` to keep the
@@ -30,7 +31,22 @@ _TRACED_CHECKS: contextvars.ContextVar[bool] = contextvars.ContextVar(
 )
 
 
-class NonFiniteError(ValueError):
+class InputError(ValueError):
+    """Bad input to gradpaths: a wrong value, shape, option, file or source.
+
+    Every check on what a user passes raises this class (or a subclass), so that a
+    caller can tell a mistake in the input from a failure inside the library: the
+    command line exits with status 2 on an ``InputError`` and reports anything else
+    as an internal error. It is a ``ValueError``, so ``except ValueError`` still
+    catches it.
+    """
+
+
+class InputTypeError(InputError, TypeError):
+    """Bad input of the wrong type (also a ``TypeError``)."""
+
+
+class NonFiniteError(InputError):
     """A parameter, input or state holds NaN or infinity."""
 
 
@@ -46,9 +62,9 @@ def resolve_dtype(dtype: Any) -> jnp.dtype:
     try:
         dt = jnp.dtype(dtype)
     except TypeError as err:
-        raise TypeError(f"dtype: expected a floating dtype, got {dtype!r}") from err
+        raise InputTypeError(f"dtype: expected a floating dtype, got {dtype!r}") from err
     if not jnp.issubdtype(dt, jnp.floating):
-        raise TypeError(f"dtype: expected a floating dtype, got {dt}")
+        raise InputTypeError(f"dtype: expected a floating dtype, got {dt}")
     return jnp.dtype(jax.dtypes.canonicalize_dtype(dt))
 
 
@@ -58,6 +74,17 @@ def json_number(x: Any) -> float | str:
     works and ``-inf`` (an exactly singular product) stays distinct from NaN."""
     x = float(x)
     return x if math.isfinite(x) else str(x)
+
+
+def number_from_json(value: Any, name: str) -> float:
+    """Inverse of :func:`json_number`: a JSON number, or one of the strings ``'nan'``,
+    ``'inf'``, ``'-inf'``; anything else (``None`` included) is an :class:`InputError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InputError(f"{name}: expected a number or 'nan'/'inf'/'-inf', got {value!r}")
+    if isinstance(value, str):
+        if value not in ("nan", "inf", "-inf"):
+            raise InputError(f"{name}: expected a number or 'nan'/'inf'/'-inf', got {value!r}")
+    return float(value)
 
 
 def is_concrete(x: Any) -> bool:
@@ -72,30 +99,63 @@ def as_array(x: Any, name: str) -> jax.Array | np.ndarray:
         try:
             return np.asarray(x)
         except ValueError as err:
-            raise TypeError(f"{name}: expected an array, got a ragged {type(x).__name__}") from err
-    raise TypeError(f"{name}: expected an array, got {type(x).__name__}")
+            raise InputTypeError(
+                f"{name}: expected an array, got a ragged {type(x).__name__}") from err
+    raise InputTypeError(f"{name}: expected an array, got {type(x).__name__}")
 
 
 def check_positive_int(value: Any, name: str, *, allow_zero: bool = False) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
+        raise InputTypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
     low = 0 if allow_zero else 1
     if value < low:
-        raise ValueError(f"{name}: expected an int >= {low}, got {value}")
+        raise InputError(f"{name}: expected an int >= {low}, got {value}")
     return int(value)
+
+
+def check_positive_float(value: Any, name: str, *, above: float = 0.0) -> float:
+    """``value`` as a float, or :class:`InputTypeError` (not a real number) /
+    :class:`InputError` (not finite or not ``> above``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InputTypeError(f"{name}: expected a float, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value <= above:
+        raise InputError(f"{name}: expected a finite float > {above}, got {value}")
+    return float(value)
+
+
+def check_key(key: Any, name: str = "key") -> jax.Array:
+    """A PRNG key, the one way gradpaths takes randomness.
+
+    Accepts a typed key (``jax.random.key(0)``), a raw ``uint32[2]`` key
+    (``jax.random.PRNGKey(0)``) or an int >= 0, which becomes ``jax.random.key(seed)``.
+    Returns a typed scalar key; anything else raises :class:`InputTypeError` (or
+    :class:`InputError` for a negative int or a batch of keys).
+    """
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        if not 0 <= key < 2**63:
+            raise InputError(f"{name}: expected a PRNG key or an int seed >= 0, got {key}")
+        return jax.random.key(int(key))
+    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise InputError(f"{name}: expected a single PRNG key, got shape {key.shape}")
+        return key
+    if isinstance(key, (jax.Array, np.ndarray)) and key.dtype == np.uint32 and key.shape == (2,):
+        return jax.random.wrap_key_data(key)
+    raise InputTypeError(f"{name}: expected a PRNG key (jax.random.key(seed)) or an int seed, "
+                         f"got {type(key).__name__} {key!r}")
 
 
 def check_choice(value: Any, name: str, choices: Iterable[str]) -> str:
     choices = tuple(choices)
     if value not in choices:
-        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+        raise InputError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
 
 
 def check_shape(x: Any, expected: tuple[int, ...], name: str) -> None:
     shape = tuple(np.shape(x))
     if shape != tuple(expected):
-        raise ValueError(f"{name}: expected shape {tuple(expected)}, got {shape}")
+        raise InputError(f"{name}: expected shape {tuple(expected)}, got {shape}")
 
 
 def check_finite(tree: Any, name: str) -> None:

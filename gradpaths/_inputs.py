@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradpaths import _cells, _checks
+from gradpaths._checks import InputError, InputTypeError
 from gradpaths._operator import has_closed_form as has_closed_form
 from gradpaths._state import Layout, layout_of
 
@@ -38,7 +39,7 @@ def is_builtin(cell: Any) -> bool:
 def check_method(cell: Any, method: Any) -> str:
     _checks.check_choice(method, "method", METHODS)
     if method == "analytic" and not has_closed_form(cell):
-        raise ValueError(
+        raise InputError(
             f"method: 'analytic' needs a cell with a closed form (an edges() method); "
             f"{type(cell).__name__} has none: use method='jacfwd' or 'jacrev'"
         )
@@ -81,22 +82,22 @@ def prepare(cell: Any, params: Any, xs: Any, state0: Any) -> Prepared:
     a custom cell's step must return each state field in the dtype it was given.
     """
     if not callable(getattr(cell, "step", None)):
-        raise TypeError(
+        raise InputTypeError(
             f"cell: expected an object with step(params, state, x), got {type(cell).__name__}"
         )
     xs = _checks.as_array(xs, "xs")
     if xs.ndim != 2:
         expected = f"(T, {cell.input_size})" if is_builtin(cell) else "(T, input_size)"
-        raise ValueError(f"xs: expected shape {expected}, got {tuple(xs.shape)}")
+        raise InputError(f"xs: expected shape {expected}, got {tuple(xs.shape)}")
     if xs.shape[0] < 1:
-        raise ValueError(f"xs: expected at least one step (T >= 1), got shape {tuple(xs.shape)}")
+        raise InputError(f"xs: expected at least one step (T >= 1), got shape {tuple(xs.shape)}")
     if not (jnp.issubdtype(xs.dtype, jnp.floating) or jnp.issubdtype(xs.dtype, jnp.integer)
             or xs.dtype == bool):
-        raise TypeError(f"xs: expected a real dtype, got {xs.dtype}")
+        raise InputTypeError(f"xs: expected a real dtype, got {xs.dtype}")
 
     if is_builtin(cell):
         if xs.shape[1] != cell.input_size:
-            raise ValueError(
+            raise InputError(
                 f"xs: expected shape (T, {cell.input_size}) for {cell!r}, got {tuple(xs.shape)}"
             )
         cell.check_params(params)
@@ -109,7 +110,7 @@ def prepare(cell: Any, params: Any, xs: Any, state0: Any) -> Prepared:
             state0 = cell.initial_state(dtype)
         state_type = type(cell.initial_state())
         if not isinstance(state0, state_type):
-            raise TypeError(
+            raise InputTypeError(
                 f"state0: expected {state_type.__name__}{state_type._fields} for {cell!r}, "
                 f"got {type(state0).__name__}"
             )
@@ -123,32 +124,32 @@ def prepare(cell: Any, params: Any, xs: Any, state0: Any) -> Prepared:
         params = jax.tree_util.tree_map(_widen, params)
         if state0 is None:
             if not callable(getattr(cell, "initial_state", None)):
-                raise ValueError(
+                raise InputError(
                     f"state0: {type(cell).__name__} has no initial_state(); pass state0 explicitly"
                 )
             state0 = cell.initial_state()
         state0 = jax.tree_util.tree_map(lambda a: _widen(jnp.asarray(a)), state0)
         for path, leaf in jax.tree_util.tree_leaves_with_path(state0):
             if not _is_float_leaf(leaf):
-                raise TypeError(
+                raise InputTypeError(
                     f"state0{jax.tree_util.keystr(path)}: expected a floating array, "
                     f"got dtype {getattr(leaf, 'dtype', type(leaf).__name__)}"
                 )
         try:
             out = jax.eval_shape(lambda s, x: cell.step(params, s, x), state0, xs[0])
         except Exception as err:
-            raise ValueError(
+            raise InputError(
                 f"cell.step(params, state0, xs[0]) failed while checking shapes: {err}"
             ) from err
         if _state_signature(out) != _state_signature(state0):
-            raise ValueError(
+            raise InputError(
                 "cell.step: expected it to return a state of the same structure and shapes as "
                 f"state0 {_state_signature(state0)}, got {_state_signature(out)}"
             )
         for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(out),
                                      jax.tree_util.tree_leaves(state0), strict=True):
             if got.dtype != want.dtype:
-                raise TypeError(
+                raise InputTypeError(
                     f"cell.step: expected the state field state{jax.tree_util.keystr(path)} "
                     f"to keep the dtype of state0 ({want.dtype}), got {got.dtype}; "
                     "compute the step in the state's dtype"
@@ -198,7 +199,9 @@ class _ById:
         return isinstance(other, _ById) and other.value is self.value
 
 
-def _hashable(value: Any) -> Any:
+def hashable(value: Any) -> Any:
+    """``value`` itself when hashable, else a wrapper hashed by identity (static data
+    for ``jax.jit`` or a ``functools`` cache; :func:`unwrap` gives it back)."""
     try:
         hash(value)
     except TypeError:
@@ -206,7 +209,8 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-def _unwrap(value: Any) -> Any:
+def unwrap(value: Any) -> Any:
+    """The value wrapped by :func:`hashable`."""
     return value.value if isinstance(value, _ById) else value
 
 
@@ -216,8 +220,8 @@ def _jitted(fn: Callable, static_names: tuple[str, ...]) -> Callable:
         treedef, static_leaves = pstatic
         leaves = [s if d is None else d for d, s in zip(pdyn, static_leaves)]
         params = jax.tree_util.tree_unflatten(treedef, leaves)
-        kwargs = {k: _unwrap(v) for k, v in kwargs.items()}
-        return fn(_unwrap(cell), params, *args, **kwargs)
+        kwargs = {k: unwrap(v) for k, v in kwargs.items()}
+        return fn(unwrap(cell), params, *args, **kwargs)
 
     return jax.jit(run, static_argnums=(0, 1), static_argnames=static_names)
 
@@ -227,9 +231,9 @@ def call(fn: Callable, cell: Any, params: Any, *args: Any, **static: Any) -> Any
     leaves of ``params`` and every keyword static; compiled once per shapes."""
     leaves, treedef = jax.tree_util.tree_flatten(params)
     pdyn = [leaf if _is_dynamic(leaf) else None for leaf in leaves]
-    pstatic = (treedef, tuple(None if _is_dynamic(leaf) else _hashable(leaf) for leaf in leaves))
-    static = {k: _hashable(v) for k, v in static.items()}
-    return _jitted(fn, tuple(sorted(static)))(_hashable(cell), pstatic, pdyn, *args, **static)
+    pstatic = (treedef, tuple(None if _is_dynamic(leaf) else hashable(leaf) for leaf in leaves))
+    static = {k: hashable(v) for k, v in static.items()}
+    return _jitted(fn, tuple(sorted(static)))(hashable(cell), pstatic, pdyn, *args, **static)
 
 
 def cache_size(fn: Callable, *static_names: str) -> int:

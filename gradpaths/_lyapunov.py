@@ -344,7 +344,7 @@ def _check_common(cell, params, xs, state0, routes, block, k, method, seed):
         k = _checks.check_positive_int(k, "k")
         if k > size:
             raise ValueError(f"k: expected 1 <= k <= {size} (the Jacobian's size), got {k}")
-    method = choose_method(cell, method, size, k)
+    method = choose_method(method, size, k)
     seed = _checks.check_positive_int(seed, "seed", allow_zero=True)
     if seed >= 2**32:
         raise ValueError(f"seed: expected 0 <= seed < 2**32, got {seed}")

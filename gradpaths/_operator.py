@@ -23,7 +23,10 @@ The backend is chosen once per analysis (:func:`step_operator`):
   is ``diag(rows[out]) M`` from a source field to the output fields, and
   ``J^S = sum_{e in S} edge_e``). Edges from one source with a matrix are stacked,
   so ``apply`` costs one ``(sum_e n_e, n) x (n, k)`` product per source field and
-  ``apply_T`` its transpose.
+  ``apply_T`` its transpose. An edge that is no single ``diag(rows) M`` (a product
+  through several fields, e.g. between the layers of a stack) is a
+  :class:`MatrixFreeEdge`: a linear map and its transpose on the whole state,
+  possibly serving several routes at once.
 * ``"jacfwd"`` / ``"jacrev"``: autodiff of the step (any cell), one
   ``jax.linearize`` per distinct route set (routes outside the set read
   ``stop_gradient`` of the previous state); ``apply`` is a batch of JVPs, ``apply_T``
@@ -78,6 +81,43 @@ def spec_size(layout: Layout, spec: Spec) -> int:
     if spec.block is None:
         return layout.size
     return layout.sizes[layout.names.index(spec.block[0])]
+
+
+class MatrixFreeEdge(NamedTuple):
+    """Entry edges given as a linear map on the whole state, never as one matrix.
+
+    One object may serve several routes (it sits in a cell's edges under each of
+    their names) so that work they share is done once per step. With ``w`` a dict
+    route -> weight (a scalar, or a (1, K) row weighting the columns), for the
+    routes of ``routes`` present in ``w``:
+
+    * ``push(V, w) = sum_r w_r J^r V``, ``V`` (d, K) in full state coordinates;
+    * ``pull(G, w) = sum_r (J^r)^T (w_r G)``, ``G`` (d, K).
+
+    Both return (d, K) in full state coordinates; ``dtype`` is the step's dtype.
+    """
+
+    routes: tuple[str, ...]
+    push: Callable[[Array, dict[str, Any]], Array]
+    pull: Callable[[Array, dict[str, Any]], Array]
+    dtype: Any
+
+
+def _free(edge: Any) -> bool:
+    return isinstance(edge, MatrixFreeEdge)
+
+
+def _free_parts(edges: dict[str, Any], chosen: Iterable[str], weights: Any = None
+                ) -> list[tuple[MatrixFreeEdge, dict[str, Any]]]:
+    """The distinct matrix-free edges among ``chosen`` (in order), each with the
+    weights of its chosen routes (1 when ``weights`` is None)."""
+    parts: dict[int, tuple[MatrixFreeEdge, dict[str, Any]]] = {}
+    for r in chosen:
+        edge = edges[r]
+        if _free(edge):
+            part = parts.setdefault(id(edge), (edge, {}))
+            part[1][r] = 1 if weights is None else weights[r]
+    return list(parts.values())
 
 
 def has_closed_form(cell: Any) -> bool:
@@ -157,7 +197,8 @@ class _Closed:
         through the whole stack with zero weights for the others (one product with
         matrices prepared before the scan beats a smaller one prepared every step)."""
         chosen = tuple(weights)
-        matrix_routes = {r for r in chosen if self.edges[r].matrix is not None}
+        matrix_routes = {r for r in chosen
+                         if not _free(self.edges[r]) and self.edges[r].matrix is not None}
         if (not self._union or any(g.names in self._fixed for g in self._grouped(chosen))
                 or not matrix_routes <= set(self._union)):
             return weights
@@ -168,7 +209,7 @@ class _Closed:
         if chosen not in self._groups:
             groups: dict[str, list[str]] = {}
             for r in chosen:
-                if self.edges[r].matrix is not None:
+                if not _free(self.edges[r]) and self.edges[r].matrix is not None:
                     groups.setdefault(self.edges[r].source, []).append(r)
             self._groups[chosen] = tuple(
                 _Group(src, tuple(rs), tuple(self.edges[r].matrix.shape[0] for r in rs))
@@ -214,9 +255,11 @@ class _Closed:
         acc = jnp.zeros_like(V)
         chosen = tuple(weights)
         for r in chosen:
-            if self.edges[r].matrix is None:
+            if not _free(self.edges[r]) and self.edges[r].matrix is None:
                 src = V[lay.slice(self.edges[r].source)]
                 acc = acc + self._spread(r, src * weights[r], dtype)
+        for edge, w in _free_parts(self.edges, chosen, weights):
+            acc = acc + edge.push(V, w)
         for g in self._grouped(chosen):
             moved = dot(self._stack(g), V[lay.slice(g.source)])
             start = 0
@@ -256,8 +299,10 @@ class _Closed:
 
         chosen = tuple(weights)
         for r in chosen:
-            if self.edges[r].matrix is None:
+            if not _free(self.edges[r]) and self.edges[r].matrix is None:
                 acc = acc.at[lay.slice(self.edges[r].source)].add(gathered(r))
+        for edge, w in _free_parts(self.edges, chosen, weights):
+            acc = acc + edge.pull(G, w)
         for g in self._grouped(chosen):
             U = jnp.concatenate([gathered(r) for r in g.names])
             src = lay.slice(g.source)
@@ -308,7 +353,8 @@ def assemble(edges: dict[str, Any], layout: Layout, routes: Iterable[str] | None
 
     ``J = sum_e a_e[:, None] * M_e``: ``a_e`` (d,) stacks the edge's row coefficients
     over the output fields (zeros where ``rows[out]`` is None) and ``M_e`` (d, d)
-    holds its matrix in the rows of those fields and the columns of its source.
+    holds its matrix in the rows of those fields and the columns of its source; a
+    :class:`MatrixFreeEdge` adds its map applied to the identity.
     Diagonal edges from one source are summed as vectors first and enter through a
     constant identity mask. ``M_e`` depends on the parameters only (built once under
     ``vmap``), and the sum is one elementwise broadcast, which XLA fuses into a single
@@ -316,8 +362,11 @@ def assemble(edges: dict[str, Any], layout: Layout, routes: Iterable[str] | None
     wrote the (T, d, d) result three times).
     """
     chosen = edges if routes is None else {r: edges[r] for r in routes}
+    free = _free_parts(chosen, chosen)
+    chosen = {r: e for r, e in chosen.items() if not _free(e)}
     arrays = [v for e in chosen.values() for v in (*e.rows.values(), e.matrix) if v is not None]
-    dtype = jnp.result_type(*arrays) if arrays else jnp.float32
+    dtypes = [*arrays, *(e.dtype for e, _ in free)]
+    dtype = jnp.result_type(*dtypes) if dtypes else jnp.float32
     d = layout.size
     field = {name: layout.slice(name) for name in layout.names}
 
@@ -350,6 +399,8 @@ def assemble(edges: dict[str, Any], layout: Layout, routes: Iterable[str] | None
         cols = np.zeros((1, d), bool)
         cols[:, field[source]] = True
         total = total + jnp.where(mask & cols, a[:, None], 0)
+    for edge, w in free:
+        total = total + edge.push(jnp.eye(d, dtype=dtype), w)
     return total
 
 

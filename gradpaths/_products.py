@@ -128,7 +128,7 @@ def check_window(T: int, start: Any, stop: Any) -> tuple[int, int]:
     return start, stop
 
 
-def choose_method(cell: Any, method: Any, size: int, k: int | None) -> str:
+def choose_method(method: Any, size: int, k: int | None) -> str:
     """``"auto"`` -> ``"matrix"`` when all or most directions are wanted, else ``"jvp"``."""
     _checks.check_choice(method, "method", ("auto",) + OPERATOR_METHODS)
     if method != "auto":

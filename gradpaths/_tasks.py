@@ -1,4 +1,4 @@
-r"""Synthetic sequence tasks and the model trained on them.
+r"""Sequence tasks (synthetic, and real text) and the model trained on them.
 
 A task draws batches from an explicit PRNG key (no downloads, no hidden state):
 ``task.sample(key, batch_size) -> Batch(xs, targets, weights)`` with inputs ``xs``
@@ -19,9 +19,14 @@ A :class:`Model` is a cell with a linear readout from its output ``h``:
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
+import hashlib
 import math
+import os
+import sys
+import sysconfig
 from typing import Any, NamedTuple
 
 import jax
@@ -215,11 +220,210 @@ class SineTask:
         return Batch(wave[:, :-1, None], wave[:, 1:, None], jnp.full((T,), 1.0 / T, dtype))
 
 
-TASKS: dict[str, type] = {"adding": AddingTask, "copy": CopyTask, "sine": SineTask}
+# --------------------------------------------------------------------------- text
+
+#: The standard-library modules whose docstrings make the text corpus, in this order.
+#: Pure-Python modules present in every CPython 3.10+ installation.
+TEXT_MODULES: tuple[str, ...] = (
+    "abc", "argparse", "bisect", "calendar", "collections", "contextlib", "copy", "csv",
+    "dataclasses", "difflib", "enum", "fractions", "functools", "heapq", "inspect", "json",
+    "logging", "os", "pathlib", "pickle", "random", "shutil", "statistics", "string",
+    "subprocess", "tempfile", "textwrap", "threading", "typing", "unittest", "zipfile",
+)
+#: The text alphabet: newline, then printable ASCII (space to ``~``); every other
+#: character becomes the unknown symbol, index ``len(TEXT_ALPHABET)``.
+TEXT_ALPHABET = "\n" + "".join(chr(c) for c in range(32, 127))
+UNKNOWN = "\N{REPLACEMENT CHARACTER}"
+
+
+def _module_source(name: str) -> str:
+    """The path of the standard-library source file of module ``name``."""
+    base = os.path.join(sysconfig.get_path("stdlib"), *name.split("."))
+    for path in (base + ".py", os.path.join(base, "__init__.py")):
+        if os.path.isfile(path):
+            return path
+    raise ValueError(
+        f"modules: expected standard-library modules with Python source, got {name!r} "
+        f"(no {base}.py or {base}/__init__.py; the text task reads the installed "
+        "standard library's source)")
+
+
+def _docstrings(tree: ast.AST) -> list[str]:
+    """The docstrings of a module, its classes and functions, in source order (cleaned
+    as ``inspect.cleandoc`` does)."""
+    out = []
+    if isinstance(tree, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+        doc = ast.get_docstring(tree, clean=True)
+        if doc:
+            out.append(doc)
+    for child in ast.iter_child_nodes(tree):
+        out.extend(_docstrings(child))
+    return out
+
+
+def encode_text(text: str) -> np.ndarray:
+    """Symbol indices (uint8) of ``text`` in :data:`TEXT_ALPHABET`; any other character
+    is the unknown symbol ``len(TEXT_ALPHABET)``."""
+    table = np.full(128, len(TEXT_ALPHABET), np.uint8)
+    table[[ord(ch) for ch in TEXT_ALPHABET]] = np.arange(len(TEXT_ALPHABET), dtype=np.uint8)
+    codes = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+    return np.where(codes < 128, table[np.minimum(codes, 127)], len(TEXT_ALPHABET)).astype(
+        np.uint8)
+
+
+def decode_text(symbols: Any) -> str:
+    """The text of symbol indices (the unknown symbol shown as U+FFFD)."""
+    chars = TEXT_ALPHABET + UNKNOWN
+    return "".join(chars[int(k)] for k in np.asarray(symbols).ravel())
+
+
+@functools.lru_cache(maxsize=4)
+def read_corpus(modules: tuple[str, ...]) -> np.ndarray:
+    """The corpus of :class:`TextTask`: the docstrings of ``modules`` (read from the
+    installed source with ``ast``, in source order, module after module), joined by a
+    blank line, encoded by :func:`encode_text`. Read-only uint8 array (N,)."""
+    texts = []
+    for name in modules:
+        path = _module_source(name)
+        try:
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read(), path)
+        except (OSError, UnicodeDecodeError, SyntaxError) as err:
+            raise ValueError(f"modules: could not read the docstrings of {name!r} from "
+                             f"{path}: {err}") from err
+        texts.extend(_docstrings(tree))
+    corpus = encode_text("\n\n".join(texts))
+    corpus.flags.writeable = False
+    return corpus
+
+
+@dataclasses.dataclass(frozen=True)
+class TextTask:
+    r"""Character-level language modelling of real English text, with no download.
+
+    The corpus is the docstrings of the standard-library modules ``modules`` (default
+    :data:`TEXT_MODULES`), read from the installed source with ``ast`` in source order,
+    module after module, joined by blank lines and mapped to a fixed alphabet of
+    ``K = 97`` symbols (newline, printable ASCII, one unknown symbol). Its first
+    ``1 - validation_fraction`` is the training text, the rest the validation text.
+    The corpus depends on the Python version (docstrings change between releases):
+    ``task.python`` and ``task.checksum`` (SHA-256 of the encoded corpus) identify it.
+
+    A sequence is a window of ``length + 1`` consecutive characters ``a_0 .. a_T`` of
+    the training text at a uniform random start: inputs ``x_t = onehot(a_t)`` (T, K),
+    targets ``a_{t+1}`` (class indices), every step scored (cross-entropy, mean over
+    steps). :meth:`validation` gives fixed windows of the validation text.
+    Baseline: the unigram entropy of the training text,
+    ``-sum_a p_a log p_a`` nats (the best prediction that ignores the past).
+
+    Args:
+      length: T, the sequence length (>= 1).
+      modules: standard-library module names (a tuple of str).
+      validation_fraction: the share of the corpus held out, in (0, 1).
+    """
+
+    length: int
+    modules: tuple[str, ...] = TEXT_MODULES
+    validation_fraction: float = 0.1
+    name = "text"
+    loss = "xent"
+    input_size = len(TEXT_ALPHABET) + 1
+    output_size = len(TEXT_ALPHABET) + 1
+
+    def __repr__(self) -> str:
+        extra = "" if self.modules == TEXT_MODULES else f", modules={self.modules!r}"
+        extra += "" if self.validation_fraction == 0.1 else (
+            f", validation_fraction={self.validation_fraction!r}")
+        return f"TextTask(length={self.length}{extra})"
+
+    def __post_init__(self) -> None:
+        _checks.check_positive_int(self.length, "length")
+        if isinstance(self.modules, str) or not all(
+                isinstance(m, str) for m in self.modules) or not self.modules:
+            raise TypeError(f"modules: expected a non-empty sequence of module names (str), "
+                            f"got {self.modules!r}")
+        object.__setattr__(self, "modules", tuple(self.modules))
+        v = self.validation_fraction
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise ValueError(f"validation_fraction: expected a float in (0, 1), got {v!r}")
+        n_train, n_val = len(self.train_text), len(self.validation_text)
+        if min(n_train, n_val) < self.length + 1:
+            raise ValueError(
+                f"length: expected at most {min(n_train, n_val) - 1} for this corpus "
+                f"({n_train} training and {n_val} validation characters), got {self.length}")
+
+    @property
+    def corpus(self) -> np.ndarray:
+        """The whole encoded corpus, uint8 (N,)."""
+        return read_corpus(self.modules)
+
+    @property
+    def split(self) -> int:
+        """Index of the first validation character."""
+        return int(round(len(self.corpus) * (1 - self.validation_fraction)))
+
+    @property
+    def train_text(self) -> np.ndarray:
+        return self.corpus[: self.split]
+
+    @property
+    def validation_text(self) -> np.ndarray:
+        return self.corpus[self.split:]
+
+    @property
+    def checksum(self) -> str:
+        """SHA-256 (hex) of the encoded corpus."""
+        return hashlib.sha256(self.corpus.tobytes()).hexdigest()
+
+    @property
+    def python(self) -> str:
+        """The Python version whose standard library the corpus was read from."""
+        return "{}.{}.{}".format(*sys.version_info[:3])
+
+    @property
+    def alphabet(self) -> str:
+        """The K symbols, the unknown one last."""
+        return TEXT_ALPHABET + UNKNOWN
+
+    @property
+    def baseline(self) -> float:
+        counts = np.bincount(self.train_text, minlength=self.output_size)
+        p = counts[counts > 0] / counts.sum()
+        return float(-np.sum(p * np.log(p)))
+
+    def _windows(self, text: Any, starts: Array, dtype: Any) -> Batch:
+        T = self.length
+        chars = jnp.asarray(text)[starts[:, None] + jnp.arange(T + 1)[None, :]].astype(jnp.int32)
+        xs = jax.nn.one_hot(chars[:, :-1], self.input_size, dtype=dtype)
+        return Batch(xs, chars[:, 1:], jnp.full((T,), 1.0 / T, dtype))
+
+    @_jitted_sample
+    def sample(self, key: Array, batch_size: int, dtype: Any = None) -> Batch:
+        batch_size, dtype = _check_sample_args(batch_size, dtype)
+        text = self.train_text
+        starts = jax.random.randint(key, (batch_size,), 0, len(text) - self.length)
+        return self._windows(text, starts, dtype)
+
+    def validation(self, batch_size: int, dtype: Any = None) -> Batch:
+        """``batch_size`` fixed windows of the validation text, evenly spaced from its
+        start to its end (the same on every call)."""
+        batch_size, dtype = _check_sample_args(batch_size, dtype)
+        text = self.validation_text
+        starts = np.linspace(0, len(text) - self.length - 1, batch_size).round().astype(np.int32)
+        return self._windows(text, jnp.asarray(starts), dtype)
+
+    def decode(self, symbols: Any) -> str:
+        """The text of symbol indices, e.g. ``task.decode(batch.targets[0])``."""
+        return decode_text(symbols)
+
+
+TASKS: dict[str, type] = {"adding": AddingTask, "copy": CopyTask, "sine": SineTask,
+                          "text": TextTask}
 
 
 def make_task(name: str, length: int, **options: Any) -> Any:
-    """A task by name: ``"adding"``, ``"copy"`` or ``"sine"``, with sequence length ``length``.
+    """A task by name: ``"adding"``, ``"copy"``, ``"sine"`` or ``"text"``, with sequence
+    length ``length``.
 
     ``options`` go to the task's class (e.g. ``n_copy`` for ``"copy"``).
 

@@ -242,3 +242,29 @@ def test_explain_memory_rows_skip_below_full(runner):
     rows = explain.memory_skipped("small")
     assert [r["T"] for r in rows] == [5000, 20000]
     assert all(r["status"] == "skipped" and "full" in r["note"] for r in rows)
+
+
+def test_predict_tables_from_synthetic_histories():
+    """benchmarks/predict.py's analysis on known histories (no training)."""
+    import gradpaths as gp
+
+    if BENCH not in sys.path:
+        sys.path.insert(0, BENCH)
+    spec = importlib.util.spec_from_file_location("_gp_bench_predict",
+                                                  os.path.join(BENCH, "predict.py"))
+    predict = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(predict)
+    histories = []
+    for events in ([25, 65], [45]):
+        h = gp.History(("R",), (), None)
+        h.probe_step = np.arange(0, 100, 10)
+        h.top_exponent = np.array([0.4, -1, 0.5, -1, -1, 0.2, 0.3, -1, 0.1, -1])
+        h.route_exponents = h.top_exponent[:, None] - 1.0          # never alarms
+        h.events = [gp.Event(s, "explosion", 1e3, 1.0, "R", {}, "") for s in events]
+        histories.append(h)
+    rows = {(r["score"], r["window"], r["min_lead"]): r for r in predict.analyse(histories)}
+    top = rows[("top", 1, 0)]               # run-ups: 25 -> {20}, 65 -> {60}, 45 -> {40}
+    assert (top["events"], top["hits"], top["alarms"], top["false_alarms"]) == (3, 2, 10, 8)
+    assert top["leads"] == [5, 5] and top["base_rate"] == 3 / 20
+    assert rows[("route", 3, 0)]["hits"] == 0
+    assert "recall" in predict.render(list(rows.values())).splitlines()[0]

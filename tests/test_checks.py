@@ -153,3 +153,56 @@ def test_custom_cell_must_keep_the_state_dtype():
 
     lam = gp.lyapunov_exponents(Half(), jnp.float16(0.5), jnp.zeros((10, 0)), method="jvp")
     assert lam.dtype == jnp.float32 and np.isfinite(lam).all()
+
+
+def test_input_errors_share_one_class(lstm):
+    """Every check on what a user passes raises gp.InputError; type errors are also
+    TypeErrors, so `except ValueError` and `except TypeError` keep working."""
+    cell, params, xs, s0 = lstm
+    with pytest.raises(gp.InputError, match="xs: expected shape") as info:
+        gp.unroll(cell, params, xs[0])
+    assert type(info.value) is gp.InputError and isinstance(info.value, ValueError)
+    with pytest.raises(gp.InputTypeError, match="xs: expected an array") as info:
+        gp.unroll(cell, params, "abc")
+    assert isinstance(info.value, TypeError) and isinstance(info.value, gp.InputError)
+    with pytest.raises(gp.NonFiniteError) as info:
+        gp.unroll(cell, params, xs.at[2, 1].set(jnp.nan))
+    assert isinstance(info.value, gp.InputError)
+    with pytest.raises(gp.interop.MissingKeyError) as info:
+        gp.interop.from_haiku({"lstm/linear": {"w": np.zeros((7, 12))}}, prefix="gru")
+    assert isinstance(info.value, gp.InputError) and isinstance(info.value, KeyError)
+    assert "prefix 'gru'" in str(info.value) and not str(info.value).startswith('"')
+
+
+def test_json_numbers_round_trip_and_nothing_else_is_read():
+    import json
+
+    from gradpaths._checks import json_number, number_from_json
+
+    for x in (0.5, -3, np.inf, -np.inf, np.float32(1.5)):
+        assert number_from_json(json.loads(json.dumps(json_number(x))), "x") == float(x)
+    assert np.isnan(number_from_json(json_number(np.nan), "x"))
+    for bad in (None, "NaN", "1.5", True, [1.0]):
+        with pytest.raises(gp.InputError, match="x: expected a number or 'nan'/'inf'/'-inf'"):
+            number_from_json(bad, "x")
+
+
+def test_key_and_positive_float_validators():
+    from gradpaths._checks import check_key, check_positive_float
+
+    key = jax.random.key(3)
+    assert check_key(key) is key
+    data = jax.random.key_data(key)
+    np.testing.assert_array_equal(jax.random.key_data(check_key(data)), data)
+    with pytest.raises(gp.InputTypeError, match=r"key: expected a PRNG key \(jax.random.key"
+                       r"\(seed\)\) or an int seed"):
+        check_key("3")
+    with pytest.raises(ValueError, match=r"seed: expected a single PRNG key, got shape \(2,\)"):
+        check_key(jax.random.split(key), "seed")
+    assert check_positive_float(np.float32(2.0), "lr") == 2.0
+    with pytest.raises(ValueError, match=r"lr: expected a finite float > 1.0, got 1.0"):
+        check_positive_float(1.0, "lr", above=1.0)
+    with pytest.raises(ValueError, match=r"lr: expected a finite float > 0.0, got inf"):
+        check_positive_float(np.inf, "lr")
+    with pytest.raises(gp.InputTypeError, match="lr: expected a float, got bool True"):
+        check_positive_float(True, "lr")

@@ -82,10 +82,17 @@ def test_params_are_gradpaths_namedtuples_of_jax_arrays():
     assert isinstance(params, gp.LSTMParams) and params.p is None
     assert all(isinstance(a, jax.Array) and a.dtype == jnp.float64
                for a in jax.tree_util.tree_leaves(params))
-    cell, params = I.from_torch(source("torch_gru"))
+    cell, params = I.from_torch(source("torch_gru"), layer=0)
     assert isinstance(cell, gp.GRU) and isinstance(params, gp.GRUParams)
-    cell, params = I.from_torch(source("torch_rnn_relu"), nonlinearity="relu")
+    cell, params = I.from_torch(source("torch_gru"))           # the whole 2-layer module
+    assert cell == gp.Stack([gp.GRU(2, 3), gp.GRU(3, 3)])
+    assert isinstance(params, tuple) and all(isinstance(p, gp.GRUParams) for p in params)
+    cell, params = I.from_torch(source("torch_rnn_relu"), nonlinearity="relu", layer=0)
     assert cell == gp.RNN(2, 3, "relu") and isinstance(params, gp.RNNParams)
+    cell, params = I.from_torch(source("torch_lstm_nobias"))   # one layer: the cell itself
+    assert cell == gp.LSTM(2, 3)
+    cell, params = I.from_torch(source("torch_lstm_bidirectional"))
+    assert cell == gp.Bidirectional(gp.LSTM(2, 3), gp.LSTM(2, 3)) and len(params) == 2
 
 
 def test_dtype_follows_the_source_or_the_argument():

@@ -125,6 +125,26 @@ def test_torch_live_modules(torch_gen):
     assert all(np.all(np.asarray(b) == 0) for b in (*params.b, params.b_hn))
 
 
+def test_torch_live_whole_modules(torch_gen):
+    """A module imported whole: a Stack (num_layers > 1) or a Bidirectional, with the
+    module's own output at every step."""
+    import torch
+
+    torch.manual_seed(1)
+    xs = np.random.default_rng(1).standard_normal((5, 3))
+    for module in (torch.nn.GRU(3, 4, num_layers=3, dtype=torch.float64),
+                   torch.nn.LSTM(3, 2, bidirectional=True, dtype=torch.float64)):
+        with torch.no_grad():
+            out = module(torch.tensor(xs))[0].numpy()
+        model, params = I.from_torch(module)
+        if module.bidirectional:
+            assert isinstance(model, gp.Bidirectional)
+            assert_close(model.outputs(params, xs), out)
+        else:
+            assert model == gp.Stack([gp.GRU(3, 4), gp.GRU(4, 4), gp.GRU(4, 4)])
+            assert_close(gp.unroll(model, params, xs).h[1:], out)
+
+
 # --------------------------------------------------------------------------- keras
 
 
@@ -141,6 +161,31 @@ def keras_gen():
 @pytest.mark.parametrize("name", _names("keras"))
 def test_keras_live_parity(keras_gen, name):
     _live(keras_gen, name)
+
+
+def test_keras_live_sequential_is_a_stack_and_bidirectional_both_directions(keras_gen):
+    import keras
+
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((6, 3))
+    with framework_code():
+        model = keras.Sequential([keras.Input((None, 3)),
+                                  keras.layers.LSTM(4, return_sequences=True),
+                                  keras.layers.GRU(2, return_sequences=True),
+                                  keras.layers.Dense(1)])
+        out = np.asarray(model.layers[1](model.layers[0](xs[None])))[0]
+        bi = keras.layers.Bidirectional(keras.layers.LSTM(3, return_sequences=True))
+        bi_out = np.asarray(bi(xs[None]))[0]
+        repeat = keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(4),
+                                   keras.layers.RepeatVector(5), keras.layers.LSTM(2)])
+    stack, params = I.from_keras(model)
+    assert stack == gp.Stack([gp.LSTM(3, 4), gp.GRU(4, 2)])
+    assert_close(gp.unroll(stack, params, xs).h[1:], out)
+    model_bi, params_bi = I.from_keras(bi)
+    assert isinstance(model_bi, gp.Bidirectional)
+    assert_close(model_bi.outputs(params_bi, xs), bi_out)
+    with pytest.raises(ValueError, match="RepeatVector .* sits between recurrent layers"):
+        I.from_keras(repeat)
 
 
 def test_keras_live_layers(keras_gen):

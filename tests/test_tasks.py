@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +18,8 @@ KEY = jax.random.key(0)
 
 
 @pytest.mark.parametrize("name, length, m, k", [("adding", 9, 2, 1), ("copy", 12, 10, 9),
-                                                ("sine", 7, 1, 1)])
+                                                ("sine", 7, 1, 1),
+                                                ("text", 8, 97, 97)])
 def test_shapes_weights_and_seeds(name, length, m, k):
     task = gp.make_task(name, length, **({"n_copy": 3} if name == "copy" else {}))
     assert (task.length, task.input_size, task.output_size) == (length, m, k)
@@ -153,3 +156,83 @@ def test_model_checks():
     assert_close(params.cell.b.f, np.full(4, 2.0))
     with pytest.raises(ValueError, match=r"params.readout.W: expected shape \(9, 4\)"):
         model.check_params(params._replace(readout=gp.Readout(jnp.ones((9, 5)), jnp.ones(9))))
+
+
+# --------------------------------------------------------------------------- text
+
+
+def test_text_corpus_is_deterministic_and_its_split_fixed():
+    from gradpaths import _tasks
+
+    task = gp.make_task("text", 50)
+    corpus = np.array(task.corpus)
+    _tasks.read_corpus.cache_clear()              # read the files again
+    again = gp.make_task("text", 50)
+    assert again.corpus.tobytes() == corpus.tobytes() and again.checksum == task.checksum
+    assert task.checksum == hashlib.sha256(corpus.tobytes()).hexdigest()
+    assert task.python == "{}.{}.{}".format(*sys.version_info[:3])
+    n = len(corpus)
+    assert task.split == round(0.9 * n)
+    np.testing.assert_array_equal(np.concatenate([task.train_text, task.validation_text]), corpus)
+    assert not task.corpus.flags.writeable
+
+
+def test_text_corpus_starts_with_the_first_modules_docstring():
+    import abc
+    import inspect
+
+    task = gp.make_task("text", 10)
+    doc = inspect.getdoc(abc)                     # abc is first in TEXT_MODULES
+    assert task.modules[0] == "abc" and doc
+    assert task.decode(task.corpus[: len(doc) + 2]) == doc + "\n\n"
+
+
+def test_text_alphabet_round_trip():
+    task = gp.make_task("text", 10)
+    text = "Return x.\n  ~{}\tλ"
+    codes = gp._tasks.encode_text(text)
+    assert task.input_size == task.output_size == len(task.alphabet) == 97
+    np.testing.assert_array_equal(codes[-2:], [96, 96])      # tab and lambda: unknown
+    assert task.decode(codes) == text[:-2] + "\N{REPLACEMENT CHARACTER}" * 2
+
+
+def test_text_batches_are_windows_of_the_training_text():
+    task = gp.make_task("text", 30)
+    sources = [(task.sample(KEY, 6), task.train_text), (task.validation(4), task.validation_text)]
+    for batch, text in sources:
+        xs, targets = np.asarray(batch.xs), np.asarray(batch.targets)
+        np.testing.assert_array_equal(xs.sum(-1), 1)                      # one-hot
+        chars = np.concatenate([np.argmax(xs, -1), targets[:, -1:]], axis=1)
+        np.testing.assert_array_equal(chars[:, 1:], targets)               # next character
+        assert_close(batch.weights, np.full(30, 1 / 30))
+        windows = [bytes(w.astype(np.uint8)) for w in chars]
+        assert all(w in text.tobytes() for w in windows)
+    v1, v2 = task.validation(4), task.validation(4, jnp.float32)
+    np.testing.assert_array_equal(v1.targets, v2.targets)                  # fixed windows
+    assert v2.xs.dtype == jnp.float32
+    first = task.validation_text[:31]
+    np.testing.assert_array_equal(v1.targets[0], first[1:])                 # starts at 0
+
+
+def test_text_baseline_is_the_unigram_loss():
+    task = gp.make_task("text", 10)
+    counts = np.bincount(task.train_text, minlength=97).astype(np.float64)
+    with np.errstate(divide="ignore"):
+        logp = jnp.asarray(np.log(counts / counts.sum()))      # -inf for absent symbols
+    # The xent step loss of the unigram prediction, averaged over the training text.
+    present = np.nonzero(counts)[0]
+    losses = jax.vmap(lambda a: gp._tasks.step_loss("xent", logp, a))(jnp.asarray(present))
+    mean = np.sum(counts[present] * np.asarray(losses)) / counts.sum()
+    assert_close(task.baseline, mean)
+    assert 2.5 < task.baseline < math.log(97)
+
+
+@pytest.mark.parametrize("options, error, match", [
+    ({"modules": ("no_such_module_xyz",)}, ValueError, "no_such_module_xyz"),
+    ({"modules": "abc"}, TypeError, "modules"),
+    ({"validation_fraction": 1.0}, ValueError, "validation_fraction"),
+    ({"modules": ("string",), "validation_fraction": 0.5}, ValueError, "length: expected at most"),
+])
+def test_text_bad_options(options, error, match):
+    with pytest.raises(error, match=match):
+        gp.make_task("text", 1000, **options)

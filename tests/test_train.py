@@ -29,7 +29,7 @@ SMALL = dict(batch_size=BATCH, n_probes=4)
 
 
 def exploding_params():
-    """The question's scenario: forget gates near 1 and a large R_o."""
+    """Forget gates near 1 and a large R_o: gradients that explode."""
     p = MODEL.init(jax.random.key(0), forget_bias=3.0, recurrent_gain=0.5)
     R_o = 32 / N**0.5 * jax.random.normal(jax.random.key(5), (N, N))
     return p._replace(cell=p.cell._replace(R=p.cell.R._replace(o=R_o)))
@@ -51,6 +51,16 @@ def learned():
                     steps=300, learning_rate=1e-2, probe_every=100, **SMALL)
 
 
+def _assert_detector_agrees(h):
+    """gp.ExplosionDetector fed the recorded norms and losses finds train's events."""
+    events = gp.ExplosionDetector().feed(h.grad_norm, losses=h.loss)
+    assert [(e.step, e.kind) for e in events] == [(e.step, e.kind) for e in h.events]
+    for mine, train in zip(events, h.events, strict=True):
+        np.testing.assert_array_equal([mine.grad_norm, mine.median],
+                                      [train.grad_norm, train.median])
+        assert train.message.startswith(mine.message)
+
+
 def test_adding_task_is_learned(learned):
     h = learned.history
     assert h.baseline == pytest.approx(1 / 6)
@@ -66,7 +76,7 @@ def test_adding_task_is_learned(learned):
     assert not h.interrupted and h.stopped is None and not h.clipped.any()
     assert_close(h.loss, h.task_loss)                   # no regulariser
     np.testing.assert_array_equal(h.penalty, 0)
-    # The carousel alone cannot amplify while 0 < f < 1 (routes.md).
+    # The carousel alone cannot amplify while 0 < f < 1 (docs/maths.md).
     assert np.all(h.route_exponent("carousel") < 0)
 
 
@@ -99,6 +109,7 @@ def test_explosion_recorded_without_clipping_and_finite_with_it():
     assert first.route_drop[first.dominant_route] == max(candidates.values())
     assert "running median" in first.message
     assert wild.loss[-1] > 1e6 * wild.loss[0]          # diverged (measured 1e16 at step 29)
+    _assert_detector_agrees(wild)
     tame = gp.train(MODEL, params, TASK, key=jax.random.key(1), steps=30, optimizer=SGD,
                     clip=1.0, **SMALL).history
     assert np.all(np.isfinite(tame.loss)) and np.all(np.isfinite(tame.grad_norm))
@@ -129,6 +140,7 @@ def test_nan_in_training_is_recorded_and_stops():
     assert len(skipped.step) == 60 and skipped.stopped is None
     bad = ~np.isfinite(skipped.loss)
     np.testing.assert_array_equal(np.flatnonzero(bad), [e.step for e in skipped.events])
+    _assert_detector_agrees(skipped)
     with pytest.raises(gp.NonFiniteError, match="training: step .* NaN or inf"):
         gp.train(MODEL, MODEL.init(jax.random.key(0)), task, key=jax.random.key(1),
                  steps=60, optimizer=SGD, clip=1.0, on_nonfinite="raise", **SMALL)
@@ -296,7 +308,7 @@ def test_bad_inputs():
     with pytest.raises(TypeError, match="optimizer: expected an optax GradientTransformation"):
         gp.train(MODEL, params, TASK, key=key, steps=5, optimizer="adam")
     with pytest.raises(TypeError, match="key: expected a PRNG key"):
-        gp.train(MODEL, params, TASK, key=1, steps=5)
+        gp.train(MODEL, params, TASK, key="1", steps=5)
     with pytest.raises(ValueError, match="on_nonfinite: expected one of"):
         gp.train(MODEL, params, TASK, key=key, steps=5, on_nonfinite="ignore")
     with pytest.raises(ValueError, match="model: expected output_size 9"):

@@ -4,7 +4,8 @@ Each importer returns ``(cell, params)``, a gradpaths ``LSTM``/``GRU``/``RNN`` a
 its parameters, such that ``gp.unroll`` reproduces the framework's forward pass (the
 outputs ``h_t`` and the final ``c``) to round-off. Sources are plain mappings of
 arrays (a ``state_dict()``, ``get_weights()``, a Flax variables dict, a saved
-``.npz``) or, when the framework is installed, its own objects. No framework is
+``.npz``) or, when the framework is installed, its own objects; :func:`load` reads
+a weights file (``.npz``, or a torch ``.pt``) and runs the importer. No framework is
 imported by gradpaths, here or anywhere. See ``docs/interop.md``.
 """
 
@@ -13,6 +14,7 @@ from gradpaths.interop._equinox import from_equinox as from_equinox
 from gradpaths.interop._flax import from_flax as from_flax
 from gradpaths.interop._haiku import from_haiku as from_haiku
 from gradpaths.interop._keras import from_keras as from_keras
+from gradpaths.interop._load import load as load
 from gradpaths.interop._state import (
     FRAMEWORKS as FRAMEWORKS,
     state_from as state_from,

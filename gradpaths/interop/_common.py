@@ -1,11 +1,12 @@
 """What every importer shares: reading arrays, checking keys and shapes, building params.
 
 An importer works in two phases. First it reads the source into NumPy arrays and
-checks every key and shape, raising a ``ValueError`` (a :class:`MissingKeyError`
-for a missing key) that names the key and the expected shape. Only then does it
-hand the gate blocks, already in gradpaths' orientation (``W`` (n, m), ``R`` (n, n)),
-to :func:`lstm`, :func:`gru` or :func:`rnn`, which cast them and build the cell and
-its params. Nothing is built from a source that fails a check.
+checks every key and shape, raising an :class:`~gradpaths.InputError` (a
+``ValueError``; a :class:`MissingKeyError` for a missing key) that names the key
+and the expected shape. Only then does it hand the gate blocks, already in
+gradpaths' orientation (``W`` (n, m), ``R`` (n, n)), to :func:`lstm`, :func:`gru`
+or :func:`rnn`, which cast them and build the cell and its params. Nothing is
+built from a source that fails a check.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ import numpy as np
 
 from gradpaths import _checks
 from gradpaths._cells import GRU, LSTM, RNN, Gates, GRUGates, GRUParams, LSTMParams, RNNParams
+from gradpaths._checks import InputError, InputTypeError
 
 Flat = dict[str, Any]
 """A source flattened to one level: path (joined by the framework's separator) -> array."""
 
 
-class MissingKeyError(KeyError, ValueError):
-    """A key the layout needs is not in the source (both a KeyError and a ValueError)."""
+class MissingKeyError(InputError, KeyError):
+    """A key the layout needs is not in the source (an :class:`~gradpaths.InputError`,
+    so a ``ValueError``, and a ``KeyError``)."""
 
     def __str__(self) -> str:  # KeyError would show the repr of the message
         return str(self.args[0]) if self.args else ""
@@ -47,7 +50,7 @@ def class_names(obj: Any) -> list[str]:
 def to_numpy(value: Any, name: str) -> np.ndarray:
     """A framework array (NumPy, JAX, torch tensor, Keras or NNX variable) -> ndarray.
 
-    Raises ValueError unless the result is a finite floating array.
+    Raises InputError unless the result is a finite floating array.
     """
     if callable(getattr(value, "get_value", None)) and framework_of(value) == "flax":
         value = value.get_value()  # an NNX Variable
@@ -58,15 +61,15 @@ def to_numpy(value: Any, name: str) -> np.ndarray:
         try:
             value = value.numpy()
         except TypeError as err:  # e.g. bfloat16 has no NumPy twin in torch
-            raise ValueError(f"{name}: cannot read a torch tensor of dtype {value.dtype}") from err
+            raise InputError(f"{name}: cannot read a torch tensor of dtype {value.dtype}") from err
     if isinstance(value, (Mapping, str, bytes)) or value is None:
-        raise ValueError(f"{name}: expected an array, got {type(value).__name__}")
+        raise InputError(f"{name}: expected an array, got {type(value).__name__}")
     try:
         arr = np.asarray(value)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{name}: expected an array, got {type(value).__name__}") from err
+        raise InputError(f"{name}: expected an array, got {type(value).__name__}") from err
     if not jnp.issubdtype(arr.dtype, jnp.floating):
-        raise ValueError(f"{name}: expected a floating array, got dtype {arr.dtype}")
+        raise InputError(f"{name}: expected a floating array, got dtype {arr.dtype}")
     if not np.all(np.isfinite(arr)):
         raise _checks.NonFiniteError(f"{name}: expected finite values, got NaN or inf")
     return arr
@@ -80,7 +83,7 @@ def flatten(source: Any, sep: str, what: str) -> Flat:
     ``{"a/b": x}`` are both ``{"a/b": x}`` for ``sep="/"``.
     """
     if not isinstance(source, Mapping):
-        raise TypeError(f"{what}: expected a mapping of arrays, got {type(source).__name__}")
+        raise InputTypeError(f"{what}: expected a mapping of arrays, got {type(source).__name__}")
     flat: Flat = {}
 
     def walk(node: Mapping, path: tuple[str, ...]) -> None:
@@ -91,12 +94,12 @@ def flatten(source: Any, sep: str, what: str) -> Flat:
                 continue
             name = sep.join(full)
             if name in flat:
-                raise ValueError(f"{what}: key {name!r} appears twice (nested and flat)")
+                raise InputError(f"{what}: key {name!r} appears twice (nested and flat)")
             flat[name] = value
 
     walk(source, ())
     if not flat:
-        raise ValueError(f"{what}: expected arrays, got an empty mapping")
+        raise InputError(f"{what}: expected arrays, got an empty mapping")
     return flat
 
 
@@ -107,7 +110,7 @@ def select(flat: Flat, prefix: str, sep: str) -> Flat:
     every key must belong to the one cell being imported.
     """
     if not isinstance(prefix, str):
-        raise TypeError(f"prefix: expected a str, got {type(prefix).__name__}")
+        raise InputTypeError(f"prefix: expected a str, got {type(prefix).__name__}")
     if not prefix:
         return dict(flat)
     head = prefix.rstrip(sep) + sep
@@ -134,11 +137,11 @@ def listing(keys: Iterable[str], limit: int = 12) -> str:
 
 
 def reject_unknown(flat: Flat, known: Iterable[str], where: str, hint: str = "") -> None:
-    """ValueError naming every key of ``flat`` outside ``known``."""
+    """InputError naming every key of ``flat`` outside ``known``."""
     known = set(known)
     extra = [key for key in flat if key not in known]
     if extra:
-        raise ValueError(
+        raise InputError(
             f"{where}: unknown key(s) {listing(extra)}; expected only {listing(known)}{hint}"
         )
 
@@ -180,7 +183,7 @@ class Reader:
             )
         arr = to_numpy(self.flat[key], self.name(key))
         if arr.shape != tuple(shape):
-            raise ValueError(
+            raise InputError(
                 f"{self.name(key)}: expected shape {tuple(shape)} {symbols}, got {arr.shape}"
             )
         self.arrays.append(arr)
@@ -190,7 +193,7 @@ class Reader:
 def gate_count(shape: tuple[int, int], stacked: int, name: str, allowed: dict[int, str]) -> int:
     """How many gate blocks a matrix stacks along axis ``stacked`` (the other axis is H).
 
-    ValueError unless the count is a whole number in ``allowed`` (count -> kind).
+    InputError unless the count is a whole number in ``allowed`` (count -> kind).
     """
     H, total = shape[1 - stacked], shape[stacked]
     if H <= 0 or total % H or total // H not in allowed:
@@ -198,7 +201,7 @@ def gate_count(shape: tuple[int, int], stacked: int, name: str, allowed: dict[in
             return (k * H, H) if stacked == 0 else (H, k * H)
 
         options = ", ".join(f"{fit(k)} for {v}" for k, v in sorted(allowed.items()))
-        raise ValueError(f"{name}: shape {tuple(shape)} is no known layout; expected {options}")
+        raise InputError(f"{name}: shape {tuple(shape)} is no known layout; expected {options}")
     return total // H
 
 
@@ -280,8 +283,8 @@ def ones(n: int) -> np.ndarray:
 
 
 def matrix_shape(reader: Reader, key: str, symbols: str) -> tuple[int, int]:
-    """The (rows, cols) of the matrix at ``key``; ValueError if it is not 2-D."""
+    """The (rows, cols) of the matrix at ``key``; InputError if it is not 2-D."""
     shape = reader.shape(key, symbols)
     if len(shape) != 2:
-        raise ValueError(f"{reader.name(key)}: expected a matrix {symbols}, got shape {shape}")
+        raise InputError(f"{reader.name(key)}: expected a matrix {symbols}, got shape {shape}")
     return shape[0], shape[1]

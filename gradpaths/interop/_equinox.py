@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gradpaths.interop import _common
+from gradpaths.interop import _common, _stacks
 from gradpaths.interop._common import MissingKeyError, Reader
 
 _KEYS = ("weight_ih", "weight_hh", "bias", "bias_n")
@@ -46,7 +46,9 @@ def from_equinox(source: Any, *, prefix: str = "", dtype: Any = None) -> tuple[A
 
     Args:
       source: the cell, or a mapping of its arrays (``weight_ih``, ``weight_hh``,
-        ``bias``, and ``bias_n`` for a GRU), nested or flattened with ``/``.
+        ``bias``, and ``bias_n`` for a GRU), nested or flattened with ``/``; or a
+        list of those, bottom layer first, for a :class:`gradpaths.Stack` (then
+        the tuple of the layers' params is returned).
       prefix: the cell's path in a mapping that holds a whole model (``"cell"``).
       dtype: of the params; None follows the source.
 
@@ -63,6 +65,8 @@ def from_equinox(source: Any, *, prefix: str = "", dtype: Any = None) -> tuple[A
         cell, params = gp.interop.from_equinox(eqx_cell)
     """
     module_kind = None
+    if _stacks.is_layer_list(source):
+        return _stacks.stack_of(from_equinox, source, prefix=prefix, dtype=dtype)
     if isinstance(source, Mapping):
         flat = _common.select(_common.flatten(source, "/", "source"), prefix, "/")
     elif _common.framework_of(source) == "equinox":

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradpaths.interop import _common
+from gradpaths.interop import _common, _stacks
 from gradpaths.interop._common import Reader
 
 _SIGMOID = (jax.nn.sigmoid,)
@@ -74,12 +74,6 @@ def _params_of_nnx(module: Any) -> dict[str, Any]:
     return nnx.to_pure_dict(nnx.state(module, nnx.Param))
 
 
-def _kernel(reader: Reader, key: str, rows: int | None, cols: int, symbols: str) -> np.ndarray:
-    if rows is None:
-        rows = _common.matrix_shape(reader, key, symbols)[0]
-    return reader.take(key, (rows, cols), symbols)
-
-
 def from_flax(
     variables: Any,
     *,
@@ -106,6 +100,9 @@ def from_flax(
         (``"RNN_0/cell"``, or ``"params/RNN_0/cell"``).
       dtype: of the params; None follows the source.
 
+    A list of such sources (bottom layer first; ``module`` then a list too, or None)
+    gives a :class:`gradpaths.Stack` and the tuple of the layers' params.
+
     Returns:
       ``(cell, params)`` for ``gp.unroll``. Flax's LSTM carry is ``(c, h)``: see
       :func:`state_from`.
@@ -121,6 +118,17 @@ def from_flax(
         variables = cell_def.init(key, cell_def.initialize_carry(key, (3,)), jnp.ones(3))
         cell, params = gp.interop.from_flax(variables)
     """
+    if _stacks.is_layer_list(variables):
+        if module is not None and not isinstance(module, (list, tuple)):
+            raise TypeError("module: for a list of layers, expected a list of their modules "
+                            f"(or None), got {type(module).__name__}")
+        modules = module or [None] * len(variables)
+        if len(modules) != len(variables):
+            raise ValueError(f"module: expected one per layer ({len(variables)}), "
+                             f"got {len(modules)}")
+        pairs = list(zip(variables, modules))
+        return _stacks.stack_of(lambda vm, **kw: from_flax(vm[0], module=vm[1], **kw), pairs,
+                                prefix=prefix, dtype=dtype)
     if _common.framework_of(variables) == "flax" and not isinstance(variables, Mapping):
         if module is not None:
             raise ValueError("module: pass an NNX cell as the first argument only")

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from gradpaths import _checks
-from gradpaths.interop import _common
+from gradpaths._stack import Bidirectional
+from gradpaths.interop import _common, _stacks
 from gradpaths.interop._common import Reader
 
 _KINDS = {4: "LSTM", 3: "GRU", 1: "RNN"}
@@ -127,10 +128,17 @@ def _from_mapping(source: Mapping, prefix: str, direction: str) -> tuple[dict[st
     return weights, full
 
 
+def _is_bidirectional(source: Any) -> bool:
+    """A Keras ``Bidirectional`` layer or its ``get_weights()`` list (4 or 6 arrays)."""
+    if isinstance(source, (list, tuple)):
+        return len(source) in (4, 6)
+    return "Bidirectional" in _common.class_names(source)
+
+
 def from_keras(
     source: Any,
     *,
-    direction: str = "forward",
+    direction: str | None = None,
     prefix: str = "",
     activation: str | None = None,
     recurrent_activation: str | None = None,
@@ -151,8 +159,13 @@ def from_keras(
         ``Bidirectional`` of one), its ``get_weights()`` list, or a mapping keyed
         by variable path (``{v.path: v.numpy() for v in layer.weights}``, a saved
         ``.npz``) or by bare name (``kernel``, ``recurrent_kernel``, ``bias``).
+        A list of such layer sources (bottom first), or a ``Sequential`` whose
+        recurrent layers are stacked (each below the top with
+        ``return_sequences=True``), gives a :class:`gradpaths.Stack`.
       direction: ``"forward"`` or ``"reverse"``: the backward layer of a
-        ``Bidirectional`` (run the imported cell on the reversed sequence).
+        ``Bidirectional`` (run the imported cell on the reversed sequence). None
+        (default): both directions of a ``Bidirectional`` layer (or its 4 or 6
+        ``get_weights()`` arrays) as a :class:`gradpaths.Bidirectional`, else forward.
       prefix: the layer's path in a mapping holding several layers.
       activation: the candidate's activation, ``"tanh"`` (or ``"relu"`` for a
         SimpleRNN). Plain weights do not record it: None means Keras' default,
@@ -167,8 +180,9 @@ def from_keras(
       dtype: of the params; None follows the source.
 
     Returns:
-      ``(cell, params)`` for ``gp.unroll``. Keras orders an LSTM's state
-      ``[h, c]``: see :func:`state_from`.
+      ``(cell, params)`` for ``gp.unroll``; ``(gp.Stack, tuple of params)`` for a list
+      of layers or a ``Sequential``; ``(gp.Bidirectional, (forward, reverse) params)``.
+      Keras orders an LSTM's state ``[h, c]``: see :func:`state_from`.
 
     Raises:
       ValueError: unknown or missing weights, shapes that do not fit (a bias
@@ -180,6 +194,24 @@ def from_keras(
         layer.build((None, None, 3))
         cell, params = gp.interop.from_keras(layer)
     """
+    options = dict(prefix=prefix, activation=activation,
+                   recurrent_activation=recurrent_activation, reset_after=reset_after,
+                   dtype=dtype)
+    is_model = _common.framework_of(source) == "keras" and any(
+        n in ("Sequential", "Functional", "Model") for n in _common.class_names(source))
+    layers = _stacks.recurrent_layers(source) if is_model else None
+    if layers is not None or _stacks.is_layer_list(source):
+        if direction is not None:
+            raise ValueError("direction: applies to one layer; a stack of layers reads "
+                             "forward only")
+        return _stacks.stack_of(from_keras, source if layers is None else layers,
+                                direction="forward", **options)
+    if direction is None:
+        if _is_bidirectional(source):
+            f, pf = from_keras(source, direction="forward", **options)
+            r, pr = from_keras(source, direction="reverse", **options)
+            return Bidirectional(f, r), (pf, pr)
+        direction = "forward"
     _checks.check_choice(direction, "direction", ("forward", "reverse"))
     config: dict[str, Any] = {}
     if isinstance(source, Mapping):

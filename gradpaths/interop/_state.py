@@ -16,6 +16,7 @@ import numpy as np
 
 from gradpaths import _checks
 from gradpaths._cells import GRU, LSTM, RNN, GRUState, LSTMState, RNNState
+from gradpaths._stack import Stack, StackState
 from gradpaths.interop import _common
 
 FRAMEWORKS = ("torch", "keras", "flax", "equinox", "haiku")
@@ -25,7 +26,19 @@ _H_FIRST = {"torch": True, "keras": True, "flax": False, "equinox": True, "haiku
 def _check(framework: Any, cell: Any) -> None:
     _checks.check_choice(framework, "framework", FRAMEWORKS)
     if not isinstance(cell, (LSTM, GRU, RNN)):
-        raise TypeError(f"cell: expected a gradpaths LSTM, GRU or RNN, got {type(cell).__name__}")
+        raise TypeError(f"cell: expected a gradpaths LSTM, GRU, RNN or Stack of them, "
+                        f"got {type(cell).__name__}")
+
+
+def _layers(cell: Stack, state: Any) -> list[Any]:
+    """A stack's state as one framework state per layer, or a clear error."""
+    if isinstance(state, (str, bytes)) or not isinstance(state, Sequence) or (
+            len(state) != cell.num_layers):
+        got = f"a sequence of {len(state)}" if isinstance(state, Sequence) else type(
+            state).__name__
+        raise ValueError(f"state: expected one state per layer ({cell.num_layers}) for a "
+                         f"Stack, got {got}")
+    return list(state)
 
 
 def _vector(value: Any, n: int, name: str, framework: str) -> np.ndarray:
@@ -64,14 +77,21 @@ def state_from(framework: str, cell: Any, state: Any, *, dtype: Any = None) -> A
         and direction, ``h0[k * num_directions + d]``).
       dtype: None follows the arrays.
 
+    A :class:`gradpaths.Stack` takes a list of its layers' states, layer 1 first
+    (PyTorch: ``[(h0[k], c0[k]) for k in range(num_layers)]``) and gives a
+    :class:`gradpaths.StackState`.
+
     Returns:
-      ``LSTMState(c, h)``, ``GRUState(h)`` or ``RNNState(h)``.
+      ``LSTMState(c, h)``, ``GRUState(h)``, ``RNNState(h)`` or a ``StackState``.
 
     Example::
 
         state0 = gp.interop.state_from("torch", cell, (h0[0], c0[0]))
         states = gp.unroll(cell, params, xs, state0)
     """
+    if isinstance(cell, Stack):
+        return StackState(state_from(framework, layer, part, dtype=dtype)
+                          for layer, part in zip(cell.layers, _layers(cell, state)))
     _check(framework, cell)
     n = cell.hidden_size
     if isinstance(cell, LSTM):
@@ -105,8 +125,13 @@ def state_to(framework: str, cell: Any, state: Any) -> Any:
     Returns NumPy arrays: ``(h, c)`` for PyTorch, Keras, Equinox and Haiku
     (``hk.LSTMState(*pair)`` makes Haiku's), ``(c, h)`` for Flax; ``h`` for a GRU
     or RNN. Index a trajectory first: ``gp.interop.state_to("torch", cell,
-    jax.tree.map(lambda a: a[-1], states))`` is the final state.
+    jax.tree.map(lambda a: a[-1], states))`` is the final state. A stack's state gives
+    a list, one framework state per layer.
     """
+    if isinstance(cell, Stack):
+        if not isinstance(state, StackState):
+            raise TypeError(f"state: expected StackState for a Stack, got {type(state).__name__}")
+        return [state_to(framework, layer, part) for layer, part in zip(cell.layers, state)]
     _check(framework, cell)
     if isinstance(cell, LSTM):
         if not isinstance(state, LSTMState):

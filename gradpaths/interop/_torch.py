@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from gradpaths import _checks
+from gradpaths._stack import Bidirectional, Stack
 from gradpaths.interop import _common
 from gradpaths.interop._common import MissingKeyError, Reader
 
@@ -173,13 +174,13 @@ def _read(reader: Reader, layout: _Layout, g: int, H: int) -> dict[tuple, dict[s
 def from_torch(
     source: Any,
     *,
-    layer: int = 0,
-    direction: str = "forward",
+    layer: int | None = None,
+    direction: str | None = None,
     nonlinearity: str | None = None,
     prefix: str = "",
     dtype: Any = None,
 ) -> tuple[Any, Any]:
-    r"""Import one layer and direction of a PyTorch recurrent module.
+    r"""Import a PyTorch recurrent module: the whole stack, or one layer and direction.
 
     PyTorch's LSTM (gates i, f, g, o stacked in ``weight_ih`` (4H, m) and
     ``weight_hh`` (4H, H)) becomes :class:`gradpaths.LSTM` with ``W.z = W_ig``,
@@ -194,9 +195,17 @@ def from_torch(
         ``prefix``), or a mapping like its ``state_dict()`` (tensors or NumPy
         arrays, e.g. a loaded ``.npz``). The kind is told from the keys and the
         shapes: ``weight_hh`` of shape (gH, H) with g = 4, 3, 1.
-      layer: which layer ``k`` of a stacked module (keys ``*_l{k}``); 0 for a cell.
-      direction: ``"forward"`` or ``"reverse"`` (keys ``*_l{k}_reverse`` of a
-        bidirectional module; run the imported cell on the reversed sequence).
+      layer: None (default) for the whole module: a cell for a ``*Cell`` or a
+        one-layer module, a :class:`gradpaths.Stack` for ``num_layers > 1``, a
+        :class:`gradpaths.Bidirectional` for a one-layer bidirectional module.
+        An int ``k`` picks layer k alone (keys ``*_l{k}``; 0 for a cell), whose
+        input is then the outputs of the layers below.
+      direction: None, ``"forward"`` or ``"reverse"`` (keys ``*_l{k}_reverse`` of a
+        bidirectional module; run the imported cell on the reversed sequence). None
+        is ``"forward"``, except that a one-layer bidirectional module imported
+        whole gives both directions. A multi-layer bidirectional module couples its
+        directions between layers and is refused whole: pick ``layer=`` and
+        ``direction=``.
       nonlinearity: ``"tanh"`` or ``"relu"`` for an RNN; a state dict does not
         record it, so None means tanh (or the module's own, given a module).
       prefix: the submodule's name in a larger model's state dict or module
@@ -205,7 +214,9 @@ def from_torch(
 
     Returns:
       ``(cell, params)``: a gradpaths ``LSTM``/``GRU``/``RNN`` of input size m
-      (for layer k > 0 that is H times the number of directions) and its params.
+      (for layer k > 0 that is H times the number of directions) and its params; or
+      ``(gp.Stack, tuple of the layers' params)``; or ``(gp.Bidirectional,
+      (forward params, reverse params))``.
 
     Raises:
       ValueError: unknown keys, shapes that do not fit, a layer or direction not in
@@ -215,11 +226,14 @@ def from_torch(
     Example::
 
         lstm = torch.nn.LSTM(3, 8, num_layers=2)
-        cell, params = gp.interop.from_torch(lstm.state_dict(), layer=1)
-        states = gp.unroll(cell, params, xs)   # xs: (T, 8), layer 0's outputs
+        stack, params = gp.interop.from_torch(lstm.state_dict())   # both layers
+        cell, params1 = gp.interop.from_torch(lstm.state_dict(), layer=1)
+        states = gp.unroll(cell, params1, h0s)   # h0s: (T, 8), layer 0's outputs
     """
-    _checks.check_choice(direction, "direction", DIRECTIONS)
-    _checks.check_positive_int(layer, "layer", allow_zero=True)
+    if direction is not None:
+        _checks.check_choice(direction, "direction", DIRECTIONS)
+    if layer is not None:
+        _checks.check_positive_int(layer, "layer", allow_zero=True)
     if nonlinearity is not None:
         _checks.check_choice(nonlinearity, "nonlinearity", ("tanh", "relu"))
     module_kind = module_nonlinearity = None
@@ -235,7 +249,8 @@ def from_torch(
         )
     reader = Reader(flat, prefix=prefix, sep=".")
     layout = _layout(reader, _parse(reader))
-    chosen = _choose(layout, layer, direction)
+    whole = _whole(layout, layer, direction)
+    chosen = None if whole else _choose(layout, layer or 0, direction or "forward")
 
     # kind and H from the first weight_hh; then every group's shapes are checked
     first = "weight_hh" + _suffix(layout.layers[0], False)
@@ -253,10 +268,45 @@ def from_torch(
     elif nonlinearity is not None:
         raise ValueError(f"nonlinearity: applies to an RNN only; the source is a torch {kind}")
     blocks = _read(reader, layout, g, H)
-    has_bias = layout.has_bias
+    if whole == "refused":
+        _refuse_bidirectional(layout)
+    if chosen is not None:
+        return _build(blocks[chosen], kind, H, layout.has_bias, nonlinearity, dtype)
+    parts = {key: _build(blocks[key], kind, H, layout.has_bias, nonlinearity, dtype)
+             for key in layout.groups()}
+    if whole == "bidirectional":
+        (f, pf), (r, pr) = parts[(0, False)], parts[(0, True)]
+        return Bidirectional(f, r), (pf, pr)
+    return Stack([c for c, _ in parts.values()]), tuple(p for _, p in parts.values())
 
-    # ---- build
-    got = blocks[chosen]
+
+def _whole(layout: _Layout, layer: int | None, direction: str | None) -> str | None:
+    """``"stack"`` or ``"bidirectional"`` when the whole multi-part module is wanted
+    (``layer`` None), None for one cell, ``"refused"`` for a bidirectional stack."""
+    if layer is not None or layout.layers == [None]:
+        return None
+    if layout.bidirectional:
+        if len(layout.layers) > 1:
+            return "refused"             # after the shapes are checked
+        return None if direction is not None else "bidirectional"
+    if direction == "reverse":
+        return None                      # _choose names the missing *_reverse keys
+    return "stack" if len(layout.layers) > 1 else None
+
+
+def _refuse_bidirectional(layout: _Layout) -> None:
+    raise _checks.InputError(
+        f"layer=None: the state dict is a {len(layout.layers)}-layer bidirectional module, "
+        "whose layer k reads both directions' outputs of layer k-1 at every step (the "
+        "reverse ones exist only after the whole sequence), so it is no single recurrence; "
+        "import one layer and direction with layer=k, direction='forward'|'reverse' and "
+        "feed it the outputs of the layers below"
+    )
+
+
+def _build(got: dict[str, Any], kind: str, H: int, has_bias: bool, nonlinearity: str | None,
+           dtype: Any) -> tuple[Any, Any]:
+    """One layer and direction's ``(cell, params)`` from its checked arrays."""
     m = got["weight_ih"].shape[1]
     gates = _GATES[kind]
     W = _common.split(got["weight_ih"], gates, axis=0)

@@ -1,0 +1,255 @@
+"""Records as JSON lines: probes, events and your own numbers, one JSON object per
+line, appended atomically, read back with torn lines detected.
+
+The file format (``gradpaths.records/1``), one JSON object per line:
+
+* line 1, the header: ``{"type": "header", "format": "gradpaths.records/1"}``;
+* ``{"type": "probe", ...}`` (:meth:`gradpaths.Probe.to_dict`), ``{"type": "event",
+  ...}`` (:meth:`gradpaths.Event.to_dict`), ``{"type": "data", "data": {...}}`` (a
+  mapping of your own);
+* ``{"type": "torn", "length": n}``: written by :func:`append_record` when it finds
+  the file ending in a line without its newline (a writer that crashed mid-line):
+  that fragment of ``n`` bytes is closed with a newline and marked, never removed.
+
+Numbers follow one rule (:func:`gradpaths._checks.json_number`): JSON has no NaN,
+so NaN and infinities are the strings ``"nan"``, ``"inf"``, ``"-inf"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from gradpaths import _checks
+from gradpaths._checks import InputError, InputTypeError
+from gradpaths._train._events import Event
+from gradpaths._train._probe import Probe
+
+FORMAT = "gradpaths.records/1"
+_HEADER = (json.dumps({"type": "header", "format": FORMAT}) + "\n").encode()
+_TAIL = 1 << 20     # a torn line longer than this is not looked for (records are short)
+
+
+class RecordWarning(UserWarning):
+    """A records file holds a torn line (a writer stopped mid-line); it was skipped."""
+
+
+def _plain(value: Any) -> Any:
+    """``json.dumps``' fallback: numpy and JAX numbers and arrays."""
+    if isinstance(value, np.generic) or hasattr(value, "__array__"):
+        a = np.asarray(value)
+        if a.dtype == bool or np.issubdtype(a.dtype, np.integer):
+            return a.tolist()
+        if np.issubdtype(a.dtype, np.floating):
+            return _checks.json_number(a) if a.ndim == 0 else [_plain(v) for v in a]
+    raise InputTypeError(f"record: expected JSON-safe values, got {type(value).__name__}")
+
+
+def _encode(record: Any) -> bytes:
+    if isinstance(record, Probe):
+        obj = {"type": "probe", **record.to_dict()}
+    elif isinstance(record, Event):
+        obj = {"type": "event", **record.to_dict()}
+    elif isinstance(record, Mapping):
+        obj = {"type": "data", "data": dict(record)}
+    else:
+        raise InputTypeError(f"record: expected a gradpaths.Probe, a gradpaths.Event or a mapping, "
+                             f"got {type(record).__name__}")
+    try:
+        text = json.dumps(obj, allow_nan=False, default=_plain)
+    except _checks.InputError:      # from _plain: a value of the wrong type
+        raise
+    except ValueError as err:       # from json: NaN or an infinity
+        raise InputError(f"record: expected JSON-safe numbers (NaN and infinities as the "
+                         f"strings 'nan', 'inf', '-inf'), got {err}") from None
+    return (text + "\n").encode()
+
+
+def _torn(length: int) -> bytes:
+    return b"\n" + (json.dumps({"type": "torn", "length": length}) + "\n").encode()
+
+
+def _repair(fd: int, path: str) -> bytes:
+    """What must precede a new line in the existing file ``fd``: nothing, a header (an
+    empty file), or a newline and a torn marker (a last line without its newline)."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return _HEADER
+    head = os.pread(fd, len(_HEADER), 0)
+    if head != _HEADER:
+        if size < len(_HEADER) and _HEADER.startswith(head):   # the first write was torn
+            return _torn(size) + _HEADER
+        raise InputError(f"records: {path!r} is not a gradpaths records file (its first line "
+                         f"is not the {FORMAT} header); it is never appended to")
+    if os.pread(fd, 1, size - 1) == b"\n":
+        return b""
+    start = max(size - _TAIL, 0)
+    tail = os.pread(fd, size - start, start)
+    if b"\n" not in tail:
+        raise InputError(f"records: {path!r} ends in a line longer than {_TAIL} bytes "
+                         "without a newline; it is not appended to")
+    return _torn(len(tail) - tail.rindex(b"\n") - 1)
+
+
+def append_record(path: str | os.PathLike, record: Any, *, fsync: bool = True) -> None:
+    """Append ``record`` to the JSON-lines file ``path`` as one line, atomically.
+
+    ``record``: a :class:`gradpaths.Probe`, a :class:`gradpaths.Event` or a mapping of
+    JSON-safe values (numpy numbers are converted). A new file is created whole, with
+    the header and the line (written under a temporary name, then linked to ``path``).
+    Otherwise the line (with any repair) goes to the file in one ``os.write`` on a
+    descriptor opened with ``O_APPEND``, then ``fsync`` (unless ``fsync=False``):
+    the file is never truncated or rewritten, and lines from several processes never
+    interleave on a local file system. A crash mid-write leaves at most one torn last
+    line; :func:`read_records` skips it with a :class:`gradpaths.RecordWarning`, and
+    the next :func:`append_record` closes it with a newline and a ``torn`` marker
+    before its own line, so the torn bytes stay (skipped on every read) and the new
+    records follow.
+
+    Raises:
+      TypeError, ValueError: ``record`` is not one of the above or not JSON-safe;
+        ``path`` exists, is not empty and is not a gradpaths records file; its
+        folder does not exist.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputTypeError(f"path: expected a file path, got {type(path).__name__}")
+    path = os.fsdecode(os.fspath(path))
+    line = _encode(record)
+    if _create(path, _HEADER + line, fsync):
+        return
+    fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    try:
+        _write(fd, _repair(fd, path) + line, fsync)
+    finally:
+        os.close(fd)
+
+
+def _write(fd: int, data: bytes, fsync: bool) -> None:
+    view = memoryview(data)
+    while view:     # a regular file takes it in one write unless the disk is full
+        view = view[os.write(fd, view):]
+    if fsync:
+        os.fsync(fd)
+
+
+def _create(path: str, data: bytes, fsync: bool) -> bool:
+    """Create ``path`` holding ``data``, atomically: written under a temporary name,
+    then hard-linked to ``path`` (which fails if it exists, so a new file is never seen
+    empty by another writer). False when ``path`` exists."""
+    if os.path.lexists(path):
+        return False
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"records: the folder {folder!r} of {path!r} does not exist; "
+                         "create it first")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        try:
+            _write(fd, data, fsync)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o644)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        os.remove(tmp)
+
+
+def _decode(obj: Any, where: str) -> Probe | Event | dict[str, Any]:
+    if not isinstance(obj, dict) or "type" not in obj:
+        raise InputError(f"{where}: expected a JSON object with a 'type', got {obj!r:.80}")
+    kind = obj["type"]
+    body = {k: v for k, v in obj.items() if k != "type"}
+    if kind == "probe":
+        return Probe.from_dict(body)
+    if kind == "event":
+        return Event.from_dict(body)
+    if kind == "data" and isinstance(body.get("data"), dict):
+        return body["data"]
+    raise InputError(f"{where}: expected a record of type 'probe', 'event' or 'data', "
+                     f"got {kind!r}")
+
+
+def _marker_length(line: bytes) -> int | None:
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    if isinstance(obj, dict) and obj.get("type") == "torn" and isinstance(obj.get("length"),
+                                                                          int):
+        return obj["length"]
+    return None
+
+
+def read_records(path: str | os.PathLike) -> list[Probe | Event | dict[str, Any]]:
+    """The records of a JSON-lines file written by :func:`append_record`, in order:
+    :class:`gradpaths.Probe` s, :class:`gradpaths.Event` s and mappings.
+
+    Torn lines, where a writer stopped mid-line, are skipped with a
+    :class:`gradpaths.RecordWarning` (every record before and after is kept): the
+    last line when it has no newline, and a line closed by a later writer's ``torn``
+    marker. Build a :class:`gradpaths.History` of them with ``History.from_records``.
+
+    Raises:
+      ValueError: naming ``path`` and the line: no such file, not a gradpaths
+        records file, or a line that is not a valid record (corruption anywhere
+        else than a torn line).
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputTypeError(f"path: expected a file path, got {type(path).__name__}")
+    path = os.fsdecode(os.fspath(path))
+    if not os.path.isfile(path):
+        raise InputError(f"records: no such file {path!r}")
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    last = lines.pop()          # b"" when the file ends with a newline
+    out: list[Probe | Event | dict[str, Any]] = []
+    header = False
+    torn = []
+    i = 0
+    while i < len(lines):
+        line, where = lines[i], f"records: {path!r} line {i + 1}"
+        if i + 1 < len(lines) and _marker_length(lines[i + 1]) == len(line):
+            torn.append(i + 1)
+            i += 2
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as err:
+            if not header:
+                obj = None
+            else:
+                raise InputError(f"{where} is damaged (not JSON: {err})") from None
+        if not header:
+            if obj != json.loads(_HEADER):
+                raise InputError(f"{where}: expected the {FORMAT} header, got {line[:80]!r}; "
+                                 "not a gradpaths records file")
+            header = True
+        else:
+            try:
+                out.append(_decode(obj, where))
+            except (ValueError, KeyError, TypeError) as err:
+                raise InputError(f"{where} is damaged ({type(err).__name__}: {err})") from None
+        i += 1
+    if last:
+        torn.append(len(lines) + 1)
+    if last and not header and _HEADER.startswith(last):
+        header = True      # only a torn header: no records yet
+    if data and not header:
+        raise InputError(f"records: {path!r} has no {FORMAT} header; not a gradpaths "
+                         "records file")
+    if torn:
+        warnings.warn(f"records: {path!r}: skipped {len(torn)} torn line(s) (a writer stopped "
+                      f"mid-line) at line(s) {', '.join(map(str, torn))}; every other record "
+                      "was read", RecordWarning, stacklevel=2)
+    return out
