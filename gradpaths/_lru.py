@@ -111,9 +111,10 @@ class LRU:
         ``B ~ N(0, 1 / (2H))`` (real and imaginary parts)."""
         dtype = _checks.resolve_dtype(dtype)
         if not 0 < r_min <= r_max < 1:
-            raise ValueError(f"r_min, r_max: expected 0 < r_min <= r_max < 1, got {r_min}, {r_max}")
+            raise _checks.InputError(
+                f"r_min, r_max: expected 0 < r_min <= r_max < 1, got {r_min}, {r_max}")
         if not max_phase > 0:
-            raise ValueError(f"max_phase: expected > 0, got {max_phase}")
+            raise _checks.InputError(f"max_phase: expected > 0, got {max_phase}")
         N, H = self.hidden_size, self.input_size
         k1, k2, k3, k4 = jax.random.split(key, 4)
         u1 = jax.random.uniform(k1, (N,), dtype)

@@ -72,7 +72,7 @@ class MinState(NamedTuple):
 
 def _check(cell: Any, params: Any, params_type: type, gates_type: type) -> None:
     if type(params).__name__ != params_type.__name__:      # MinGRU's and MinLSTM's look alike
-        raise TypeError(f"params: expected {params_type.__name__} for {cell!r}, "
+        raise _checks.InputTypeError(f"params: expected {params_type.__name__} for {cell!r}, "
                         f"got {type(params).__name__}")
     _cells._check_tree(params, params_type, repr(cell))
     n, m = cell.hidden_size, cell.input_size
@@ -229,7 +229,7 @@ class MinLSTM(_Diagonal):
     def __post_init__(self) -> None:
         _cells._check_sizes(self)
         if not isinstance(self.normalise, bool):
-            raise TypeError(f"normalise: expected a bool, got {self.normalise!r}")
+            raise _checks.InputTypeError(f"normalise: expected a bool, got {self.normalise!r}")
 
     def init(self, key: Array, *, forget_bias: float = 1.0, input_gain: float = 1.0,
              dtype: Any = None) -> MinLSTMParams:

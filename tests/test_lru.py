@@ -117,7 +117,7 @@ def test_bad_inputs():
         gp.step_jacobians(cell, params, jnp.ones((4, 3)), s0)
     with pytest.raises(TypeError, match="expected LRUParams"):
         cell.check_params(tuple(params))
-    with pytest.raises(ValueError, match="r_min, r_max: expected 0 < r_min <= r_max < 1"):
+    with pytest.raises(gp.InputError, match="r_min, r_max: expected 0 < r_min <= r_max < 1"):
         cell.init(jax.random.key(0), r_min=0.9, r_max=1.0)
     with pytest.raises(gp.NonFiniteError, match="params"):
         gp.unroll(cell, params._replace(nu_log=params.nu_log.at[0].set(jnp.inf)), xs, s0)

@@ -147,7 +147,7 @@ def test_bad_inputs():
         gp.step_jacobians(cell, bad, xs, s0)
     with pytest.raises(ValueError, match=r"x: expected shape \(3,\), got \(4,\)"):
         gp.step_jacobians(cell, params, jnp.ones((4, 4)), s0)
-    with pytest.raises(TypeError, match="expected MinLSTMParams"):
+    with pytest.raises(gp.InputTypeError, match="expected MinLSTMParams"):
         MinLSTM(3, 4).check_params(params)
     with pytest.raises(TypeError, match="normalise: expected a bool"):
         MinLSTM(3, 4, normalise=1)
