@@ -19,6 +19,13 @@ from gradpaths._cells import (
     RNNParams as RNNParams,
     RNNState as RNNState,
 )
+from gradpaths._protocols import (
+    Activation as Activation,
+    Cell as Cell,
+    ClosedFormCell as ClosedFormCell,
+    RoutedCell as RoutedCell,
+    SaturatingCell as SaturatingCell,
+)
 # --- modern gated recurrences (sLSTM, minGRU, minLSTM, LRU)
 from gradpaths._lru import LRU as LRU, LRUParams as LRUParams, LRUState as LRUState
 from gradpaths._mingated import (
@@ -73,6 +80,12 @@ from gradpaths._explain import (
     Explanation as Explanation,
     GrowthRow as GrowthRow,
     explain as explain,
+)
+from gradpaths._routesets import (
+    Driver as Driver,
+    RouteSet as RouteSet,
+    classify as classify,
+    standard_sets as standard_sets,
 )
 from gradpaths._examples import (
     exploding_lstm as exploding_lstm,

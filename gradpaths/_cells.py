@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from gradpaths import _checks
+from gradpaths._protocols import Activation
 
 Array = jax.Array
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -80,6 +81,16 @@ def tanh(a: Array) -> Array:
 def _tanh_jvp(primals, tangents):
     (a,), (da,) = primals, tangents
     return tanh(a), dtanh(a) * da
+
+
+def _sigmoid_activation(a: Array) -> Activation:
+    """A sigmoid's :class:`Activation`: slope ``sigmoid'(a) / (1/4)``."""
+    return Activation(a, 4 * dsigmoid(a))
+
+
+def _tanh_activation(a: Array) -> Activation:
+    """A tanh's :class:`Activation`: slope ``tanh'(a)`` (its maximum is 1)."""
+    return Activation(a, dtanh(a))
 
 
 def _keep(route: str, value: Array) -> Array:
@@ -392,7 +403,8 @@ class LSTM:
         """One step with every intermediate. ``read(route, value)`` is applied to the
         previous state on each entry edge (``jax.lax.stop_gradient`` there cuts the
         route). Returns gates ``z, i, f, o``, ``c`` (new cell state), ``h``,
-        ``tanh_c`` = tanh(c'), and the derivatives of each activation at its
+        ``tanh_c`` = tanh(c'), the pre-activations ``zbar, ibar, fbar, obar`` (no
+        ``fbar`` without a forget gate), and the derivatives of each activation at its
         pre-activation, ``dz = tanh'(zbar)``, ``di``, ``df``, ``do`` (sigmoid') and
         ``dtanh_c = tanh'(c')``, computed so that they keep their magnitude at
         saturation (``df = 0`` without a forget gate)."""
@@ -428,9 +440,12 @@ class LSTM:
             obar = obar + p.o * c_new
         o = sigmoid(obar)
         tanh_c = tanh(c_new)
-        return dict(z=z, i=i, f=f, o=o, c=c_new, h=tanh_c * o, tanh_c=tanh_c,
-                    dz=dtanh(zbar), di=dsigmoid(ibar), df=df, do=dsigmoid(obar),
-                    dtanh_c=dtanh(c_new))
+        out = dict(z=z, i=i, f=f, o=o, c=c_new, h=tanh_c * o, tanh_c=tanh_c,
+                   dz=dtanh(zbar), di=dsigmoid(ibar), df=df, do=dsigmoid(obar),
+                   dtanh_c=dtanh(c_new), zbar=zbar, ibar=ibar, obar=obar)
+        if self.forget_gate:
+            out["fbar"] = fbar
+        return out
 
     def step_projected(self, params: LSTMParams, state: LSTMState, u: Array) -> LSTMState:
         """:meth:`step` from the projected input ``u`` (G, n) (the fused forward pass)."""
@@ -442,6 +457,23 @@ class LSTM:
         """``(c, h), x -> (c', h')``; pure. ``read`` as in :meth:`forward`."""
         out = self.forward(params, state, x, read)
         return LSTMState(out["c"], out["h"])
+
+    @property
+    def activation_names(self) -> tuple[str, ...]:
+        """``z``, ``i``, ``f`` (with a forget gate), ``o`` and ``tanh(c)``."""
+        return self.gates + ("tanh(c)",)
+
+    def activations(self, params: LSTMParams, state: LSTMState, x: Array
+                    ) -> dict[str, Activation]:
+        """Each gate at its pre-activation (``zbar`` for the tanh block input, ``ibar``,
+        ``fbar``, ``obar`` for the sigmoid gates) and ``tanh(c')`` at ``c'``."""
+        g = self.forward(params, state, x)
+        out = {"z": _tanh_activation(g["zbar"]), "i": _sigmoid_activation(g["ibar"])}
+        if self.forget_gate:
+            out["f"] = _sigmoid_activation(g["fbar"])
+        out["o"] = _sigmoid_activation(g["obar"])
+        out["tanh(c)"] = _tanh_activation(g["c"])
+        return out
 
     def fixed_matrices(self, params: LSTMParams) -> dict[str, tuple[str, Array]]:
         """The edge matrices that depend on the parameters only: route -> (source, R_g)."""
@@ -534,7 +566,16 @@ class GRU:
         if not isinstance(self.reset_after, bool):
             raise TypeError(f"reset_after: expected a bool, got {self.reset_after!r}")
 
-    routes = ("carousel", "r", "z", "n")
+    @property
+    def routes(self) -> tuple[str, ...]:
+        """Route names, one per entry edge: ``carousel`` (h -> h' through ``z * h``),
+        ``r``, ``z``, ``n`` (h -> each gate)."""
+        return ("carousel",) + self.gates
+
+    @property
+    def activation_names(self) -> tuple[str, ...]:
+        """``r``, ``z`` (sigmoid gates) and ``n`` (the tanh candidate)."""
+        return self.gates
     gates = ("r", "z", "n")
 
     def init(self, key: Array, *, recurrent_gain: float = 1.0, input_gain: float = 1.0,
@@ -569,9 +610,9 @@ class GRU:
                 read: Callable[[str, Array], Array] = _keep) -> dict[str, Array]:
         """One step with intermediates ``r, z, n, a, h``: ``a = R_n h + b_hn``
         (``reset_after=True``) or ``a = R_n (r * h)`` (``reset_after=False``), and
-        the activation derivatives at the pre-activations, ``dr``, ``dz``
-        (sigmoid'), ``dn`` (tanh'), with ``zc = 1 - z`` computed as ``sigmoid(-zbar)``
-        (exact where ``z`` rounds to 1)."""
+        the pre-activations ``rbar, zbar, nbar`` and the activation derivatives at
+        them, ``dr``, ``dz`` (sigmoid'), ``dn`` (tanh'), with ``zc = 1 - z``
+        computed as ``sigmoid(-zbar)`` (exact where ``z`` rounds to 1)."""
         return self.forward_projected(params, state, self.project(params, x[None])[0], read)
 
     def project(self, params: GRUParams, xs: Array) -> Array:
@@ -599,7 +640,8 @@ class GRU:
             nbar = u_n + b_hn + a
         n = tanh(nbar)
         return dict(r=r, z=z, n=n, a=a, h=zc * n + z * read("carousel", h), zc=zc,
-                    dr=dsigmoid(rbar), dz=dsigmoid(zbar), dn=dtanh(nbar))
+                    dr=dsigmoid(rbar), dz=dsigmoid(zbar), dn=dtanh(nbar),
+                    rbar=rbar, zbar=zbar, nbar=nbar)
 
     def step_projected(self, params: GRUParams, state: GRUState, u: Array) -> GRUState:
         """:meth:`step` from the projected input ``u`` (3, n) (the fused forward pass)."""
@@ -609,6 +651,13 @@ class GRU:
              read: Callable[[str, Array], Array] = _keep) -> GRUState:
         """``h, x -> h'``; pure. ``read`` as in :meth:`LSTM.forward`."""
         return GRUState(self.forward(params, state, x, read)["h"])
+
+    def activations(self, params: GRUParams, state: GRUState, x: Array
+                    ) -> dict[str, Activation]:
+        """The gates ``r``, ``z`` and the candidate ``n`` at their pre-activations."""
+        g = self.forward(params, state, x)
+        return {"r": _sigmoid_activation(g["rbar"]), "z": _sigmoid_activation(g["zbar"]),
+                "n": _tanh_activation(g["nbar"])}
 
     def fixed_matrices(self, params: GRUParams) -> dict[str, tuple[str, Array]]:
         """The edge matrices that depend on the parameters only: route -> (source, R_g);
@@ -666,7 +715,15 @@ class RNN:
         _check_sizes(self)
         _checks.check_choice(self.nonlinearity, "nonlinearity", _NONLINEARITIES)
 
-    routes = ("R",)
+    @property
+    def routes(self) -> tuple[str, ...]:
+        """The one route, ``R`` (h -> h' through the recurrent matrix)."""
+        return ("R",)
+
+    @property
+    def activation_names(self) -> tuple[str, ...]:
+        """``h`` (tanh) or ``h (relu)``."""
+        return ("h",) if self.nonlinearity == "tanh" else ("h (relu)",)
 
     def init(self, key: Array, *, recurrent_gain: float = 1.0, input_gain: float = 1.0,
              dtype: Any = None) -> RNNParams:
@@ -708,6 +765,13 @@ class RNN:
              read: Callable[[str, Array], Array] = _keep) -> RNNState:
         """``h, x -> h'``; pure. ``read`` as in :meth:`LSTM.forward`."""
         return RNNState(self.forward(params, state, x, read)["h"])
+
+    def activations(self, params: RNNParams, state: RNNState, x: Array
+                    ) -> dict[str, Activation]:
+        """``phi`` at ``pre = W x + R h + b``; a ReLU's slope is ``1[pre > 0]`` (a dead
+        unit is saturated at the low end)."""
+        g = self.forward(params, state, x)
+        return {self.activation_names[0]: Activation(g["pre"], g["dphi"])}
 
     def fixed_matrices(self, params: RNNParams) -> dict[str, tuple[str, Array]]:
         """The edge matrix, which depends on the parameters only: ``{"R": ("h", R)}``."""

@@ -45,6 +45,7 @@ from gradpaths._products import (
     safe_log,
     safe_normalise,
 )
+from gradpaths._protocols import RoutedCell
 from gradpaths._state import layout_of
 
 Array = jax.Array
@@ -203,7 +204,7 @@ def _check(cell, route):
         raise ValueError(f"route: expected one of {cell.routes}, got {route!r}")
 
 
-def route_use_counts(cell: Any, params: Any, xs: Any, state0: Any = None, *, route: str,
+def route_use_counts(cell: RoutedCell, params: Any, xs: Any, state0: Any = None, *, route: str,
                      start: int = 0, stop: int | None = None,
                      method: str = "recursion") -> RouteUseCounts:
     r"""How the product over a window splits by the number of uses of ``route``.
@@ -259,7 +260,7 @@ def route_use_counts(cell: Any, params: Any, xs: Any, state0: Any = None, *, rou
     return check_result(out, "route_use_counts", allow_inf=True)
 
 
-def enumerate_route_uses(cell: Any, params: Any, xs: Any, state0: Any = None, *, route: str,
+def enumerate_route_uses(cell: RoutedCell, params: Any, xs: Any, state0: Any = None, *, route: str,
                          start: int = 0, stop: int | None = None) -> np.ndarray:
     """Brute force, for tests: ``C_k`` as the sum over all ``len(routes)^L`` route
     sequences of ``J^{r_L} ... J^{r_1}``, bucketed by how often ``route`` occurs.

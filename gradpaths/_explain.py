@@ -30,75 +30,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradpaths import _cells, _checks, _inputs, _lyapunov, _routes
+from gradpaths import _checks, _inputs, _lyapunov, _render, _routesets
 from gradpaths._jacobians import entering
-from gradpaths._products import Spec
-
-# A gate is saturated where its derivative is below 10% of its maximum:
-# sigmoid' < 0.025 <=> g < 0.0256 or g > 0.9744; tanh' < 0.1 <=> |tanh| > 0.9487.
-_SIGMOID_EDGE = 0.5 * (1 - math.sqrt(1 - 4 * 0.025))
-_TANH_EDGE = math.sqrt(0.9)
-
-
-# --------------------------------------------------------------------------- specs
-
-
-def _specs(cell: Any, layout: Any) -> list[tuple[str, str, Spec]]:
-    """(name, kind, spec) for every Jacobian sequence the explanation measures."""
-    rows = [("full", "full", Spec(None, None))]
-    if len(layout.names) > 1:
-        rows += [(f"d{f}/d{f}", "block", Spec(None, (f, f))) for f in layout.names]
-    if not _routes.has_routes(cell) or len(cell.routes) < 2:
-        return rows
-    routes = cell.routes
-    rows += [(r, "alone", Spec((r,), None)) for r in routes]
-    if "carousel" in routes:
-        rows += [(f"carousel+{r}", "with carousel", Spec(("carousel", r), None))
-                 for r in routes if r != "carousel"]
-    if len(routes) > 2:
-        rows += [(f"all but {r}", "all but", Spec(tuple(q for q in routes if q != r), None))
-                 for r in routes]
-    return rows
-
+from gradpaths._protocols import Cell
+from gradpaths._routesets import DEFAULT_MARGIN, Driver
+from gradpaths._views import gate_fractions
 
 # --------------------------------------------------------------------------- traced part
-
-
-def gate_fractions(cell: Any, params: Any, prev: Any, xs: jax.Array) -> dict[str, tuple]:
-    """Per step, the fraction of units near each end of every gate's range.
-
-    ``prev`` holds the states entering each step (leading axis T). Returns gate ->
-    ``(low, high)``, each (T,); empty for a custom cell.
-    """
-    if not isinstance(cell, _cells.BUILTIN_CELLS):
-        return {}
-    g = jax.vmap(lambda s, x: cell.forward(params, s, x))(prev, xs)
-
-    def frac(mask):
-        return jnp.mean(mask, axis=-1, dtype=xs.dtype)
-
-    def sigmoid(a):
-        return frac(a < _SIGMOID_EDGE), frac(a > 1 - _SIGMOID_EDGE)
-
-    def tanh(a):
-        return frac(a < -_TANH_EDGE), frac(a > _TANH_EDGE)
-
-    if isinstance(cell, _cells.LSTM):
-        out = {"z": tanh(g["z"]), "i": sigmoid(g["i"])}
-        if cell.forget_gate:
-            out["f"] = sigmoid(g["f"])
-        out["o"] = sigmoid(g["o"])
-        out["tanh(c)"] = tanh(g["tanh_c"])
-        return out
-    if isinstance(cell, _cells.GRU):
-        return {"r": sigmoid(g["r"]), "z": sigmoid(g["z"]), "n": tanh(g["n"])}
-    if cell.nonlinearity == "tanh":
-        return {"h": tanh(g["h"])}
-    dead = frac(g["pre"] <= 0)
-    return {"h (relu)": (dead, jnp.zeros_like(dead))}
-
-
-_ACTIVATION_ORDER = ("z", "i", "f", "o", "tanh(c)", "r", "n", "h", "h (relu)")
 
 
 def _analyse_one(cell, params, xs, state0, *, specs, warmup, seed, horizon):
@@ -168,10 +106,13 @@ class Explanation:
       cell: the cell's description; steps: T; batch: number of sequences.
       warmup, margin: the settings used (nats/step for ``margin``).
       rows: one :class:`GrowthRow` per Jacobian sequence measured.
-      driver: ``kind`` (``"route"``, ``"interaction"``, ``"none"`` or ``"unknown"``),
-        ``dominant`` (the route whose removal lowers the growth most), ``alone``
-        (routes growing on their own), ``necessary`` (routes whose removal stops the
-        growth), ``with_carousel`` (routes that grow together with the carousel).
+      driver: the :class:`gradpaths.Driver` of the driver rule: how the full product
+        grows (``growth``), what drives it (``kind``: ``"route"``,
+        ``"interaction"``, ``"unknown"`` or ``"none"``), the driving ``route``, the
+        route whose ``cut`` lowers the exponent most, routes growing ``alone``,
+        routes whose removal stops the growth (``necessary``), routes that grow
+        beside the carousel (``with_carousel``). ``to_dict()`` writes it as a dict
+        with these keys and ``dominant`` (``route``, else ``cut``).
       local: (T,) per-step log stretching of the leading direction of the full
         product (mean over the batch), nats.
       peak_steps: the steps with the largest local stretching, ``(t, nats)``.
@@ -188,7 +129,7 @@ class Explanation:
     warmup: int
     margin: float
     rows: tuple[GrowthRow, ...]
-    driver: dict[str, Any]
+    driver: Driver
     local: np.ndarray
     peak_steps: tuple[tuple[int, float], ...]
     units: tuple[tuple[str, float], ...]
@@ -223,7 +164,7 @@ class Explanation:
             cell=self.cell, steps=self.steps, batch=self.batch, warmup=self.warmup,
             margin=self.margin, units_of_rates="nats/step",
             rows=[r.to_dict() for r in self.rows],
-            driver=self.driver,
+            driver=self.driver.to_dict(),
             local=[_num(v) for v in self.local],
             peak_steps=[[t, _num(v)] for t, v in self.peak_steps],
             units=[[u, _num(w)] for u, w in self.units],
@@ -232,75 +173,107 @@ class Explanation:
         )
 
     def __str__(self) -> str:
-        lines = [f"gradpaths explanation: {self.cell}, T = {self.steps}"
-                 + (f", batch of {self.batch}" if self.batch > 1 else "")
-                 + (f", warm-up {self.warmup}" if self.warmup else ""),
-                 "",
-                 f"{'Jacobian sequence':<24}{'top exponent':>14}{'horizon growth':>16}"
-                 f"{'e-fold steps':>14}",
-                 f"{'':<24}{'(nats/step)':>14}{'(nats/step)':>16}{'':>14}"]
-        for r in self.rows:
-            fold = "-" if not math.isfinite(r.exponent) or r.exponent == 0 else (
-                f"{1 / abs(r.exponent):.3g}")
-            mark = "" if r.horizon_converged else "*"
-            lines.append(f"{r.name:<24}{r.exponent:>+14.4f}{r.horizon:>+15.4f}{mark:<1}"
-                         f"{fold:>14}")
-        lines.append(f"({self.horizon_note})")
-        if not all(r.horizon_converged for r in self.rows):
-            lines.append("(*: not converged within the sweep budget, a lower bound; use "
-                         "horizon='exact')")
-        if any(v == -math.inf for r in self.rows for v in (r.exponent, r.horizon)):
-            lines.append("(-inf: that product is exactly zero over the window, e.g. a route "
-                         "whose step Jacobian is exactly 0.)")
-        if self.saturation:
-            lines += ["", f"{'gate saturation':<24}{'near low end':>14}{'near high end':>16}"]
-            for gate, d in self.saturation.items():
-                lines.append(f"{gate:<24}{d['low']:>14.1%}{d['high']:>16.1%}")
-        lines += ["", "largest local stretching at steps: "
-                  + ", ".join(f"{t} ({v:+.3f})" for t, v in self.peak_steps),
-                  "leading direction lives in units: "
-                  + ", ".join(f"{u} ({w:.0%})" for u, w in self.units),
-                  "", "verdict: " + self.verdict]
+        return render(self, "text")
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _summary(ex: Explanation, cell: str) -> str:
+    return (f"{cell}, T = {ex.steps}" + (f", batch of {ex.batch}" if ex.batch > 1 else "")
+            + (f", warm-up {ex.warmup}" if ex.warmup else ""))
+
+
+def growth_table(ex: Explanation, fmt: str = "text") -> list[str]:
+    """The table of Jacobian sequences: top exponent, horizon growth and e-fold steps
+    of each row, then its notes (``*`` lower bounds, ``-inf``); ``fmt`` ``"text"`` or
+    ``"markdown"``."""
+    markdown = _render.check_format(fmt) == "markdown"
+    columns = [_render.Column("Jacobian sequence", 24, "<"),
+               _render.Column("top exponent", 14, unit="nats/step"),
+               _render.Column("horizon growth", 16, unit="nats/step"),
+               _render.Column("e-fold steps", 14)]
+    rows = []
+    for r in ex.rows:
+        fold = "-" if not math.isfinite(r.exponent) or r.exponent == 0 else (
+            f"{1 / abs(r.exponent):.3g}")
+        mark = "*" if not r.horizon_converged else ("" if markdown else " ")
+        rows.append([f"`{r.name}`" if markdown else r.name, f"{r.exponent:+.4f}",
+                     f"{r.horizon:+.4f}{mark}", fold])
+    if markdown:            # the report also names each row's kind of route set
+        columns.insert(1, _render.Column("kind", 0))
+        for row, r in zip(rows, ex.rows, strict=True):
+            row.insert(1, r.kind)
+    lines = _render.table(columns, rows, fmt)
+    notes = [] if markdown else [f"({ex.horizon_note})"]
+    if not all(r.horizon_converged for r in ex.rows):
+        notes.append("(*: not converged within the sweep budget, a lower bound; use "
+                     "horizon='exact')")
+    if any(v == -math.inf for r in ex.rows for v in (r.exponent, r.horizon)):
+        notes.append("(-inf: that product is exactly zero over the window, e.g. a route "
+                     "whose step Jacobian is exactly 0.)")
+    return lines + ([""] if markdown and notes else []) + notes
+
+
+def saturation_table(ex: Explanation, fmt: str = "text") -> list[str]:
+    """Gate saturation: the fraction of (step, unit) pairs near each end of every
+    gate's range; no lines for a cell that reports no activations."""
+    if not ex.saturation:
+        return []
+    columns = [_render.Column("gate saturation", 24, "<"), _render.Column("near low end", 14),
+               _render.Column("near high end", 16)]
+    rows = [[g, f"{d['low']:.1%}", f"{d['high']:.1%}"] for g, d in ex.saturation.items()]
+    return _render.table(columns, rows, fmt)
+
+
+def where(ex: Explanation, fmt: str = "text") -> list[str]:
+    """The steps of largest local stretching and the units of the leading direction."""
+    unit = " nats" if fmt == "markdown" else ""
+    steps = ", ".join(f"{t} ({v:+.3f}{unit})" for t, v in ex.peak_steps)
+    units = ", ".join(f"{u} ({w:.0%})" for u, w in ex.units)
+    if _render.check_format(fmt) == "markdown":
+        return [f"Largest local stretching at steps: {steps}.", "",
+                f"The leading direction lives in units: {units}."]
+    return [f"largest local stretching at steps: {steps}",
+            f"leading direction lives in units: {units}"]
+
+
+def render(ex: Explanation, fmt: str = "text", *, source: str | None = None) -> str:
+    """The explanation as plain text (``str(ex)``) or as the Markdown body of a
+    report (``source``: where the weights come from, Markdown only)."""
+    if _render.check_format(fmt) == "text":
+        lines = [f"gradpaths explanation: {_summary(ex, ex.cell)}", "", *growth_table(ex, fmt)]
+        if ex.saturation:
+            lines += ["", *saturation_table(ex, fmt)]
+        lines += ["", *where(ex, fmt), "", "verdict: " + ex.verdict]
         return "\n".join(lines)
+    parts = ["# gradpaths explanation", "", f"**Model:** {_summary(ex, f'`{ex.cell}`')}.", ""]
+    if source:
+        parts += [f"**Weights:** {source}.", ""]
+    parts += ["## Verdict", "", ex.verdict, "",
+              "## Growth of each Jacobian sequence", "",
+              "Top Lyapunov exponent and horizon growth `log ||J_{T-1} ... J_w||_2 / (T - w)` "
+              f"(`w` the warm-up), both in nats/step ({ex.horizon_note}).", "",
+              *growth_table(ex, fmt), ""]
+    if ex.saturation:
+        parts += ["## Gate saturation", "", *saturation_table(ex, fmt), ""]
+    parts += ["## Where and in which units", "", *where(ex, fmt), ""]
+    return "\n".join(parts)
 
 
 # --------------------------------------------------------------------------- verdict
 
 
-def dominant_route(full: float, alone: dict[str, float], cut: dict[str, float],
-                   margin: float) -> str | None:
-    """The route whose cut lowers the top exponent most: ``argmax_r (full - cut[r])``.
+def _driver(rows: dict[str, GrowthRow], cell: Cell, margin: float) -> Driver:
+    """The driver rule (:func:`gradpaths.classify`) on the measured rows."""
+    sets = _routesets.standard_sets(cell, kinds=("alone", "with carousel", "all but"))
 
-    The carousel never amplifies while ``0 < f < 1``: when it contracts on its own
-    (``alone["carousel"] <= margin``) it only carries what other routes amplify, so
-    the dominant route is sought among the others. None when nothing can be cut.
-    """
-    drops = {r: full - v for r, v in cut.items() if math.isfinite(full - v)
-             and not (r == "carousel" and alone.get("carousel", math.inf) <= margin)}
-    return max(drops, key=drops.get) if drops else None
+    def of(kind: str) -> dict[str, float]:
+        return {s.focus: rows[s.name].exponent for s in sets
+                if s.kind == kind and s.name in rows and s.focus is not None}
 
-
-def _driver(rows: dict[str, GrowthRow], cell: Any, margin: float) -> dict[str, Any]:
-    full = rows["full"].exponent
-    if not _routes.has_routes(cell) or len(cell.routes) < 2:
-        return dict(kind="unknown" if full > margin else "none", dominant=None, alone=[],
-                    necessary=[], with_carousel=[])
-    routes = cell.routes
-    alone = [r for r in routes if rows[r].exponent > margin]
-    but = {r: rows[f"all but {r}"].exponent for r in routes if f"all but {r}" in rows}
-    necessary = [r for r, v in but.items() if v <= margin]
-    with_c = [r for r in routes if f"carousel+{r}" in rows and rows[f"carousel+{r}"].exponent
-              > margin]
-    dominant = dominant_route(full, {r: rows[r].exponent for r in routes}, but, margin)
-    if full <= margin:
-        kind = "none"
-    elif alone:
-        kind = "route"
-        dominant = max(alone, key=lambda r: rows[r].exponent)
-    else:
-        kind = "interaction"
-    return dict(kind=kind, dominant=dominant, alone=alone, necessary=necessary,
-                with_carousel=with_c)
+    return _routesets.classify(rows["full"].exponent, of("alone"), of("all but"),
+                               of("with carousel"), margin=margin)
 
 
 _EDGE_WORDS = {"carousel": "the cell-state carousel c -> c' (factor diag(f))",
@@ -317,7 +290,7 @@ def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _verdict(rows: dict[str, GrowthRow], driver: dict[str, Any], margin: float,
+def _verdict(rows: dict[str, GrowthRow], driver: Driver, margin: float,
              steps: int, warmup: int = 0) -> str:
     """The plain-language answer. ``steps`` is the window the exponents average over
     (after a warm-up of ``warmup`` steps), so ``e^{exponent * steps}`` is the factor
@@ -347,27 +320,27 @@ def _verdict(rows: dict[str, GrowthRow], driver: dict[str, Any], margin: float,
                      f"{c:+.4f} nats/step"
                      + (" (forget gates below 1 never amplify): the cell-state path carries "
                         "the signal but does not amplify it." if carries else "."))
-    kind, dom = driver["kind"], driver["dominant"]
-    if kind == "route":
+    kind, dom = driver.kind, driver.route
+    if kind == "route" and dom is not None:
         parts.append(f"{_sentence(_edge(dom))} grows on its own at "
                      f"{rows[dom].exponent:+.4f} nats/step: its recurrent matrix is multiplied "
                      "step after step, as a vanilla RNN's W is.")
-        if driver["necessary"]:
-            parts.append("Removing " + " or ".join(driver["necessary"])
+        if driver.necessary:
+            parts.append("Removing " + " or ".join(driver.necessary)
                          + " stops the growth.")
     elif kind == "interaction":
         parts.append("No route grows on its own: the growth comes from routes acting "
                      "together (paths that alternate between them).")
-        if driver["necessary"]:
-            parts.append("Cutting any of " + ", ".join(driver["necessary"]) + " stops it.")
+        if driver.necessary:
+            parts.append("Cutting any of " + ", ".join(driver.necessary) + " stops it.")
         if dom is not None:
             parts.append(f"Of the routes that can amplify, cutting {_edge(dom)} lowers it "
                          f"most (all but {dom}: {rows[f'all but {dom}'].exponent:+.4f} "
                          "nats/step).")
-        if driver["with_carousel"]:
+        if driver.with_carousel:
             parts.append("With the carousel alone beside it, "
-                         + ", ".join(driver["with_carousel"])
-                         + (" already grows." if len(driver["with_carousel"]) == 1
+                         + ", ".join(driver.with_carousel)
+                         + (" already grows." if len(driver.with_carousel) == 1
                             else " already grow, each on its own."))
     elif kind == "unknown":
         parts.append("This cell defines no routes to split the growth by.")
@@ -377,8 +350,8 @@ def _verdict(rows: dict[str, GrowthRow], driver: dict[str, Any], margin: float,
 # --------------------------------------------------------------------------- entry point
 
 
-def explain(cell: Any, params: Any, xs: Any, state0: Any = None, *, warmup: int = 0,
-            margin: float = 1e-3, top_steps: int = 5, top_units: int = 5, seed: int = 0,
+def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int = 0,
+            margin: float = DEFAULT_MARGIN, top_steps: int = 5, top_units: int = 5, seed: int = 0,
             shard: bool = True, horizon: str = "power") -> Explanation:
     """Explain where the gradients of ``cell`` explode or vanish along ``xs``.
 
@@ -409,7 +382,7 @@ def explain(cell: Any, params: Any, xs: Any, state0: Any = None, *, warmup: int 
         cell, params, xs = gp.exploding_lstm()
         ex = gp.explain(cell, params, xs, warmup=50)
         print(ex)                  # table and verdict
-        ex.row("carousel").exponent, ex.driver["dominant"]
+        ex.row("carousel").exponent, ex.driver.route
     """
     raw = _checks.as_array(xs, "xs")
     batched = raw.ndim == 3
@@ -428,15 +401,15 @@ def explain(cell: Any, params: Any, xs: Any, state0: Any = None, *, warmup: int 
     top_steps = _checks.check_positive_int(top_steps, "top_steps")
     top_units = _checks.check_positive_int(top_units, "top_units")
     seed = _checks.check_positive_int(seed, "seed", allow_zero=True)
-    if not (isinstance(margin, (int, float)) and margin >= 0):
+    if isinstance(margin, bool) or not (isinstance(margin, (int, float)) and margin >= 0):
         raise ValueError(f"margin: expected a number >= 0, got {margin!r}")
 
-    specs = _specs(cell, p.layout)
+    sets = _routesets.standard_sets(cell, p.layout)
     if shard:
         xs = _inputs.shard_batch(xs)
     _checks.check_choice(horizon, "horizon", _lyapunov.HORIZONS)
     out = _inputs.call(_analyse_batch, cell, p.params, xs, p.state0,
-                       specs=tuple(s for _, _, s in specs), warmup=warmup, seed=seed,
+                       specs=tuple(s.spec for s in sets), warmup=warmup, seed=seed,
                        horizon=horizon)
     out = jax.tree_util.tree_map(lambda a: np.asarray(a)[:B], out)
     for key in ("exponent", "horizon", "units"):
@@ -446,9 +419,9 @@ def explain(cell: Any, params: Any, xs: Any, state0: Any = None, *, warmup: int 
                 "(check the inputs' scale and the parameters)")
 
     rows = {}
-    for k, (name, kind, spec) in enumerate(specs):
+    for k, rs in enumerate(sets):
         per = out["exponent"][:, k]
-        rows[name] = GrowthRow(name, kind, spec.routes, spec.block, float(np.mean(per)),
+        rows[rs.name] = GrowthRow(rs.name, rs.kind, rs.routes, rs.block, float(np.mean(per)),
                                float(np.mean(out["horizon"][:, k])), tuple(float(v) for v in per),
                                bool(np.all(out["converged"][:, k])))
     local = np.mean(out["local"], axis=0)
@@ -457,10 +430,9 @@ def explain(cell: Any, params: Any, xs: Any, state0: Any = None, *, warmup: int 
     labels = [f"{name}[{j}]" for name, size in zip(p.layout.names, p.layout.sizes)
               for j in range(size)]
     best = np.argsort(weights)[::-1][:top_units]
-    order = _ACTIVATION_ORDER
-    saturation = {g: {"low": float(np.mean(lo)), "high": float(np.mean(hi))}
-                  for g, (lo, hi) in sorted(out["activations"].items(),
-                                            key=lambda kv: order.index(kv[0]))}
+    saturation = {g: {"low": float(np.mean(out["activations"][g][0])),
+                      "high": float(np.mean(out["activations"][g][1]))}
+                  for g in getattr(cell, "activation_names", ()) if g in out["activations"]}
     driver = _driver(rows, cell, margin)
     return Explanation(
         cell=repr(cell) if _inputs.is_builtin(cell) else type(cell).__name__,

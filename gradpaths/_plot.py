@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from gradpaths import _routesets
+
 _ROUTE_COLOURS = {
     "full": "black", "carousel": "#1f77b4", "z": "#ff7f0e", "i": "#2ca02c", "f": "#9467bd",
     "o": "#d62728", "peep_i": "#8c564b", "peep_f": "#e377c2", "r": "#2ca02c", "n": "#9467bd",
@@ -41,23 +43,20 @@ def _figure(nrows: int = 1, ncols: int = 1, *, width: float = 8.0, height: float
 
 
 def _colour(name: str, k: int) -> str:
-    """A route set's colour: its route's (``"o"``, ``"all but o"``, ``"carousel+o"``)."""
+    """A route set's colour: its focus route's (``"o"``, ``"all but o"``,
+    ``"carousel+o"`` share the o route's); else the k-th of the cycle."""
     if name in _ROUTE_COLOURS:
         return _ROUTE_COLOURS[name]
-    if name.startswith("all but "):
-        return _ROUTE_COLOURS.get(name[len("all but "):], _CYCLE[k % len(_CYCLE)])
-    parts = [p for p in name.split("+") if p != "carousel"]
-    if len(parts) == 1 and parts[0] in _ROUTE_COLOURS:
-        return _ROUTE_COLOURS[parts[0]]
-    return _CYCLE[k % len(_CYCLE)]
+    focus = _routesets.describe(name)[1]
+    return _ROUTE_COLOURS.get(focus or "", _CYCLE[k % len(_CYCLE)])
+
+
+_LINESTYLES = {"all but": "--", "with carousel": "-.", "set": "-."}
 
 
 def _linestyle(name: str) -> str:
-    if name.startswith("all but "):
-        return "--"
-    if "+" in name:
-        return "-."
-    return "-"
+    """A route set's line style by kind: dashed for "all but", dash-dot for unions."""
+    return _LINESTYLES.get(_routesets.describe(name)[0], "-")
 
 
 def _finite(a: Any) -> np.ndarray:
@@ -600,8 +599,9 @@ def phase_diagram(sweep: Any, *, names: Sequence[str] | None = None,
         ax.set_yticks(np.arange(G), [f"{v:g}" for v in gains])
         ax.set_xlabel(r"forget bias $b_f$")
         ax.set_ylabel("gain of R_" + ", R_".join(sweep.scaled))
-        label = {"full": "full product"}.get(name, name if name.startswith("all but")
-                                             else f"{name} alone")
+        kind = _routesets.describe(name)[0]
+        label = ("full product" if kind == "full" else f"{name} alone" if kind == "alone"
+                 else name)
         ax.set_title(label, fontsize=10)
     for k in range(n, nrows * ncols):
         axes[k // ncols, k % ncols].set_visible(False)

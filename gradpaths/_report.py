@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import math
 import os
 import platform
 import shutil
@@ -33,7 +32,23 @@ from typing import Any
 import jax
 import numpy as np
 
-from gradpaths import _checks, _inputs, _routes
+from gradpaths import (
+    _checks,
+    _counts,
+    _explain,
+    _inputs,
+    _jacobians,
+    _lyapunov,
+    _plot,
+    _products,
+    _render,
+    _routes,
+    _sweep,
+    _views,
+)
+from gradpaths._explain import Explanation
+from gradpaths._protocols import Cell, has_activations, has_routes
+from gradpaths._sweep import Sweep
 
 REPORT_FILE = "report.json"
 #: The file listing what gradpaths wrote in a report folder: only such a folder is
@@ -72,16 +87,11 @@ def versions() -> dict[str, str]:
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(_render.table([_render.Column(h, 0) for h in header],
+                                   [[str(c) for c in row] for row in rows], "markdown"))
 
 
-def _fmt(x: Any, spec: str = "+.4f") -> str:
-    """A number for a table; non-finite numbers (or their JSON strings) as text."""
-    if isinstance(x, str) or x is None:
-        return str(x)
-    return format(x, spec) if math.isfinite(x) else str(x)
+_fmt = _render.number
 
 
 # --------------------------------------------------------------------------- the folder
@@ -327,18 +337,19 @@ _CAPTIONS = {
 }
 
 
-def _counts_route(ex: Any, cell: Any) -> str | None:
-    routes = cell.routes if _routes.has_routes(cell) else ()
+def _counts_route(ex: Explanation, cell: Cell) -> str | None:
+    routes = cell.routes if has_routes(cell) else ()
     if len(routes) < 2:
         return None
-    if ex.driver.get("dominant"):
-        return ex.driver["dominant"]
+    if ex.driver.dominant:
+        return ex.driver.dominant
     others = [r for r in routes if r != "carousel"]
     return max(others, key=lambda r: ex.row(r).exponent)
 
 
-def explain_report(cell: Any, params: Any, xs: Any, state0: Any = None, *,
-                   explanation: Any = None, warmup: int = 0, heatmap_step: int | None = None,
+def explain_report(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
+                   explanation: Explanation | None = None, warmup: int = 0,
+                   heatmap_step: int | None = None,
                    counts_route: str | None = None, counts_window: int | None = None,
                    settings: Mapping[str, Any] | None = None, command: str | None = None,
                    source: str | None = None, max_counts_size: int = 64) -> Report:
@@ -369,10 +380,8 @@ def explain_report(cell: Any, params: Any, xs: Any, state0: Any = None, *,
       :class:`Report` with ``data`` = header, ``"explanation"`` (``to_dict()``) and
       ``"figures"`` (numbers behind some figures).
     """
-    import gradpaths as gp
-
-    ex = explanation if explanation is not None else gp.explain(cell, params, xs, state0,
-                                                                warmup=warmup)
+    ex = explanation if explanation is not None else _explain.explain(cell, params, xs, state0,
+                                                                      warmup=warmup)
     seq = np.asarray(xs)
     seq = seq[0] if seq.ndim == 3 else seq
     T = seq.shape[0]
@@ -388,39 +397,40 @@ def explain_report(cell: Any, params: Any, xs: Any, state0: Any = None, *,
     extra: dict[str, Any] = {}
     notes: list[str] = []
 
-    curves = gp.growth_curves(cell, params, seq, state0)
-    figs["growth_curves"] = gp.plot.growth_curves(curves)
+    curves = _views.growth_curves(cell, params, seq, state0)
+    figs["growth_curves"] = _plot.growth_curves(curves)
     extra["growth_curves"] = {k: _num(v[-1] / T) for k, v in curves.items()}
 
-    spectra = gp.step_spectra(cell, params, seq, state0)
+    spectra = _products.step_spectra(cell, params, seq, state0)
     local = ex.local if ex.batch == 1 else None
-    figs["step_spectra"] = gp.plot.step_spectra(spectra, xs=seq, local=local)
-    extra["input_events"] = [int(t) for t in gp.input_events(seq)]
+    figs["step_spectra"] = _plot.step_spectra(spectra, xs=seq, local=local)
+    extra["input_events"] = [int(t) for t in _views.input_events(seq)]
 
     step = int(ex.peak_steps[0][0]) if heatmap_step is None else int(heatmap_step)
     if not 0 <= step < T:
         raise ValueError(f"heatmap_step: expected 0 <= step < T = {T}, got {step}")
     method = "analytic" if _inputs.has_closed_form(cell) else "jacfwd"
-    if _routes.has_routes(cell) and len(cell.routes) > 1:
-        mats = gp.route_jacobians(cell, params, seq[: step + 1], state0, method=method)
+    if has_routes(cell) and len(cell.routes) > 1:
+        mats = _routes.route_jacobians(cell, params, seq[: step + 1], state0, method=method)
     else:
-        mats = {"full": gp.step_jacobians(cell, params, seq[: step + 1], state0, method=method)}
-    figs["jacobian_blocks"] = gp.plot.jacobian_blocks(mats, step=step)
+        mats = {"full": _jacobians.step_jacobians(cell, params, seq[: step + 1], state0,
+                                                  method=method)}
+    figs["jacobian_blocks"] = _plot.jacobian_blocks(mats, step=step)
     extra["heatmap_step"] = step
 
     layout_size = next(iter(mats.values())).matrix.shape[-1]
     k = min(layout_size, 32)
-    lam = np.asarray(gp.lyapunov_exponents(cell, params, seq, state0, k=k,
+    lam = np.asarray(_lyapunov.lyapunov_exponents(cell, params, seq, state0, k=k,
                                            warmup=min(ex.warmup, T - 1)))
-    figs["lyapunov_spectrum"] = gp.plot.lyapunov_spectrum({"full": lam})
+    figs["lyapunov_spectrum"] = _plot.lyapunov_spectrum({"full": lam})
     extra["lyapunov_spectrum"] = _nums(lam)
 
     route = counts_route or _counts_route(ex, cell)
     if route is not None and layout_size <= max_counts_size and jax.config.jax_enable_x64:
         stop = start + counts_window
-        counts = gp.route_use_counts(cell, params, seq, state0, route=route, start=start,
+        counts = _counts.route_use_counts(cell, params, seq, state0, route=route, start=start,
                                      stop=stop)
-        figs["route_use_counts"] = gp.plot.route_use_counts(counts, route=route)
+        figs["route_use_counts"] = _plot.route_use_counts(counts, route=route)
         extra["route_use_counts"] = {"route": route, "start": start, "stop": stop,
                                      "log_norms": _nums(counts.log_norms)}
     elif route is not None:
@@ -428,9 +438,9 @@ def explain_report(cell: Any, params: Any, xs: Any, state0: Any = None, *,
                else f"state size {layout_size} > {max_counts_size}")
         notes.append(f"Route-use counts skipped ({why}).")
 
-    if _inputs.is_builtin(cell):
-        figs["gate_saturation"] = gp.plot.gate_saturation(
-            gp.gate_saturation(cell, params, seq, state0))
+    if has_activations(cell):
+        figs["gate_saturation"] = _plot.gate_saturation(
+            _views.gate_saturation(cell, params, seq, state0))
 
     data = _header("explain", settings, command)
     if source is not None:
@@ -440,39 +450,9 @@ def explain_report(cell: Any, params: Any, xs: Any, state0: Any = None, *,
     return Report(data, _explain_markdown(ex, data, figs, notes), figs)
 
 
-def _explain_markdown(ex: Any, data: Mapping[str, Any], figs: Mapping[str, Any],
+def _explain_markdown(ex: Explanation, data: Mapping[str, Any], figs: Mapping[str, Any],
                       notes: list[str]) -> str:
-    rows = []
-    for r in ex.rows:
-        fold = "-" if not math.isfinite(r.exponent) or r.exponent == 0 else (
-            f"{1 / abs(r.exponent):.3g}")
-        horizon = _fmt(r.horizon) + ("" if r.horizon_converged else " (lower bound, not converged)")
-        rows.append([f"`{r.name}`", r.kind, _fmt(r.exponent), horizon, fold])
-    parts = [
-        "# gradpaths explanation", "",
-        f"**Model:** `{ex.cell}`, T = {ex.steps}"
-        + (f", batch of {ex.batch}" if ex.batch > 1 else "")
-        + (f", warm-up {ex.warmup}" if ex.warmup else "") + ".", "",
-        *([f"**Weights:** {data['source']}.", ""] if data.get("source") else []),
-        "## Verdict", "", ex.verdict, "",
-        "## Growth of each Jacobian sequence", "",
-        "Top Lyapunov exponent and horizon growth `log ||J_{T-1} ... J_w||_2 / (T - w)` "
-        "(`w` the warm-up), "
-        f"both in nats/step ({ex.horizon_note}).", "",
-        _table(["Jacobian sequence", "kind", "top exponent", "horizon growth", "e-fold steps"],
-               rows), "",
-    ]
-    if ex.saturation:
-        parts += ["## Gate saturation", "",
-                  _table(["gate", "near low end", "near high end"],
-                         [[g, f"{d['low']:.1%}", f"{d['high']:.1%}"]
-                          for g, d in ex.saturation.items()]), ""]
-    parts += ["## Where and in which units", "",
-              "Largest local stretching at steps: "
-              + ", ".join(f"{t} ({_fmt(v, '+.3f')} nats)" for t, v in ex.peak_steps) + ".", "",
-              "The leading direction lives in units: "
-              + ", ".join(f"{u} ({w:.0%})" for u, w in ex.units) + ".", ""]
-    parts += ["## Figures", ""]
+    parts = [_explain.render(ex, "markdown", source=data.get("source")), "## Figures", ""]
     if ex.batch > 1:
         parts += [f"Figures show the first of the {ex.batch} sequences.", ""]
     for name in figs:
@@ -486,33 +466,25 @@ def _explain_markdown(ex: Any, data: Mapping[str, Any], figs: Mapping[str, Any],
 # --------------------------------------------------------------------------- sweep, train
 
 
-def sweep_report(sweep: Any, *, settings: Mapping[str, Any] | None = None,
+def sweep_report(sweep: Sweep, *, settings: Mapping[str, Any] | None = None,
                  command: str | None = None) -> Report:
     """A :class:`gradpaths.Sweep` as a report: table, phase diagram, numbers."""
-    import gradpaths as gp
-
-    fig = gp.plot.phase_diagram(sweep)
+    fig = _plot.phase_diagram(sweep)
     data = _header("sweep", settings, command)
     data["sweep"] = sweep.to_dict()
     regions = sweep.regions()
-    shown = ("full",) + sweep.routes
-    rows = []
-    dominant = sweep.dominant()
-    for a, g in enumerate(sweep.gains):
-        for b, f in enumerate(sweep.forget_biases):
-            rows.append([f"{g:g}", f"{f:g}"]
-                        + [_fmt(sweep.exponent(n)[a, b]) for n in shown]
-                        + [regions[a, b], dominant[a, b] or "-"])
-    counts = {k: int((regions == k).sum()) for k in ("vanish", "neutral", "route", "interaction")}
+    counts = {k: int((regions == k).sum()) for k in _sweep.REGIONS}
     md = "\n".join([
         "# gradpaths sweep: a phase diagram", "",
         f"An LSTM with n = {sweep.settings['hidden']}, T = {sweep.settings['steps']} "
         f"(warm-up {sweep.settings['warmup']}); the gain multiplies R_"
         + ", R_".join(sweep.scaled) + ". Top Lyapunov exponents in nats/step.", "",
         "Grid points: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + " (*route*: some "
-        "route grows on its own; *interaction*: the whole grows although no route does).", "",
+        "route grows on its own; *interaction*: the whole grows although no route does; "
+        "*driver*: the route growing fastest alone, else the one whose removal lowers the "
+        "growth most).", "",
         "![phase diagram](phase_diagram.png)", "",
-        _table(["gain", "b_f", *shown, "region", "cut lowers most"], rows), "",
+        *_sweep.grid(sweep, "markdown"), "",
         _footer(data)])
     return Report(data, md, {"phase_diagram": fig})
 
@@ -555,9 +527,7 @@ def train_report(histories: Mapping[str, Any], *, clip: float | None = None,
     runs that were planned but not started (an interrupt stopped the command first).
     ``explosion_window``: as in :func:`gradpaths.train` (the summary says when the
     largest gradient norm came before the explosion rule could judge it)."""
-    import gradpaths as gp
-
-    fig = gp.plot.training_curves(dict(histories), clip=clip)
+    fig = _plot.training_curves(dict(histories), clip=clip)
     data = _header("train", settings, command)
     summary, files = {}, {}
     notes = []

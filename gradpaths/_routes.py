@@ -20,11 +20,8 @@ import jax
 
 from gradpaths import _inputs, _operator
 from gradpaths._jacobians import StepJacobians, entering
+from gradpaths._protocols import has_routes as has_routes
 from gradpaths._state import layout_of
-
-
-def has_routes(cell: Any) -> bool:
-    return isinstance(getattr(cell, "routes", None), tuple) and len(cell.routes) > 0
 
 
 def check_routes(cell: Any, routes: Iterable[str] | None) -> tuple[str, ...] | None:

@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradpaths import _checks, _inputs, _lyapunov
+from gradpaths import _checks, _inputs, _lyapunov, _render, _routesets
 from gradpaths._cells import LSTM
-from gradpaths._products import Spec
+from gradpaths._routesets import DEFAULT_MARGIN
 
 _num = _checks.json_number
 
@@ -58,47 +58,51 @@ class Sweep:
 
     @property
     def routes(self) -> tuple[str, ...]:
-        """The routes (names of the single-route sequences)."""
-        return tuple(n for n in self.names[1:] if not n.startswith("all but "))
+        """The routes (the focus of each single-route sequence)."""
+        return tuple(focus for kind, focus in map(_routesets.describe, self.names)
+                     if kind == "alone" and focus is not None)
 
-    def regions(self, margin: float = 1e-3) -> np.ndarray:
-        """(G, F) labels: ``"vanish"`` (full below ``-margin``), ``"neutral"``,
+    def drivers(self, margin: float = DEFAULT_MARGIN) -> np.ndarray:
+        """(G, F) object array of :class:`gradpaths.Driver`: the driver rule
+        (:func:`gradpaths.classify`, the rule of :func:`gradpaths.explain`)
+        at every grid point."""
+        routes = self.routes
+        cut = {r: self.exponent(f"all but {r}") for r in routes if f"all but {r}" in self.names}
+        alone = {r: self.exponent(r) for r in routes}
+        full = self.exponent("full")
+        out = np.empty(full.shape, dtype=object)
+        for a, b in np.ndindex(*full.shape):
+            out[a, b] = _routesets.classify(
+                float(full[a, b]), {r: float(v[a, b]) for r, v in alone.items()},
+                {r: float(v[a, b]) for r, v in cut.items()}, margin=margin)
+        return out
+
+    def regions(self, margin: float = DEFAULT_MARGIN) -> np.ndarray:
+        """(G, F) labels: ``"vanishes"`` (full below ``-margin``), ``"neutral"``,
         ``"route"`` (full grows and some route grows alone) or ``"interaction"``
-        (full grows, no route alone does)."""
-        full = self.exponent("full")
-        alone = np.max(np.stack([self.exponent(r) for r in self.routes], axis=2), axis=2)
-        out = np.full(full.shape, "neutral", dtype=object)
-        out[full < -margin] = "vanish"
-        out[(full > margin) & (alone > margin)] = "route"
-        out[(full > margin) & ~(alone > margin)] = "interaction"
-        return out
+        (full grows, no route alone does): the driver's ``kind`` where the product
+        explodes, its ``growth`` elsewhere."""
+        return _regions(self.drivers(margin))
 
-    def dominant(self, margin: float = 1e-3) -> np.ndarray:
-        """(G, F) where the full product grows (above ``margin``): the route whose
-        removal lowers its exponent most (as in :func:`gradpaths.explain`; the
-        carousel only when it grows alone); ``""`` elsewhere."""
-        full = self.exponent("full")
-        drops = []
-        for r in self.routes:
-            drop = full - self.exponent(f"all but {r}")
-            if r == "carousel":
-                drop = np.where(self.exponent("carousel") > 0, drop, -np.inf)
-            drops.append(drop)
-        best = np.argmax(np.stack(drops, axis=2), axis=2)
-        out = np.asarray(self.routes, dtype=object)[best]
-        out[~(full > margin)] = ""
-        return out
+    def dominant(self, margin: float = DEFAULT_MARGIN) -> np.ndarray:
+        """(G, F) where the full product explodes (above ``margin``): the driving
+        route (:attr:`gradpaths.Driver.route`: the route growing fastest alone, else
+        the one whose removal lowers the exponent most, the carousel only when it
+        grows alone); ``""`` elsewhere."""
+        return _routes_of(self.drivers(margin))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: lists, non-finite numbers as strings."""
+        drivers = self.drivers()
         return dict(
             gains=[float(g) for g in self.gains],
             forget_biases=[float(b) for b in self.forget_biases],
             names=list(self.names), scaled=list(self.scaled), units_of_rates="nats/step",
             exponents={name: [[_num(v) for v in row] for row in self.exponent(name)]
                        for name in self.names},
-            regions=[list(row) for row in self.regions()],
-            dominant=[list(row) for row in self.dominant()],
+            regions=[list(row) for row in _regions(drivers)],
+            dominant=[list(row) for row in _routes_of(drivers)],
+            margin=DEFAULT_MARGIN,
             settings=dict(self.settings),
         )
 
@@ -106,18 +110,51 @@ class Sweep:
         head = (f"gradpaths sweep: LSTM n = {self.settings['hidden']}, T = "
                 f"{self.settings['steps']}, warm-up {self.settings['warmup']}; gain scales R_"
                 + ", R_".join(self.scaled))
-        shown = ("full",) + self.routes
-        cols = "".join(f"{n:>10}" for n in shown)
-        lines = [head, "top exponents (nats/step): the whole product and each route alone; "
-                 "'cut' is the route whose removal lowers the growth most", "",
-                 f"{'gain':>8}{'b_f':>8}{cols}  {'region':<12}cut"]
-        regions, dominant = self.regions(), self.dominant()
-        for a, g in enumerate(self.gains):
-            for b, f in enumerate(self.forget_biases):
-                vals = "".join(f"{self.exponent(n)[a, b]:>+10.4f}" for n in shown)
-                cut = dominant[a, b] or "-"
-                lines.append(f"{g:>8.3g}{f:>8.3g}{vals}  {regions[a, b]:<12}{cut}")
-        return "\n".join(lines)
+        return "\n".join([head, "top exponents (nats/step): the whole product and each route "
+                          "alone; 'driver' as in explain: the route growing fastest alone, "
+                          "else the one whose removal lowers the growth most", "",
+                          *grid(self, "text")])
+
+
+REGIONS = ("vanishes", "neutral", "route", "interaction")
+
+
+def _regions(drivers: np.ndarray) -> np.ndarray:
+    out = np.empty(drivers.shape, dtype=object)
+    for idx, d in np.ndenumerate(drivers):
+        out[idx] = d.kind if d.growth == "explodes" and d.kind != "unknown" else d.growth
+    return out
+
+
+def _routes_of(drivers: np.ndarray) -> np.ndarray:
+    out = np.empty(drivers.shape, dtype=object)
+    for idx, d in np.ndenumerate(drivers):
+        out[idx] = d.route or ""
+    return out
+
+
+def grid(sweep: Sweep, fmt: str = "text") -> list[str]:
+    """The sweep's grid, one line per point: gain, forget bias, the top exponent of
+    the whole and of each route alone, the region and the driving route (``-`` where
+    the product does not explode); ``fmt`` ``"text"`` or ``"markdown"``."""
+    shown = ("full",) + sweep.routes
+    columns = [_render.Column("gain", 8), _render.Column("b_f", 8),
+               *(_render.Column(n, 10) for n in shown),
+               _render.Column("", 2), _render.Column("region", 12, "<"),
+               _render.Column("driver", 0, "<")]
+    drivers = sweep.drivers()
+    regions, routes = _regions(drivers), _routes_of(drivers)
+    rows = []
+    for a, g in enumerate(sweep.gains):
+        for b, f in enumerate(sweep.forget_biases):
+            rows.append([f"{g:.3g}", f"{f:.3g}",
+                         *(f"{sweep.exponent(n)[a, b]:+.4f}" for n in shown),
+                         "", regions[a, b], routes[a, b] or "-"])
+    if fmt == "markdown":
+        keep = [k for k, c in enumerate(columns) if c.title]
+        return _render.table([columns[k] for k in keep], [[r[k] for k in keep] for r in rows],
+                             fmt)
+    return _render.table(columns, rows, fmt)
 
 
 def _grid(cell, params, xs, state0, grid, *, scaled, specs, warmup, seed):
@@ -216,10 +253,8 @@ def sweep(*, gains: Iterable[float] = DEFAULT_GAINS,
               if g not in scaled}
     params = params._replace(R=params.R._replace(**others))
     xs = input_scale * jax.random.normal(k_xs, (steps, inputs), dtype)
-    routes = cell.routes
-    names = ("full",) + routes + tuple(f"all but {r}" for r in routes)
-    specs = ((Spec(None, None),) + tuple(Spec((r,), None) for r in routes)
-             + tuple(Spec(tuple(q for q in routes if q != r), None) for r in routes))
+    sets = _routesets.standard_sets(cell, kinds=("full", "alone", "all but"))
+    names, specs = tuple(s.name for s in sets), tuple(s.spec for s in sets)
     G, F = len(gains), len(biases)
     # the grid points, one row each, spread over the devices
     grid = _inputs.shard_batch(jnp.asarray(np.stack([np.repeat(gains, F), np.tile(biases, G)],

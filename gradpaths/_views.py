@@ -11,11 +11,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from gradpaths import _checks, _explain, _inputs, _products, _routes
+from gradpaths import _checks, _inputs, _products, _protocols, _routes, _routesets
 from gradpaths._jacobians import _unroll
-from gradpaths._products import Spec, check_block
+from gradpaths._operator import Spec
+from gradpaths._protocols import Cell, SaturatingCell
 from gradpaths._state import Layout
 
 Array = jax.Array
@@ -23,52 +25,19 @@ Array = jax.Array
 # --------------------------------------------------------------------------- route sets
 
 
-def default_sets(cell: Any) -> tuple[str, ...]:
+def default_sets(cell: Cell) -> tuple[str, ...]:
     """The route sets a growth-curve figure shows by default.
 
     ``full``; with routes, ``carousel`` (when the cell has one) and ``all but r``
     for each other route (cutting one route at a time shows which one the growth
     needs). A cell without routes (or with one) gets ``full`` only.
     """
-    if not _routes.has_routes(cell) or len(cell.routes) < 2:
-        return ("full",)
-    sets = ["full"]
-    if "carousel" in cell.routes:
-        sets.append("carousel")
-    if len(cell.routes) > 2:
-        sets += [f"all but {r}" for r in cell.routes if r != "carousel"]
-    return tuple(sets)
+    sets = _routesets.standard_sets(cell, kinds=("full", "alone", "all but"))
+    return tuple(s.name for s in sets if s.kind == "full" or s.name == "carousel"
+                 or (s.kind == "all but" and s.focus != "carousel"))
 
 
-def parse_set(cell: Any, layout: Layout, name: str) -> Spec:
-    """A route-set name as :func:`gradpaths.explain` writes it -> a :class:`Spec`.
-
-    ``"full"``; a route (``"o"``); routes joined by ``+`` (``"carousel+o"``);
-    ``"all but o"``; a diagonal block ``"dc/dc"``.
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"sets: expected route-set names (str), got {name!r}")
-    text = name.strip()
-    if text == "full":
-        return Spec(None, None)
-    if text.startswith("d") and "/" in text:
-        out, _, inp = text.partition("/")
-        if inp.startswith("d") and out[1:] in layout.names:
-            return Spec(None, check_block(layout, (out[1:], inp[1:])))
-    routes = cell.routes if _routes.has_routes(cell) else ()
-    if text.startswith("all but "):
-        cut = text[len("all but "):].strip()
-        if cut not in routes:
-            raise ValueError(f"sets: {name!r} cuts {cut!r}; expected one of {routes}")
-        kept = tuple(r for r in routes if r != cut)
-        if not kept:
-            raise ValueError(f"sets: {name!r} leaves no route")
-        return Spec(kept, None)
-    chosen = tuple(part.strip() for part in text.split("+"))
-    return Spec(_routes.check_routes(cell, chosen), None)
-
-
-def _specs(cell: Any, layout: Layout, sets: Any) -> tuple[tuple[str, ...], tuple[Spec, ...]]:
+def _specs(cell: Cell, layout: Layout, sets: Any) -> tuple[tuple[str, ...], tuple[Spec, ...]]:
     if sets is None:
         sets = default_sets(cell)
     if isinstance(sets, str):
@@ -78,7 +47,7 @@ def _specs(cell: Any, layout: Layout, sets: Any) -> tuple[tuple[str, ...], tuple
         specs = tuple(Spec(_routes.check_routes(cell, v), None) for v in sets.values())
     else:
         names = tuple(sets)
-        specs = tuple(parse_set(cell, layout, s) for s in names)
+        specs = tuple(_routesets.RouteSet.parse(s, cell, layout).spec for s in names)
     if not names:
         raise ValueError("sets: expected at least one route set, got none")
     if len(set(names)) != len(names):
@@ -86,7 +55,7 @@ def _specs(cell: Any, layout: Layout, sets: Any) -> tuple[tuple[str, ...], tuple
     return names, specs
 
 
-def growth_curves(cell: Any, params: Any, xs: Any, state0: Any = None, *,
+def growth_curves(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
                   sets: Sequence[str] | Mapping[str, Iterable[str] | None] | None = None
                   ) -> dict[str, np.ndarray]:
     r"""Growth curves of several route sets along one trajectory, in one pass.
@@ -128,13 +97,48 @@ def growth_curves(cell: Any, params: Any, xs: Any, state0: Any = None, *,
 # --------------------------------------------------------------------------- saturation
 
 
+def gate_fractions(cell: SaturatingCell, params: Any, prev: Any, xs: Array) -> dict[str, tuple]:
+    r"""Per step, the fraction of units saturated at each end of every activation.
+
+    A unit is saturated where its activation's slope is below
+    ``SATURATION_SLOPE = 0.1`` of its maximum (:class:`gradpaths.Activation`:
+    a sigmoid below 0.0256 or above 0.9744, ``|tanh|`` above 0.9487, a ReLU at or
+    below 0), at the low end where its pre-activation is ``<= 0``, else the high end.
+    Traceable.
+
+    Args:
+      cell: a cell reporting its activations (``activation_names``, ``activations``).
+      params: the cell's parameters.
+      prev: the states entering each step, leading axis T.
+      xs: (T, m) inputs.
+
+    Returns:
+      dict name -> ``(low, high)``, each (T,), in ``cell.activation_names`` order
+      (empty for a cell that does not report activations; a jitted caller gets the
+      keys sorted).
+    """
+    if not _protocols.has_activations(cell):
+        return {}
+    acts = jax.vmap(cell.activations, in_axes=(None, 0, 0))(params, prev, xs)
+
+    def frac(mask: Array) -> Array:
+        return jnp.mean(mask, axis=-1, dtype=xs.dtype)
+
+    out = {}
+    for name in cell.activation_names:
+        a = acts[name]
+        saturated = a.slope < _protocols.SATURATION_SLOPE
+        out[name] = (frac(saturated & (a.pre <= 0)), frac(saturated & (a.pre > 0)))
+    return out
+
+
 class GateSaturation(NamedTuple):
     """Per-step fraction of units at each end of every gate's range.
 
     A gate is saturated where its derivative is below 10% of its maximum (the
     rule of :func:`gradpaths.explain`: sigmoid below 0.0256 or above 0.9744,
-    ``|tanh|`` above 0.9487). Means over steps equal ``explain(...).saturation``
-    (without a warm-up).
+    ``|tanh|`` above 0.9487, a ReLU at or below 0). Means over steps equal
+    ``explain(...).saturation`` (without a warm-up).
 
     Attributes:
       gates: names, e.g. ``("z", "i", "f", "o", "tanh(c)")``.
@@ -150,15 +154,17 @@ class GateSaturation(NamedTuple):
 def _saturation(cell, params, xs, state0):
     states = _unroll(cell, params, xs, state0)
     prev = jax.tree_util.tree_map(lambda a: a[:-1], states)
-    return _explain.gate_fractions(cell, params, prev, xs)
+    return gate_fractions(cell, params, prev, xs)
 
 
-def gate_saturation(cell: Any, params: Any, xs: Any, state0: Any = None) -> GateSaturation:
+def gate_saturation(cell: SaturatingCell, params: Any, xs: Any, state0: Any = None
+                    ) -> GateSaturation:
     """How saturated each gate is at each step of the trajectory.
 
     Args:
-      cell: a built-in ``LSTM``, ``GRU`` or ``RNN``; params, xs (T, m), state0 as
-        in :func:`gradpaths.unroll`.
+      cell: a cell that reports its activations (the built-in ``LSTM``, ``GRU``,
+        ``RNN``: :class:`gradpaths.SaturatingCell`); params, xs (T, m),
+        state0 as in :func:`gradpaths.unroll`.
 
     Returns:
       :class:`GateSaturation` with ``low`` and ``high`` of shape (T, G).
@@ -168,12 +174,12 @@ def gate_saturation(cell: Any, params: Any, xs: Any, state0: Any = None) -> Gate
         sat = gp.gate_saturation(cell, params, xs)
         fig = gp.plot.gate_saturation(sat)
     """
-    if not _inputs.is_builtin(cell):
-        raise TypeError(f"cell: expected a built-in LSTM, GRU or RNN, got {type(cell).__name__}")
+    if not _protocols.has_activations(cell):
+        raise TypeError(f"cell: expected a cell that reports its activations "
+                        f"(activation_names, activations()), got {type(cell).__name__}")
     p = _inputs.prepare(cell, params, xs, state0)
     out = _inputs.call(_saturation, cell, p.params, p.xs, p.state0)
-    order = _explain._ACTIVATION_ORDER   # jit returns dicts with sorted keys
-    gates = tuple(sorted(out, key=order.index))
+    gates = tuple(cell.activation_names)
     low = np.stack([np.asarray(out[g][0], np.float64) for g in gates], axis=1)
     high = np.stack([np.asarray(out[g][1], np.float64) for g in gates], axis=1)
     return GateSaturation(gates, low, high)

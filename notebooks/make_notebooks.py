@@ -101,10 +101,10 @@ alone (every single-route row of the table in section 2 is negative): the driver
 slope is the growth rate."""),
     code("""for r in cell.routes:
     print(f"all but {r:<9} {ex.row('all but ' + r).exponent:+.4f} nats/step")
-print("dominant route:", ex.driver["dominant"], "| kind:", ex.driver["kind"])
+print("dominant route:", ex.driver.dominant, "| kind:", ex.driver.kind)
 gp.plot.growth_curves(gp.growth_curves(cell, params, xs))"""),
     code("""# The text above relies on these numbers:
-assert ex.driver["dominant"] == "o" and ex.driver["kind"] == "interaction"
+assert ex.driver.dominant == "o" and ex.driver.kind == "interaction"
 assert ex.row("all but o").exponent < 0 and ex.row("all but carousel").exponent < 0
 assert all(ex.row("all but " + r).exponent > 0 for r in ("z", "i", "f"))
 assert min(("z", "i", "f"), key=lambda r: ex.row("all but " + r).exponent) == "z"
@@ -252,7 +252,7 @@ gp.plot.lyapunov_spectrum({"full": lam, "all but o": cut})"""),
 measures the top exponent of the whole and of each route. Red: growth; blue: decay; the
 black line is 0. The whole grows only at large gain and large forget bias (f near 1 keeps
 the carousel from damping), while no route alone ever does (every region with growth is
-an "interaction"). The `cut` column names the route whose removal lowers the growth
+an "interaction"). The `driver` column names the route whose removal lowers the growth
 most: at gain 16 it is z, not o (`R_o` is not yet large enough for its paths to lead);
 at gain 64 it is o."""),
     code("""sweep = gp.sweep(gains=GAINS, forget_biases=FORGET_BIASES, hidden=HIDDEN, steps=STEPS,
@@ -319,16 +319,16 @@ for r in model.cell.routes:
           f"{ex.row('all but ' + r).exponent:+.4f} nats/step")
 one = gp.explain(model.cell, params.cell, xs[0])
 later = gp.explain(model.cell, params.cell, xs, warmup=5)
-print("dominant route: this batch", ex.driver["dominant"], "| one sequence",
-      one.driver["dominant"], "| this batch after a warm-up of 5 steps", later.driver["dominant"])"""),
+print("dominant route: this batch", ex.driver.dominant, "| one sequence",
+      one.driver.dominant, "| this batch after a warm-up of 5 steps", later.driver.dominant)"""),
     code("""# The text above relies on these numbers:
 assert ex.exponent > 0 > ex.row("carousel").exponent           # grows; the carousel shrinks
-assert ex.driver["kind"] == "interaction" and ex.driver["dominant"] == "o"
+assert ex.driver.kind == "interaction" and ex.driver.dominant == "o"
 assert ex.row("all but o").exponent < ex.row("all but z").exponent < ex.exponent
 assert 0 < ex.row("all but o").exponent < 0.1 * ex.exponent    # cutting o: almost 0
-assert ex.driver["necessary"] == ["carousel"] and set(ex.driver["with_carousel"]) == {"z", "o"}
+assert ex.driver.necessary == ("carousel",) and set(ex.driver.with_carousel) == {"z", "o"}
 assert ex.row("f").exponent == -np.inf                        # f at c = 0: an exact zero
-assert one.driver["dominant"] == later.driver["dominant"] == "z"   # the fragile ranking"""),
+assert one.driver.dominant == later.driver.dominant == "z"   # the fragile ranking"""),
     md("""## 2. Train twice, from the same start and the same batches"""),
     code("""runs = {}
 for label, clip in [("no clipping", None), (f"clip {CLIP:g}", CLIP)]:
@@ -465,7 +465,7 @@ assert ex.exponent > 0 > ex.row("carousel").exponent and ex.row("full").horizon 
 assert all(ex.row(r).exponent < 0 for r in cell.routes)            # no route grows alone
 assert abs(ex.row("carousel+o").exponent - ex.row("carousel").exponent) < 1e-4
 assert ex.saturation["o"]["low"] + ex.saturation["o"]["high"] > 0.5
-assert ex.driver["dominant"] == "z" and {"z", "o"} <= set(ex.driver["necessary"])
+assert ex.driver.dominant == "z" and {"z", "o"} <= set(ex.driver.necessary)
 assert ex.row("all but z").exponent < ex.row("all but o").exponent < 0"""),
     code("""gp.plot.growth_curves(gp.growth_curves(cell, params, xs))"""),
     code("""gp.plot.gate_saturation(gp.gate_saturation(cell, params, xs), window=5)"""),

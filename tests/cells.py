@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import gradpaths as gp
 
@@ -76,3 +77,39 @@ class Linear:
 
     def initial_state(self):
         return LinearState(jnp.zeros((self.d,)))   # stays 0: a bounded trajectory
+
+
+# --------------------------------------------------------------------------- numpy references
+
+
+def _sigmoid(a):
+    return 1 / (1 + np.exp(-a))
+
+
+# Saturation by value (docs/maths.md: a derivative below 10% of its maximum):
+# sigmoid' = s (1 - s) < 0.025 <=> s < 0.0256 or s > 0.9744; tanh' < 0.1 <=> |tanh| > 0.9487.
+SIGMOID_EDGE = 0.5 * (1 - np.sqrt(0.9))
+TANH_EDGE = np.sqrt(0.9)
+
+
+def lstm_saturation_numpy(params, prev, xs):
+    """gate -> ``(low, high)``, each (T,): the fraction of units saturated at each end,
+    from the LSTM equations in plain numpy (no peepholes; ``prev`` the states entering
+    each step)."""
+    W, R, b = (jax.tree_util.tree_map(np.asarray, g) for g in (params.W, params.R, params.b))
+    c, h, xs = np.asarray(prev.c), np.asarray(prev.h), np.asarray(xs)
+
+    def pre(g):
+        return xs @ getattr(W, g).T + h @ getattr(R, g).T + getattr(b, g)
+
+    z, i, f = np.tanh(pre("z")), _sigmoid(pre("i")), _sigmoid(pre("f"))
+    c_new = z * i + c * f
+    o = _sigmoid(pre("o"))
+
+    def sig(v):
+        return np.mean(v < SIGMOID_EDGE, axis=1), np.mean(v > 1 - SIGMOID_EDGE, axis=1)
+
+    def tanh(v):
+        return np.mean(v < -TANH_EDGE, axis=1), np.mean(v > TANH_EDGE, axis=1)
+
+    return {"z": tanh(z), "i": sig(i), "f": sig(f), "o": sig(o), "tanh(c)": tanh(np.tanh(c_new))}

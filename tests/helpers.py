@@ -7,6 +7,9 @@ import numpy as np
 
 _RTOL = {jnp.dtype("float64"): 1e-10, jnp.dtype("float32"): 2e-4}
 _ATOL = {jnp.dtype("float64"): 1e-12, jnp.dtype("float32"): 1e-5}
+# The matrix-free horizon growth stops once its increment, and the error it extrapolates
+# to, are below this (nats/step, docs/maths.md): an estimate good to this, not round-off.
+HORIZON_ATOL = {jnp.dtype("float64"): 1e-9, jnp.dtype("float32"): 5e-5}
 
 
 def tol(dtype, scale: float = 1.0) -> dict[str, float]:

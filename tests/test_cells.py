@@ -1,4 +1,5 @@
-"""Cells: activation derivatives that keep their magnitude at saturation."""
+"""Cells: activation derivatives that keep their magnitude at saturation; the protocols
+and the activations every built-in cell reports."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cells import CONFIGS, setup
 from helpers import assert_close
 
 import gradpaths as gp
@@ -35,6 +37,7 @@ def test_derivatives_keep_their_magnitude(name, dtype):
     for got in (dfn(a), jax.vmap(jax.grad(fn))(a), jax.jvp(fn, (a,), (jnp.ones_like(a),))[1]):
         got = np.asarray(got)
         assert np.all(got[representable] > 0)
+        # a few roundings in dtype (exp, the square, the division) against a float64 reference
         assert_close(got[representable], expected[representable], dtype=dtype, scale=5)
     if dtype == jnp.float32:   # the old form underflows long before
         y = np.asarray(fn(a))
@@ -105,3 +108,39 @@ def test_forget_bias_40_keeps_the_f_route_finite():
     xs = jax.random.normal(jax.random.key(1), (60, 2))
     lam = gp.lyapunov_exponents(cell, params, xs, k=1, routes={"f"}, warmup=10)
     assert np.isfinite(lam).all() and float(lam[0]) < -30   # ~ log sigmoid'(40) = -40
+
+
+# --------------------------------------------------------------------------- protocols
+
+
+def _activation_functions(cell):
+    """name -> (phi, value in forward()'s output) from the cell's equations."""
+    sig, tanh, relu = jax.nn.sigmoid, jnp.tanh, jax.nn.relu
+    if isinstance(cell, gp.LSTM):
+        out = {"z": (tanh, "z"), "i": (sig, "i"), "f": (sig, "f"), "o": (sig, "o"),
+               "tanh(c)": (tanh, "tanh_c")}
+        return {k: v for k, v in out.items() if k != "f" or cell.forget_gate}
+    if isinstance(cell, gp.GRU):
+        return {"r": (sig, "r"), "z": (sig, "z"), "n": (tanh, "n")}
+    return {"h": (tanh, "h")} if cell.nonlinearity == "tanh" else {"h (relu)": (relu, "h")}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_cells_follow_the_protocols_and_report_their_activations(name):
+    """Every built-in cell is a closed-form, saturating cell; each activation's
+    pre-activation gives the forward pass's value, and its slope is phi'(a) / max phi'
+    (by jax.grad of the plain jax.nn function)."""
+    cell, params, xs, s0 = setup(name, T=1)
+    assert isinstance(cell, gp.ClosedFormCell) and isinstance(cell, gp.SaturatingCell)
+    assert type(cell).routes.__class__ is property        # the same kind on every cell
+    x = xs[0]
+    acts = cell.activations(params, s0, x)
+    functions = _activation_functions(cell)
+    assert tuple(acts) == cell.activation_names == tuple(functions)
+    forward = cell.forward(params, s0, x)
+    for act, (phi, key) in functions.items():
+        a = acts[act]
+        assert a.pre.shape == a.slope.shape == (cell.hidden_size,)
+        assert_close(phi(a.pre), forward[key], err_msg=act)
+        top = 0.25 if phi is jax.nn.sigmoid else 1.0
+        assert_close(a.slope, jax.vmap(jax.grad(phi))(a.pre) / top, err_msg=act)

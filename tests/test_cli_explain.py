@@ -102,7 +102,7 @@ def test_explain_report_folder(small_report):
                "route_use_counts", "gate_saturation"]
     assert report["figures"]["files"] == [f"{f}.png" for f in figures]
     assert report["figures"]["heatmap_step"] == ex.peak_steps[0][0]
-    assert report["figures"]["route_use_counts"]["route"] == ex.driver["dominant"]
+    assert report["figures"]["route_use_counts"]["route"] == ex.driver.dominant
     assert len(report["figures"]["lyapunov_spectrum"]) == 16
     assert_close(report["figures"]["lyapunov_spectrum"][0], ex.exponent, scale=1e6)
     md = (out_dir / "report.md").read_text()
@@ -259,3 +259,24 @@ def test_explain_layer_reads_the_layers_below(tmp_path, capsys):
     assert out.splitlines()[0] == f"weights: {header}"
     assert report["source"] == header
     assert f"**Weights:** {header}." in (out_dir / "report.md").read_text()
+
+
+def test_explain_whole_torch_stack(tmp_path, capsys):
+    """A 3-layer module is explained whole by default (one state, every layer's routes);
+    ``--layer`` keeps one layer."""
+    with np.load(os.path.join(FIXTURES, "torch_lstm_stack3.npz")) as data:
+        sd = {k[len("params/"):]: data[k] for k in data.files if k.startswith("params/")}
+    path = tmp_path / "stack.npz"
+    np.savez(path, **sd)
+    code, out, err = run(["explain", "--weights", str(path), "--format", "torch", "--steps",
+                          "30", "--warmup", "5", "--json"], capsys)
+    assert code == 0, err
+    data = strict_json(out)
+    stack, params = gp.interop.from_torch(sd)
+    assert isinstance(stack, gp.Stack) and stack.num_layers == 3
+    assert data["cell"] == repr(stack) and "all 3 layers" in data["source"]
+    xs = jax.random.normal(jax.random.fold_in(jax.random.key(0), 1), (30, stack.input_size))
+    ex = gp.explain(stack, params, xs, warmup=5)
+    assert_close(data["rows"][0]["exponent"], ex.exponent)
+    names = {row["name"] for row in data["rows"]}
+    assert {"3:o", "2>3"} <= names

@@ -22,7 +22,7 @@ def test_sweep_default(capsys):
     # Forget gates below 1 never amplify; with a large R_o and b_f >= 3 the whole grows.
     assert (carousel < 0).all()
     assert full[-1, -1] > 0.01 and full[0, 0] < -0.1
-    assert data["regions"][-1][-1] == "interaction" and data["regions"][0][0] == "vanish"
+    assert data["regions"][-1][-1] == "interaction" and data["regions"][0][0] == "vanishes"
 
 
 def test_sweep_report_matches_library(tmp_path, capsys):

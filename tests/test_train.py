@@ -103,7 +103,8 @@ def test_explosion_recorded_without_clipping_and_finite_with_it():
     assert first.grad_norm > 10 * first.median
     assert first.dominant_route in MODEL.cell.routes
     assert set(first.route_drop) == set(MODEL.cell.routes)
-    # The dominant route is the largest drop, leaving out a carousel that contracts alone.
+    # The driver rule (gp.classify): here the dominant route is also the largest drop, and
+    # never the carousel, which contracts alone.
     candidates = {r: v for r, v in first.route_drop.items() if r != "carousel"}
     assert first.dominant_route != "carousel"
     assert first.route_drop[first.dominant_route] == max(candidates.values())

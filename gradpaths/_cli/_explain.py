@@ -19,6 +19,7 @@ from gradpaths._cli import _common
 from gradpaths._examples import exploding_lstm
 from gradpaths._explain import explain
 from gradpaths._lyapunov import HORIZONS
+from gradpaths._stack import Bidirectional, Stack
 from gradpaths.interop._load import FORMATS, TORCH_SUFFIXES, options_of
 from gradpaths.interop._torch import DIRECTIONS
 
@@ -57,7 +58,8 @@ def add_parser(sub: Any) -> None:
                    help="the recurrent layer's name in the weights (e.g. 'encoder.rnn' for "
                    "torch, 'lstm' for haiku)")
     m.add_argument("--layer", type=_common.non_negative, default=None, metavar="K",
-                   help="layer of a stacked module (default 0); layer K reads the outputs of "
+                   help="one layer of a stacked module (default: the whole model, a stack of "
+                   "all its layers); layer K reads the outputs of "
                    "the imported layers below it, run over the inputs")
     m.add_argument("--direction", choices=DIRECTIONS, default=None,
                    help=f"direction of a bidirectional layer (default {DIRECTIONS[0]})")
@@ -155,12 +157,19 @@ def _load_weights(args: argparse.Namespace) -> _Imported:
             raise InputError(f"--weights: {err}") from None
 
     cell, params = load_layer()
+    if isinstance(cell, Bidirectional):
+        raise InputError("--weights: a bidirectional layer holds two recurrences; pass "
+                         "--direction " + "|".join(DIRECTIONS) + " to explain one of them "
+                         "(gradpaths.explain_bidirectional explains both)")
     below = _layers_below(load_layer, cell, options.get("layer", 0))
     parts = [fmt] + ([f"prefix {options['prefix']!r}"] if options.get("prefix") else [])
-    if "layer" in takes:
-        parts.append(f"layer {options.get('layer', 0)}")
-    if "layer" in takes or "direction" in options:
-        parts.append(f"{options.get('direction', DIRECTIONS[0])} direction")
+    if isinstance(cell, Stack):
+        parts.append(f"all {cell.num_layers} layers")
+    else:
+        if "layer" in takes:
+            parts.append(f"layer {options.get('layer', 0)}")
+        if "layer" in takes or "direction" in options:
+            parts.append(f"{options.get('direction', DIRECTIONS[0])} direction")
     return _Imported(cell, params, below, below[0][0][0].input_size if below else
                      cell.input_size, f"{args.weights} ({', '.join(parts)})")
 
@@ -207,7 +216,8 @@ def _check_imported(args: argparse.Namespace, cell: Any) -> None:
         if getattr(args, name) is not None:
             raise InputError(f"--{name.replace('_', '-')}: applies to the built-in model, "
                              "not to --weights")
-    if args.cell is not None and type(cell) is not CELLS[args.cell]:
+    layers = cell.layers if isinstance(cell, Stack) else (cell,)
+    if args.cell is not None and any(type(c) is not CELLS[args.cell] for c in layers):
         raise InputError(f"--cell {args.cell}: the weights hold {cell!r}")
     if args.hidden is not None and args.hidden != cell.hidden_size:
         raise InputError(f"--hidden {args.hidden}: the weights have hidden size "

@@ -6,13 +6,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from gradpaths import _checks, _explain
+from gradpaths import _checks, _routesets
 
 KINDS = ("explosion", "nonfinite")
 
 #: Exponents within this margin of 0 (nats/step) count as neutral when the dominant
-#: route of an event is chosen (a carousel at or below it only carries).
-DOMINANCE_MARGIN = 1e-3
+#: route of an event is chosen: the margin of the one driver rule.
+DOMINANCE_MARGIN = _routesets.DEFAULT_MARGIN
 
 
 class Event(NamedTuple):
@@ -24,10 +24,12 @@ class Event(NamedTuple):
         median) or ``"nonfinite"`` (NaN/inf loss, gradient or parameters).
       grad_norm: the gradient's global norm at that step (before clipping).
       median: the running median of the previous norms (NaN when none).
-      dominant_route: the route whose cut lowers the top exponent on the probe
-        sequences the most at that moment, leaving out a carousel that contracts
-        on its own (the rule of :func:`gradpaths.explain`); None without routes
-        (or before :meth:`with_routes`).
+      dominant_route: the driver of the growth on the probe sequences at that
+        moment, by the one driver rule (:func:`gradpaths.classify`, as in
+        :func:`gradpaths.explain`): the fastest route that grows alone, else the
+        route whose cut lowers the top exponent most, a carousel that does not grow
+        alone left out; None without routes, with a NaN probe (or before
+        :meth:`with_routes`).
       route_drop: route -> ``top exponent - top exponent with that route cut``
         (nats/step): how much of the growth runs through the route.
       message: a sentence for humans.
@@ -69,10 +71,10 @@ class Event(NamedTuple):
 
 
 def dominant_route_of(probe: Any) -> tuple[str | None, dict[str, float]]:
-    """``(dominant, drop)`` of a probe: ``drop[r] = top - cut[r]`` and the route whose
-    cut lowers the top exponent most, a carousel that contracts alone left out
-    (:func:`gradpaths._explain.dominant_route`, margin :data:`DOMINANCE_MARGIN`).
-    ``(None, {})`` for a cell without routes."""
+    """``(dominant, drop)`` of a probe: ``drop[r] = top - cut[r]`` and
+    :attr:`Driver.dominant <gradpaths.Driver>` of the driver rule
+    (:func:`gradpaths.classify`, margin :data:`DOMINANCE_MARGIN`). ``(None, {})`` for
+    a cell without routes; ``(None, drop)`` where a probe exponent is NaN."""
     routes = tuple(probe.routes)
     if not routes:
         return None, {}
@@ -81,7 +83,12 @@ def dominant_route_of(probe: Any) -> tuple[str | None, dict[str, float]]:
     cut = dict(zip(routes, map(float, np.asarray(probe.cut_exponents)), strict=True))
     with np.errstate(invalid="ignore"):     # -inf - -inf: no route carries anything
         drop = {r: float(np.float64(top) - np.float64(v)) for r, v in cut.items()}
-    return _explain.dominant_route(top, alone, cut, margin=DOMINANCE_MARGIN), drop
+    try:
+        driver = _routesets.classify(top, alone, cut if len(routes) > 1 else None,
+                                     margin=DOMINANCE_MARGIN)
+    except _checks.NonFiniteError:
+        return None, drop
+    return driver.dominant, drop
 
 
 def explosion(step: int, grad_norm: float, median: float) -> Event:

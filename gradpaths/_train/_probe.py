@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradpaths import _checks, _inputs, _lyapunov, _routes
+from gradpaths import _checks, _inputs, _lyapunov, _protocols, _routesets
 from gradpaths._checks import InputError, InputTypeError
 from gradpaths._tasks import Batch, Model
 from gradpaths._train._regularizer import skip_first
@@ -89,14 +89,14 @@ class Probe(NamedTuple):
 
 
 def route_names(cell: Any) -> tuple[str, ...]:
-    return tuple(cell.routes) if _routes.has_routes(cell) else ()
+    return tuple(cell.routes) if _protocols.has_routes(cell) else ()
 
 
 def saturation(cell: Any, params: Any, xs: Array) -> tuple[tuple[str, ...], np.ndarray]:
     """``(gates, fraction)``: the fraction of saturated units of each gate over the
     sequences ``xs`` (B, T, m), by the rule of :func:`gradpaths.gate_saturation`
-    (both ends counted). Cells other than the built-in ones: no gates."""
-    if not _inputs.is_builtin(cell):
+    (both ends counted). Cells that do not report their activations: no gates."""
+    if not _protocols.has_activations(cell):
         return (), np.zeros((0,))
     sats = [gate_saturation(cell, params, x) for x in xs]
     return sats[0].gates, np.mean([s.low + s.high for s in sats], axis=(0, 1))
@@ -106,14 +106,14 @@ def exponents(cell: Any, params: Any, xs: Array) -> tuple[Array, Array, Array]:
     """``(top, alone, cut)``: (), (R,), (R,) exponents over ``xs`` (B, T, m), means over
     the sequences. Traceable (run under ``_inputs.call``, ``cell`` static)."""
     routes = route_names(cell)
-    alone = tuple(((r,), None) for r in routes)
-    cut = tuple((tuple(q for q in routes if q != r), None) for r in routes) if len(
-        routes) > 1 else ()
+    alone = tuple(_routesets.alone(r).spec for r in routes)
+    cut = tuple(_routesets.all_but(routes, r).spec for r in routes) if len(routes) > 1 else ()
     skip = 1 if xs.shape[1] > 1 else 0
 
     def one(x):
         rest, state = skip_first(cell, params, x, skip)
-        return _lyapunov.growth_many(cell, params, rest, state, ((None, None),) + alone + cut,
+        specs = (_routesets.full().spec, *alone, *cut)
+        return _lyapunov.growth_many(cell, params, rest, state, specs,
                                      horizon=None).exponent
 
     exps = jnp.mean(jax.vmap(one)(xs), axis=0)

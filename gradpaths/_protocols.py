@@ -1,0 +1,140 @@
+r"""What gradpaths asks of a recurrent cell: the protocols, in one place.
+
+Each analysis needs only part of a cell, so the needs are layered:
+
+* :class:`Cell`: ``init``, ``initial_state`` and a pure ``step(params, state, x)``.
+  Enough for trajectories, full Jacobians (by autodiff), exponents and gradients.
+* :class:`RoutedCell`: also ``routes``, a tuple of route names (one per entry edge of
+  the previous state), and ``step(params, state, x, read)`` passing the previous state
+  through ``read(route, value)`` on each entry edge. Enough for route Jacobians by
+  autodiff, route sets, knock-outs and the driver rule (docs/maths.md, "Routes").
+* :class:`ClosedFormCell`: also the closed-form entry edges (``edges``,
+  ``linearise``, ``fixed_matrices``) that the step operator sums into
+  ``J_t = sum_r J_t^r`` without autodiff.
+* :class:`SaturatingCell` (optional, alongside any of the above): the pre-activation
+  and relative slope of every activation of a step, from which analyses count
+  saturated units without knowing the cell's equations.
+
+These are structural (``typing.Protocol``): a cell need not inherit from them, and
+``isinstance(cell, RoutedCell)`` checks only that the members exist. The built-in
+``LSTM``, ``GRU`` and ``RNN`` implement all four.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol, TypeGuard, runtime_checkable
+
+import jax
+
+Array = jax.Array
+
+#: ``read(route, value)``: how a step reads the previous state on the entry edge
+#: ``route`` (the identity keeps the route; ``jax.lax.stop_gradient`` cuts it).
+Reader = Callable[[str, Array], Array]
+
+#: An activation is saturated where its slope is below this fraction of its maximum
+#: (sigmoid below 0.0256 or above 0.9744, ``|tanh|`` above 0.9487, a ReLU at or below 0).
+SATURATION_SLOPE = 0.1
+
+
+class Activation(NamedTuple):
+    r"""One activation ``phi`` of one step, unit by unit.
+
+    Attributes:
+      pre: (n,) the pre-activation ``a`` (for ``tanh(c')`` of an LSTM, ``c'``).
+      slope: (n,) ``phi'(a) / max phi'``, in ``[0, 1]`` (``4 sigmoid'(a)``,
+        ``tanh'(a)``, ``1[a > 0]`` for a ReLU).
+
+    A unit is saturated where ``slope < SATURATION_SLOPE``: at the low end of the
+    range where also ``a <= 0``, at the high end where ``a > 0``.
+    """
+
+    pre: Array
+    slope: Array
+
+
+@runtime_checkable
+class Cell(Protocol):
+    """A recurrent cell: a hashable, static configuration with pure methods.
+
+    ``params`` and ``state`` are pytrees of arrays (NamedTuples for the built-in
+    cells); ``x`` is one input, shape (m,).
+    """
+
+    def init(self, key: Array, **options: Any) -> Any:
+        """Random parameters."""
+        ...
+
+    def initial_state(self, dtype: Any = None) -> Any:
+        """The state before the first step."""
+        ...
+
+    def step(self, params: Any, state: Any, x: Array) -> Any:
+        """``state, x -> state'``; pure."""
+        ...
+
+
+@runtime_checkable
+class RoutedCell(Cell, Protocol):
+    """A cell whose step Jacobian splits by entry edge: ``J_t = sum_r J_t^r``.
+
+    ``routes`` is a tuple of route names; ``step`` takes a fourth argument
+    ``read`` (:data:`Reader`, default the identity) and applies it to the previous
+    state on each entry edge.
+    """
+
+    @property
+    def routes(self) -> tuple[str, ...]:
+        """Route names, one per entry edge, in the cell's order."""
+        ...
+
+    def step(self, params: Any, state: Any, x: Array, read: Reader = ...) -> Any:
+        """``state, x -> state'``, the previous state read through ``read`` on each edge."""
+        ...
+
+
+@runtime_checkable
+class ClosedFormCell(RoutedCell, Protocol):
+    """A routed cell with closed-form entry edges (``gradpaths.Edge``).
+
+    Each edge ``r`` holds the source field and, per output field ``k``, the
+    coefficient vector ``rows[k]``: ``J^r[k, source] = diag(rows[k]) M_r``.
+    """
+
+    def edges(self, params: Any, state: Any, x: Array) -> dict[str, Any]:
+        """route -> ``Edge`` of one step."""
+        ...
+
+    def linearise(self, params: Any, state: Any, x: Array) -> tuple[Any, dict[str, Any]]:
+        """``(next_state, edges)`` from one forward pass."""
+        ...
+
+    def fixed_matrices(self, params: Any) -> dict[str, tuple[str, Array]]:
+        """The edge matrices that depend on the parameters only: route -> (source, M_r)."""
+        ...
+
+
+@runtime_checkable
+class SaturatingCell(Protocol):
+    """A cell that reports its activations, for saturation counts."""
+
+    @property
+    def activation_names(self) -> tuple[str, ...]:
+        """The names of :meth:`activations`' entries, in display order."""
+        ...
+
+    def activations(self, params: Any, state: Any, x: Array) -> dict[str, Activation]:
+        """name -> :class:`Activation` of one step from ``state`` with input ``x``."""
+        ...
+
+
+def has_routes(cell: Any) -> TypeGuard[RoutedCell]:
+    """True when ``cell`` names at least one route (a non-empty ``routes`` tuple)."""
+    return isinstance(getattr(cell, "routes", None), tuple) and len(cell.routes) > 0
+
+
+def has_activations(cell: Any) -> TypeGuard[SaturatingCell]:
+    """True when ``cell`` reports its activations (:class:`SaturatingCell`)."""
+    return (isinstance(getattr(cell, "activation_names", None), tuple)
+            and callable(getattr(cell, "activations", None)))
