@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from gradpaths import _cells, _checks
 from gradpaths._cells import Edge
+from gradpaths._protocols import Activation
 
 Array = jax.Array
 
@@ -138,6 +139,12 @@ class _Diagonal:
         on its one entry edge (``stop_gradient`` there cuts it)."""
         return MinState(self.forward(params, state, x, read)["h"])
 
+    def activations(self, params: Any, state: MinState, x: Array) -> dict[str, Activation]:
+        """The sigmoid gates at their pre-activations (:attr:`activation_names`)."""
+        g = self.forward(params, state, x)
+        return {name: _cells._sigmoid_activation(g[f"{name}bar"])
+                for name in self.activation_names}
+
     def fixed_matrices(self, params: Any) -> dict[str, tuple[str, Array]]:
         """No edge has a matrix: ``{}``."""
         del params
@@ -180,6 +187,8 @@ class MinGRU(_Diagonal):
 
     input_size: int
     hidden_size: int
+
+    activation_names: ClassVar[tuple[str, ...]] = ("z",)
 
     def __post_init__(self) -> None:
         _cells._check_sizes(self)
@@ -225,6 +234,8 @@ class MinLSTM(_Diagonal):
     input_size: int
     hidden_size: int
     normalise: bool = True
+
+    activation_names: ClassVar[tuple[str, ...]] = ("f", "i")
 
     def __post_init__(self) -> None:
         _cells._check_sizes(self)

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 
 from gradpaths import _cells, _checks
 from gradpaths._cells import Edge, Gates
+from gradpaths._protocols import Activation
 
 Array = jax.Array
 
@@ -226,6 +227,22 @@ class SLSTM:
         """``(c, n, m, h), x -> (c', n', m', h')``; pure. ``read`` as in :meth:`forward`."""
         g = self.forward(params, state, x, read)
         return SLSTMState(g["c"], g["n"], g["m"], g["h"])
+
+    @property
+    def activation_names(self) -> tuple[str, ...]:
+        """``z`` (tanh), ``f`` (with the sigmoid forget gate) and ``o`` (sigmoid). The
+        exponential gates have no saturated range: they are left out."""
+        return ("z", "f", "o") if self.forget_activation == "sigmoid" else ("z", "o")
+
+    def activations(self, params: SLSTMParams, state: SLSTMState, x: Array
+                    ) -> dict[str, Activation]:
+        """Each saturating activation at its pre-activation (:attr:`activation_names`)."""
+        g = self.forward(params, state, x)
+        out = {"z": _cells._tanh_activation(g["zbar"])}
+        if self.forget_activation == "sigmoid":
+            out["f"] = _cells._sigmoid_activation(g["fbar"])
+        out["o"] = _cells._sigmoid_activation(g["obar"])
+        return out
 
     def gauge_directions(self, state: SLSTMState) -> Array:
         """The stabiliser's gauge tangents at ``state``: (4n, n), column j is

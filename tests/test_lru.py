@@ -100,6 +100,8 @@ def test_float32_jit_and_vmap():
 def test_explain_and_training_run():
     cell, params, xs, _ = setup(moduli=MODULI)
     assert cell.jacobian_structure == "complex-diagonal"
+    # closed form; a linear recurrence has no activation to saturate
+    assert isinstance(cell, gp.ClosedFormCell) and not isinstance(cell, gp.SaturatingCell)
     ex = gp.explain(cell, params, xs, warmup=20)
     assert_close(ex.exponent, np.log(MODULI[0]))
     assert {"full", "re", "im"} <= {row.name for row in ex.rows}

@@ -119,6 +119,20 @@ def test_growth_curve_is_the_largest_unit_product(name):
     assert_close(g, expected, scale=10)
 
 
+@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+def test_protocols_and_activations(name):
+    cell, params, xs, s0 = setup(name)
+    assert isinstance(cell, gp.ClosedFormCell) and isinstance(cell, gp.SaturatingCell)
+    acts = cell.activations(params, s0, xs[0])
+    assert tuple(acts) == cell.activation_names == {"mingru": ("z",), "minlstm": ("f", "i")}[name]
+    x = np.asarray(xs[0])
+    for g, act in acts.items():
+        pre = np.asarray(getattr(params.W, g)) @ x + np.asarray(getattr(params.b, g))
+        s = 1 / (1 + np.exp(-pre))
+        assert_close(act.pre, pre)
+        assert_close(act.slope, 4 * s * (1 - s))
+
+
 def test_float32_jit_and_vmap():
     cell, params, xs, s0 = setup("minlstm")
     battery.float32_agrees(cell, params, xs, s0)

@@ -242,6 +242,22 @@ def test_first_step_from_the_zero_state_is_continuous():
 # --------------------------------------------------------------------------- the rest
 
 
+def test_protocols_and_activations():
+    # Closed form and saturation reporting; the exponential gates report nothing.
+    for forget_activation in ACTIVATIONS:
+        cell, params, xs, s0 = setup(forget_activation)
+        assert isinstance(cell, gp.ClosedFormCell) and isinstance(cell, gp.SaturatingCell)
+        acts = cell.activations(params, s0, xs[0])
+        assert tuple(acts) == cell.activation_names
+        assert ("f" in acts) == (forget_activation == "sigmoid") and "i" not in acts
+        p, h, x = _numpy_params(params), np.asarray(s0.h), np.asarray(xs[0])
+        for name, act in acts.items():
+            pre = p["W"][name] @ x + p["R"][name] @ h + p["b"][name]
+            s = 1 / (1 + np.exp(-pre))
+            assert_close(act.pre, pre)
+            assert_close(act.slope, 1 - np.tanh(pre) ** 2 if name == "z" else 4 * s * (1 - s))
+
+
 def test_float32_jit_and_vmap():
     cell, params, xs, s0 = setup()
     battery.float32_agrees(cell, params, xs, s0)
