@@ -96,7 +96,12 @@ class LRU:
     input_size: int
     hidden_size: int
 
-    routes: ClassVar[tuple[str, ...]] = ("re", "im")
+    @property
+    def routes(self) -> tuple[str, ...]:
+        """``re`` and ``im``: the previous state entering through its real or imaginary
+        part."""
+        return ("re", "im")
+
     #: How the step Jacobian is structured (read by explanations): 2x2 rotation-scaling
     #: blocks ``|lambda_j| R(arg lambda_j)``, the same at every step.
     jacobian_structure: ClassVar[str] = "complex-diagonal"

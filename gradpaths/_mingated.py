@@ -99,7 +99,11 @@ class _Diagonal:
     """What minGRU and minLSTM share: the step ``h' = a h + u`` with ``(a, u)`` from the
     input alone, its one diagonal edge, and the fused projection."""
 
-    routes: ClassVar[tuple[str, ...]] = ("carousel",)
+    @property
+    def routes(self) -> tuple[str, ...]:
+        """The one route, ``carousel`` (h -> h' elementwise; no recurrent matrix)."""
+        return ("carousel",)
+
     #: How the step Jacobian is structured (read by explanations): ``diag(a_t)``, no
     #: recurrent matrix; its product is the elementwise product of the gates.
     jacobian_structure: ClassVar[str] = "diagonal"
@@ -188,7 +192,10 @@ class MinGRU(_Diagonal):
     input_size: int
     hidden_size: int
 
-    activation_names: ClassVar[tuple[str, ...]] = ("z",)
+    @property
+    def activation_names(self) -> tuple[str, ...]:
+        """``z``, the sigmoid update gate."""
+        return ("z",)
 
     def __post_init__(self) -> None:
         _cells._check_sizes(self)
@@ -235,7 +242,10 @@ class MinLSTM(_Diagonal):
     hidden_size: int
     normalise: bool = True
 
-    activation_names: ClassVar[tuple[str, ...]] = ("f", "i")
+    @property
+    def activation_names(self) -> tuple[str, ...]:
+        """``f`` and ``i``, the sigmoid gates (before normalisation)."""
+        return ("f", "i")
 
     def __post_init__(self) -> None:
         _cells._check_sizes(self)

@@ -126,9 +126,17 @@ class SLSTM:
     hidden_size: int
     forget_activation: str = "exp"
 
-    gates: ClassVar[tuple[str, ...]] = ("z", "i", "f", "o")
-    routes: ClassVar[tuple[str, ...]] = ("carousel", "normaliser", "stabiliser",
-                                         "z", "i", "f", "o")
+    @property
+    def gates(self) -> tuple[str, ...]:
+        """The gates through ``R``, in the order of :meth:`project`: z, i, f, o."""
+        return ("z", "i", "f", "o")
+
+    @property
+    def routes(self) -> tuple[str, ...]:
+        """Route names, one per entry edge: ``carousel``, ``normaliser``, ``stabiliser``
+        and the gates ``z``, ``i``, ``f``, ``o``."""
+        return ("carousel", "normaliser", "stabiliser") + self.gates
+
     #: How the step Jacobian is structured (read by explanations): dense through ``R``.
     jacobian_structure: ClassVar[str] = "dense"
 

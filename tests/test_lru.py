@@ -102,6 +102,7 @@ def test_explain_and_training_run():
     assert cell.jacobian_structure == "complex-diagonal"
     # closed form; a linear recurrence has no activation to saturate
     assert isinstance(cell, gp.ClosedFormCell) and not isinstance(cell, gp.SaturatingCell)
+    assert type(cell).routes.__class__ is property    # as on every cell
     ex = gp.explain(cell, params, xs, warmup=20)
     assert_close(ex.exponent, np.log(MODULI[0]))
     assert {"full", "re", "im"} <= {row.name for row in ex.rows}

@@ -123,6 +123,7 @@ def test_growth_curve_is_the_largest_unit_product(name):
 def test_protocols_and_activations(name):
     cell, params, xs, s0 = setup(name)
     assert isinstance(cell, gp.ClosedFormCell) and isinstance(cell, gp.SaturatingCell)
+    assert type(cell).routes.__class__ is property    # as on every cell
     acts = cell.activations(params, s0, xs[0])
     assert tuple(acts) == cell.activation_names == {"mingru": ("z",), "minlstm": ("f", "i")}[name]
     x = np.asarray(xs[0])

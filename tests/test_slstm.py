@@ -247,6 +247,7 @@ def test_protocols_and_activations():
     for forget_activation in ACTIVATIONS:
         cell, params, xs, s0 = setup(forget_activation)
         assert isinstance(cell, gp.ClosedFormCell) and isinstance(cell, gp.SaturatingCell)
+        assert type(cell).routes.__class__ is property    # as on every cell
         acts = cell.activations(params, s0, xs[0])
         assert tuple(acts) == cell.activation_names
         assert ("f" in acts) == (forget_activation == "sigmoid") and "i" not in acts
