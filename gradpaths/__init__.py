@@ -26,6 +26,19 @@ from gradpaths._protocols import (
     RoutedCell as RoutedCell,
     SaturatingCell as SaturatingCell,
 )
+# --- modern gated recurrences (sLSTM, minGRU, minLSTM, LRU)
+from gradpaths._lru import LRU as LRU, LRUParams as LRUParams, LRUState as LRUState
+from gradpaths._mingated import (
+    MinGRU as MinGRU,
+    MinGRUGates as MinGRUGates,
+    MinGRUParams as MinGRUParams,
+    MinLSTM as MinLSTM,
+    MinLSTMGates as MinLSTMGates,
+    MinLSTMParams as MinLSTMParams,
+    MinState as MinState,
+)
+from gradpaths._slstm import SLSTM as SLSTM, SLSTMParams as SLSTMParams, SLSTMState as SLSTMState
+# --- end of modern gated recurrences
 from gradpaths._checks import (
     InputError as InputError,
     InputTypeError as InputTypeError,
