@@ -435,7 +435,7 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
                   for g in getattr(cell, "activation_names", ()) if g in out["activations"]}
     driver = _driver(rows, cell, margin)
     return Explanation(
-        cell=repr(cell) if _inputs.is_builtin(cell) else type(cell).__name__,
+        cell=repr(cell) if type(cell).__repr__ is not object.__repr__ else type(cell).__name__,
         steps=T, batch=B, warmup=warmup, margin=float(margin), rows=tuple(rows.values()),
         driver=driver, local=local,
         peak_steps=tuple((int(t), float(local[t])) for t in peaks),

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradpaths import _cells, _checks
+from gradpaths import _checks
 from gradpaths._checks import InputError, InputTypeError
 from gradpaths._operator import has_closed_form as has_closed_form
 from gradpaths._state import Layout, layout_of
@@ -32,7 +32,13 @@ class Prepared(NamedTuple):
 
 
 def is_builtin(cell: Any) -> bool:
-    return isinstance(cell, _cells.BUILTIN_CELLS)
+    """True for a cell that describes itself: it checks its own parameters
+    (``check_params``), knows its ``input_size`` and builds its ``initial_state(dtype)``
+    (every gradpaths cell and stack). Such cells get their parameters checked and
+    promoted to one dtype; other cells are checked by running one step."""
+    return (callable(getattr(cell, "check_params", None))
+            and callable(getattr(cell, "initial_state", None))
+            and isinstance(getattr(cell, "input_size", None), int))
 
 
 
@@ -108,14 +114,18 @@ def prepare(cell: Any, params: Any, xs: Any, state0: Any) -> Prepared:
         xs = jnp.asarray(xs, dtype)
         if state0 is None:
             state0 = cell.initial_state(dtype)
-        state_type = type(cell.initial_state())
-        if not isinstance(state0, state_type):
+        template = cell.initial_state(dtype)
+        state_type = type(template)
+        if not isinstance(state0, state_type) or (jax.tree_util.tree_structure(state0)
+                                                   != jax.tree_util.tree_structure(template)):
+            fields = getattr(state_type, "_fields", "")
             raise InputTypeError(
-                f"state0: expected {state_type.__name__}{state_type._fields} for {cell!r}, "
+                f"state0: expected {state_type.__name__}{fields} for {cell!r}, "
                 f"got {type(state0).__name__}"
             )
-        for name, value in zip(state0._fields, state0):
-            _checks.check_shape(value, (cell.hidden_size,), f"state0.{name}")
+        for (path, value), want in zip(jax.tree_util.tree_leaves_with_path(state0),
+                                       jax.tree_util.tree_leaves(template), strict=True):
+            _checks.check_shape(value, want.shape, "state0" + jax.tree_util.keystr(path))
         state0 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), state0)
     else:
         if not _is_float_leaf(xs):

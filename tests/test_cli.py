@@ -203,9 +203,10 @@ def test_defaults_come_from_the_library():
 
     p = _main.parser()
     sweep = p.parse_args(["sweep"])
-    for name in ("gains", "forget_biases", "hidden", "inputs", "steps", "warmup", "seed",
+    for name in ("gains", "forget_biases", "hidden", "inputs", "steps", "warmup",
                  "input_scale", "scaled", "base_gain"):
         assert getattr(sweep, name) == default_of(gp.sweep, name), name
+    assert sweep.seed == default_of(gp.sweep, "key")
     explain = p.parse_args(["explain"])
     assert explain.margin == default_of(gp.explain, "margin")
     assert explain.horizon == default_of(gp.explain, "horizon")

@@ -116,7 +116,7 @@ def test_bad_inputs():
         cell.check_params(params._replace(B_im=params.B_im.T))
     with pytest.raises(ValueError, match=r"params.nu_log: expected shape \(3,\), got \(4,\)"):
         gp.unroll(cell, params._replace(nu_log=jnp.zeros(4)), xs, s0)
-    with pytest.raises(ValueError, match=r"x: expected shape \(2,\), got \(3,\)"):
+    with pytest.raises(ValueError, match=r"xs: expected shape \(T, 2\) for LRU.*got \(4, 3\)"):
         gp.step_jacobians(cell, params, jnp.ones((4, 3)), s0)
     with pytest.raises(TypeError, match="expected LRUParams"):
         cell.check_params(tuple(params))

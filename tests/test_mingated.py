@@ -160,7 +160,7 @@ def test_bad_inputs():
         cell.check_params(bad)
     with pytest.raises(ValueError, match=r"params.W.z: expected shape \(4, 3\), got \(4, 2\)"):
         gp.step_jacobians(cell, bad, xs, s0)
-    with pytest.raises(ValueError, match=r"x: expected shape \(3,\), got \(4,\)"):
+    with pytest.raises(ValueError, match=r"xs: expected shape \(T, 3\) for .*got \(4, 4\)"):
         gp.step_jacobians(cell, params, jnp.ones((4, 4)), s0)
     with pytest.raises(gp.InputTypeError, match="expected MinLSTMParams"):
         MinLSTM(3, 4).check_params(params)

@@ -283,7 +283,7 @@ def test_bad_inputs():
         cell.check_params(bad)
     with pytest.raises(ValueError, match=r"params.R.i: expected shape \(5, 5\), got \(4, 5\)"):
         gp.unroll(cell, bad, xs, s0)
-    with pytest.raises(ValueError, match=r"x: expected shape \(3,\), got \(4,\)"):
+    with pytest.raises(ValueError, match=r"xs: expected shape \(T, 3\) for .*got \(4, 4\)"):
         gp.step_jacobians(cell, params, jnp.ones((4, 4)), s0)
     with pytest.raises(TypeError, match="expected SLSTMParams"):
         cell.check_params(gp.LSTM(3, 5).init(jax.random.key(0)))

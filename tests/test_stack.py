@@ -263,7 +263,7 @@ def test_bad_stacks_raise_clear_errors():
     params = stack.init(jax.random.key(0))
     with pytest.raises(ValueError, match="expected 2 layers' params, got 1"):
         gp.unroll(stack, params[:1], jnp.ones((3, 3)))
-    with pytest.raises(ValueError, match=r"x: expected shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"xs: expected shape \(T, 3\)"):
         gp.unroll(stack, params, jnp.ones((3, 5)))
     with pytest.raises(ValueError, match="layer 2: params"):
         gp.unroll(stack, (params[0], params[0]), jnp.ones((3, 3)))
