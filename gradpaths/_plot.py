@@ -429,6 +429,19 @@ def gate_saturation(saturation: Any, *, window: int = 1, title: str | None = Non
 # --------------------------------------------------------------------------- training
 
 
+def _history_of(h: Any) -> Any:
+    """A History from a TrainResult, a records file's path, or a list of records."""
+    import os
+
+    from gradpaths._train import History, read_records
+
+    if isinstance(h, (str, os.PathLike)):
+        h = read_records(h)
+    if isinstance(h, (list, tuple)):
+        return History.from_records(h)
+    return getattr(h, "history", h)
+
+
 def _histories(history: Any) -> dict[str, Any]:
     if isinstance(history, Mapping):
         out = dict(history)
@@ -437,7 +450,7 @@ def _histories(history: Any) -> dict[str, Any]:
     if not out:
         raise ValueError("history: expected a History or a non-empty mapping of them")
     for name, h in out.items():
-        h = getattr(h, "history", h)     # a TrainResult
+        h = _history_of(h)
         for attr in ("step", "loss", "grad_norm", "events"):
             if not hasattr(h, attr):
                 raise TypeError(f"history{f'[{name!r}]' if name else ''}: expected a "
@@ -457,8 +470,10 @@ def training_curves(history: Any, *, clip: float | None = None,
     each probe (nats/step; for one run, also each route alone).
 
     Args:
-      history: a :class:`gradpaths.History` (or ``TrainResult``), or a mapping
-        ``label -> History`` to compare runs (e.g. with and without clipping).
+      history: a :class:`gradpaths.History` (or ``TrainResult``), a records file's
+        path or the list :func:`gradpaths.read_records` returns (drawn through
+        ``History.from_records``: one point per probe, events marked), or a mapping
+        ``label -> any of these`` to compare runs (e.g. with and without clipping).
       clip: the clipping threshold to draw, if any.
       title: None for the default.
 

@@ -25,7 +25,7 @@ import shutil
 import sys
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -489,16 +489,44 @@ def sweep_report(sweep: Sweep, *, settings: Mapping[str, Any] | None = None,
     return Report(data, md, {"phase_diagram": fig})
 
 
+def known_grad_norms(h: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, norms)``: the gradient norms a history knows, by step. A history from
+    records (``per_step`` False) knows them at its probes' steps and its events'."""
+    steps = np.asarray(h.step, np.int64)
+    norms = np.asarray(h.grad_norm, np.float64)
+    if getattr(h, "per_step", True):
+        return steps, norms
+    known = dict(zip(steps.tolist(), norms.tolist(), strict=True))
+    for e in h.events:
+        known[int(e.step)] = float(e.grad_norm)
+    order = sorted(known)
+    return np.array(order, np.int64), np.array([known[t] for t in order], np.float64)
+
+
+def steps_of(h: Any) -> int:
+    """The training steps a history covers: every step of a :func:`gradpaths.train`
+    history; for one built from records, by their step numbers (a probe at step t
+    follows t steps, an event at step t is step t itself)."""
+    if getattr(h, "per_step", True):
+        return int(len(h.step))
+    probes = [int(t) for t in np.asarray(h.probe_step)]
+    return max([*probes, *(int(e.step) + 1 for e in h.events)], default=0)
+
+
 def _largest_norm(h: Any, explosion_window: int) -> tuple[int | None, bool]:
     """Step of the largest finite gradient norm of a history and whether the explosion
-    rule could judge it (:func:`gradpaths._train.judged_steps`)."""
-    from gradpaths._train import judged_steps
+    rule could judge it (:func:`gradpaths._train.judged_steps` when the history holds
+    every step's norm; from a history of records, by its step number, for a detector
+    fed every step from step 0)."""
+    from gradpaths._train import EXPLOSION_MIN_HISTORY, judged_steps
 
-    norms = np.asarray(h.grad_norm, np.float64)
+    steps, norms = known_grad_norms(h)
     if not np.isfinite(norms).any():
         return None, True
     i = int(np.nanargmax(np.where(np.isfinite(norms), norms, np.nan)))
-    return int(h.step[i]), bool(judged_steps(norms, explosion_window)[i])
+    if not getattr(h, "per_step", True):
+        return int(steps[i]), int(steps[i]) >= min(EXPLOSION_MIN_HISTORY, explosion_window)
+    return int(steps[i]), bool(judged_steps(norms, explosion_window)[i])
 
 
 def unjudged_note(h: Any, explosion_window: int = 20) -> str | None:
@@ -510,40 +538,59 @@ def unjudged_note(h: Any, explosion_window: int = 20) -> str | None:
     if judged:
         return None
     need = min(EXPLOSION_MIN_HISTORY, explosion_window)
-    return (f"the largest gradient norm ({float(np.nanmax(h.grad_norm)):.3g}, step {step}) came "
-            f"before the explosion detector had {need} steps of history, so it was not judged "
-            "(no explosion event can be recorded there)")
+    norms = known_grad_norms(h)[1]
+    top = float(np.max(norms[np.isfinite(norms)]))
+    return (f"the largest gradient norm ({top:.3g}, step {step}) came before the explosion "
+            f"detector had {need} steps of history, so it was not judged (no explosion event "
+            "can be recorded there)")
+
+
+def _records_note(h: Any) -> str:
+    return (f"from records: {len(h.probe_step)} probes and {len(h.events)} events up to step "
+            f"{steps_of(h)}; the loss is the probe batch's, the gradient norm is known at "
+            "the probes' and events' steps only")
 
 
 def train_report(histories: Mapping[str, Any], *, clip: float | None = None,
                  settings: Mapping[str, Any] | None = None,
                  command: str | None = None, steps: int | None = None,
                  not_run: tuple[str, ...] | list[str] = (),
-                 explosion_window: int = 20) -> Report:
+                 explosion_window: int = 20, notes: Sequence[str] = ()) -> Report:
     """Training runs as a report: curves, a summary and each run's full history
     (``history_<label>.json``).
 
     ``steps``: the steps asked for (to tell an interrupted run); ``not_run``: labels of
     runs that were planned but not started (an interrupt stopped the command first).
     ``explosion_window``: as in :func:`gradpaths.train` (the summary says when the
-    largest gradient norm came before the explosion rule could judge it)."""
+    largest gradient norm came before the explosion rule could judge it). ``notes``:
+    more sentences for the summary (e.g. torn lines skipped in a records file).
+
+    A history built from records (``History.from_records``, ``per_step`` False) is
+    reported by its records' step numbers: ``steps`` is the last step they reach
+    (:func:`steps_of`), ``probes`` their count, and the largest gradient norm is
+    taken over the probes and events that carry one."""
     fig = _plot.training_curves(dict(histories), clip=clip)
     data = _header("train", settings, command)
     summary, files = {}, {}
-    notes = []
+    notes = [f"- {n}" for n in notes]
     for label, h in histories.items():
         name = "history_" + "".join(c if c.isalnum() else "_" for c in label) + ".json"
         files[name] = json.dumps(h.to_dict(), allow_nan=False) + "\n"
         top_step, judged = _largest_norm(h, explosion_window)
+        norms = known_grad_norms(h)[1]
+        per_step = bool(getattr(h, "per_step", True))
         summary[label] = {
-            "file": name, "steps": int(len(h.step)),
+            "file": name, "steps": steps_of(h), "per_step": per_step,
+            "probes": int(len(h.probe_step)),
             "final_loss": _num(h.loss[-1]) if len(h.loss) else None,
-            "max_grad_norm": _num(np.nanmax(h.grad_norm)) if len(h.grad_norm) else None,
+            "max_grad_norm": _num(np.nanmax(norms)) if (~np.isnan(norms)).any() else None,
             "max_grad_norm_step": top_step, "max_grad_norm_judged": judged,
             "explosions": len(h.explosions),
             "nonfinite": sum(e.kind == "nonfinite" for e in h.events),
             "stopped": h.stopped, "interrupted": bool(h.interrupted),
         }
+        if not per_step:
+            notes.append(f"- {label}: {_records_note(h)}.")
         note = unjudged_note(h, explosion_window)
         if note:
             notes.append(f"- {label}: {note}.")

@@ -224,6 +224,29 @@ def test_plot_training_curves_compare_runs():
         gp.plot.training_curves({"x": object()})
 
 
+def test_plot_training_curves_from_records(tmp_path):
+    """A records file (or the list read from it) is drawn as its History of records:
+    one point per probe, the explosions marked where the events say."""
+    h = _history()
+    h.cut_exponents = h.route_exponents - 0.5
+    path = tmp_path / "run.jsonl"
+    for r in h.records():
+        gp.append_record(path, r)
+    for given in (path, str(path), gp.read_records(path), {"mine": path}):
+        loss, grad, exp = gp.plot.training_curves(given).axes
+        full = [line for line in exp.get_lines() if line.get_label().endswith("full product")]
+        np.testing.assert_array_equal(full[0].get_xdata(), [0, 20, 40])
+        np.testing.assert_array_equal(full[0].get_ydata(), [0.05, 0.01, -0.02])
+        norms = [line for line in grad.get_lines() if line.get_label().endswith("gradient norm")]
+        np.testing.assert_array_equal(norms[0].get_xdata(), [0, 20, 40])
+        np.testing.assert_array_equal(norms[0].get_ydata(), [0.5, 0.5, np.nan])  # none at 40
+        crosses = [line for line in grad.get_lines() if line.get_marker() == "x"][0]
+        np.testing.assert_array_equal(crosses.get_xdata(), [12, 30])
+        assert len(loss.get_lines()[0].get_xdata()) == 3
+    with pytest.raises(ValueError, match="records: no such file"):
+        gp.plot.training_curves(tmp_path / "none.jsonl")
+
+
 # --------------------------------------------------------------------------- sweep
 
 

@@ -406,3 +406,64 @@ def test_the_first_steps_are_not_judged_for_explosions():
     assert report.data["runs"]["run"]["max_grad_norm_step"] == top
     assert report.data["runs"]["run"]["max_grad_norm_judged"] is False
     assert "came before the explosion detector had 5 steps of history" in report.markdown
+
+
+def _same_records(a, b):
+    """Two lists of records hold the same probes and events, number for number."""
+    assert [type(r) for r in a] == [type(r) for r in b]
+    assert [json.dumps(r.to_dict(), allow_nan=False) for r in a] == [
+        json.dumps(r.to_dict(), allow_nan=False) for r in b]
+
+
+def test_records_of_a_run_equal_its_history(tmp_path):
+    """gp.train(records=path) writes what history.records() holds: the probes (with the
+    gradient norm of their step) and the events, explosions here."""
+    path = tmp_path / "run.jsonl"
+    h = gp.train(MODEL, exploding_params(), TASK, key=jax.random.key(1), steps=30,
+                 optimizer=SGD, probe_every=10, records=path, **SMALL).history
+    assert h.explosions
+    back = gp.read_records(path)
+    _same_records(back, h.records())
+    again = gp.History.from_records(back, baseline=h.baseline)
+    for name in ("probe_step", "probe_loss", "top_exponent", "route_exponents",
+                 "cut_exponents", "saturation"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(h, name))
+    assert [e.to_dict() for e in again.events] == [e.to_dict() for e in h.events]
+    np.testing.assert_array_equal(again.grad_norm[:-1], h.grad_norm[h.probe_step[:-1]])
+    assert np.isnan(again.grad_norm[-1])        # the final probe: no step was taken there
+    with pytest.raises(ValueError, match="exists; pass resume=True"):
+        gp.train(MODEL, exploding_params(), TASK, key=jax.random.key(1), steps=30,
+                 optimizer=SGD, records=path, **SMALL)
+
+
+def test_a_resumed_run_does_not_duplicate_its_records(tmp_path):
+    """A run killed after its checkpoint of step 14 wrote records up to step 15; the
+    resumed run marks step 14, so the file reads as one uninterrupted run."""
+    params = MODEL.init(jax.random.key(0))
+    kw = dict(key=jax.random.key(1), steps=40, learning_rate=1e-2, probe_every=5,
+              checkpoint_every=7, **SMALL)
+    full = gp.train(MODEL, params, TASK, records=tmp_path / "full.jsonl", **kw)
+    ckpt, saved, path = tmp_path / "run.ckpt", tmp_path / "saved.ckpt", tmp_path / "run.jsonl"
+
+    def kill(step, record):
+        if step == 14:      # the checkpoint written after step 13: the last one kept
+            saved.write_bytes(ckpt.read_bytes())
+        if step == 16:
+            raise KeyboardInterrupt
+
+    gp.train(MODEL, params, TASK, checkpoint=ckpt, records=path, callback=kill, **kw)
+    early = tmp_path / "early.ckpt"
+    early.write_bytes(saved.read_bytes())
+    os.replace(saved, ckpt)     # as if killed at once: the later checkpoint never written
+    resumed = gp.train(MODEL, params, TASK, checkpoint=ckpt, resume=True, records=path, **kw)
+    assert resumed.history.to_dict() == full.history.to_dict()
+    steps = [json.loads(line).get("step") for line in path.read_text().splitlines()[1:]]
+    assert steps.count(15) == 2 and {"type": "resume", "step": 14} in [
+        json.loads(line) for line in path.read_text().splitlines()]
+    _same_records(gp.read_records(path), full.history.records())
+    _same_records(gp.read_records(tmp_path / "full.jsonl"), full.history.records())
+    # A resumed run without its records file starts one with the checkpoint's records.
+    fresh = tmp_path / "fresh.jsonl"
+    gp.train(MODEL, params, TASK, checkpoint=early, resume=True, records=fresh, **kw)
+    assert b'"resume"' not in fresh.read_bytes()
+    _same_records(gp.read_records(fresh), full.history.records())

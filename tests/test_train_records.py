@@ -166,3 +166,29 @@ def test_errors_are_input_errors(tmp_path):
         gp.append_record(tmp_path / "run.jsonl", {"x": object()})
     with pytest.raises(gp.InputError, match="records: no such file"):
         gp.read_records(tmp_path / "run.jsonl")
+
+
+def test_a_resume_marker_drops_the_abandoned_steps(tmp_path):
+    """Records of steps >= t written before a resume marker at t are dropped; the
+    others (and records without a step) are kept, and the file is never cut."""
+    from gradpaths._train import mark_resume
+
+    path = tmp_path / "run.jsonl"
+    for step in (0, 10, 20):
+        gp.append_record(path, PROBE._replace(step=step))
+    gp.append_record(path, EVENT)                                   # step 12
+    gp.append_record(path, {"step": 15, "mine": 1})
+    gp.append_record(path, {"mine": 2})
+    mark_resume(path, 12)
+    gp.append_record(path, PROBE._replace(step=20, top_exponent=0.5))
+    size = path.stat().st_size
+    back = gp.read_records(path)
+    assert [(type(r).__name__, r.step if not isinstance(r, dict) else r.get("step"))
+            for r in back] == [("Probe", 0), ("Probe", 10), ("dict", None), ("Probe", 20)]
+    assert back[-1].top_exponent == 0.5 and path.stat().st_size == size
+    with pytest.raises(ValueError, match="step: expected an int >= 0, got -1"):
+        mark_resume(path, -1)
+    with open(path, "a") as f:
+        f.write('{"type": "resume", "step": "x"}\n')
+    with pytest.raises(ValueError, match="line 10 is damaged"):
+        gp.read_records(path)

@@ -20,9 +20,9 @@ import sys
 from collections.abc import Sequence
 
 from gradpaths._checks import InputError
-from gradpaths._cli import _common, _explain, _sweep, _train
+from gradpaths._cli import _common, _explain, _report, _sweep, _train
 
-COMMANDS = {"explain": _explain, "sweep": _sweep, "train": _train}
+COMMANDS = {"explain": _explain, "sweep": _sweep, "train": _train, "report": _report}
 """Each subcommand's module: ``add_parser(subparsers)`` and ``run(args, argv) -> status``."""
 
 EXIT_OK = 0

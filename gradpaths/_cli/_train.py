@@ -87,6 +87,9 @@ def add_parser(sub: Any) -> None:
                     help=f"steps between probes of the routes' growth (default {PROBE_EVERY})")
     tr.add_argument("--seed", type=_common.non_negative, default=0,
                     help="random seed (default 0)")
+    tr.add_argument("--records", metavar="FILE", default=None,
+                    help="append the probes and events to this JSON-lines file as they "
+                    "happen (a new file; not with --compare); read it with gradpaths report")
     _common.add_output_options(tr)
 
 
@@ -123,6 +126,11 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     from gradpaths._tasks import Model, make_task
 
     _common.check_out(args)
+    if args.records is not None:
+        if args.compare:
+            raise InputError("--records: expected one run, got --compare (two runs); record "
+                             "each run with its own command")
+        training.check_records_path(args.records, False)
     if args.cell != "lstm":
         for name in _LSTM_ONLY:
             if getattr(args, name) is not None:
@@ -154,7 +162,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         # training.train looked up now, so that tests can stand in for it
         result = training.train(model, params, task, key=k_train, steps=args.steps,
                                 batch_size=args.batch_size, clip=threshold,
-                                probe_every=args.probe_every, **rate)
+                                probe_every=args.probe_every, records=args.records, **rate)
         histories[label] = result.history
         if result.history.interrupted:      # Ctrl-C stops the whole command
             break

@@ -37,6 +37,8 @@ from gradpaths._train._probe import Probe as Probe, probe as probe
 from gradpaths._train._records import (
     RecordWarning as RecordWarning,
     append_record as append_record,
+    check_records_path as check_records_path,
+    mark_resume as mark_resume,
     read_records as read_records,
 )
 from gradpaths._train._regularizer import GrowthRegularizer as GrowthRegularizer

@@ -55,6 +55,9 @@ class History:
     ``events``: explosion and non-finite :class:`Event` s. ``interrupted``: stopped
     by Ctrl-C (or a ``KeyboardInterrupt``); ``stopped``: None, or why training
     ended early (``"nonfinite"``). ``baseline``: the task's trivial loss.
+    ``per_step``: True when the per-step arrays hold every step (a :func:`train`
+    run); False for a history built from records (:meth:`from_records`), whose
+    per-step arrays hold only the probes' steps.
     """
 
     routes: tuple[str, ...]
@@ -75,6 +78,7 @@ class History:
     events: list[Event] = dataclasses.field(default_factory=list)
     interrupted: bool = False
     stopped: str | None = None
+    per_step: bool = True
 
     def __post_init__(self) -> None:
         for name in ("route_exponents", "cut_exponents"):
@@ -107,6 +111,7 @@ class History:
             "routes": list(self.routes), "gates": list(self.gates),
             "baseline": None if self.baseline is None else _checks.json_number(self.baseline),
             "interrupted": bool(self.interrupted), "stopped": self.stopped,
+            "per_step": bool(self.per_step),
         }
         for name in ("step", *_STEP_FIELDS, "clipped", "probe_step", *_PROBE_FIELDS, *_ROWS):
             out[name] = _json_array(np.asarray(getattr(self, name)))
@@ -120,7 +125,8 @@ class History:
         baseline = d["baseline"]
         h = cls(tuple(d["routes"]), tuple(d["gates"]),
                 None if baseline is None else _checks.number_from_json(baseline, "baseline"),
-                interrupted=bool(d["interrupted"]), stopped=d["stopped"])
+                interrupted=bool(d["interrupted"]), stopped=d["stopped"],
+                per_step=bool(d.get("per_step", True)))
         h.step = np.array(d["step"], np.int64)
         h.probe_step = np.array(d["probe_step"], np.int64)
         h.clipped = np.array(d["clipped"], bool)
@@ -152,8 +158,8 @@ class History:
 
         The per-step arrays hold the probes' steps, with their loss (the probe batch's)
         and gradient norm (NaN where not given): a user's loop records probes, not
-        every step. Other records (plain mappings) are left out. Probes must share
-        routes and gates, and carry their ``step``."""
+        every step; ``per_step`` is False. Other records (plain mappings) are left
+        out. Probes must share routes and gates, and carry their ``step``."""
         probes = [r for r in records if isinstance(r, Probe)]
         events = [r for r in records if isinstance(r, Event)]
         routes = probes[0].routes if probes else ()
@@ -180,7 +186,7 @@ class History:
                    route_exponents=rows("route_exponents", len(routes)),
                    cut_exponents=rows("cut_exponents", len(routes)),
                    saturation=rows("saturation", len(gates)),
-                   events=sorted(events, key=lambda e: e.step))
+                   events=sorted(events, key=lambda e: e.step), per_step=False)
 
 
 class Recorder:
@@ -215,6 +221,15 @@ class Recorder:
         for name in _ROWS:
             self.probes[name].append(np.asarray(getattr(probe, name), np.float64))
         self.probes["probe_step"].append(step)
+
+    def last_probe(self) -> Probe:
+        """The last probe recorded, as a :class:`Probe` (no gradient norm)."""
+        get = lambda name: self.probes[name][-1]
+        return Probe(get("probe_loss"), get("top_exponent"),
+                     np.asarray(get("route_exponents"), np.float64),
+                     np.asarray(get("cut_exponents"), np.float64),
+                     np.asarray(get("saturation"), np.float64), int(get("probe_step")),
+                     None, self.routes, self.gates)
 
     def history(self) -> History:
         n = len(self.steps["step"])

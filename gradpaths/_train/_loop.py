@@ -24,7 +24,8 @@ from gradpaths._train._checkpoint import check_checkpoint_path, load_checkpoint,
 from gradpaths._train._detector import ExplosionDetector
 from gradpaths._train._events import Event
 from gradpaths._train._history import History, Recorder
-from gradpaths._train._probe import probe, route_names, saturation
+from gradpaths._train._probe import Probe, probe, route_names, saturation
+from gradpaths._train._records import append_record, check_records_path, mark_resume
 from gradpaths._train._regularizer import GrowthRegularizer
 
 NONFINITE_ACTIONS = ("stop", "skip", "raise")
@@ -159,7 +160,8 @@ def train(model: Model, params: ModelParams, task: Any, *, key: Any, steps: int,
           probe_every: int = 50, n_probes: int = 8, explosion_factor: float = 10.0,
           explosion_window: int = 20, on_nonfinite: str = "stop",
           checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 100,
-          resume: bool = False, progress: bool | None = None,
+          resume: bool = False, records: str | os.PathLike | None = None,
+          progress: bool | None = None,
           callback: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
     r"""Train ``model`` on ``task`` with optax, recording how the gradients behave.
 
@@ -192,6 +194,17 @@ def train(model: Model, params: ModelParams, task: Any, *, key: Any, steps: int,
     checkpoint holds are refused. The checkpoint's folder is checked before training
     starts.
 
+    With ``records`` a path, the probes and events are also appended to that JSON-lines
+    file as they happen (:func:`gradpaths.append_record`, one line each, the probe of
+    step t once step t's gradient norm is known), so a killed run leaves a readable
+    file: ``History.from_records(read_records(records))`` holds the probes and events
+    of ``history``. An existing file is refused unless ``resume=True``; a resumed run
+    first appends a ``resume`` marker at the step it restarts from
+    (:func:`gradpaths._train.mark_resume`): the records of that step and later,
+    written by the run that was killed after its last checkpoint, are dropped by
+    :func:`gradpaths.read_records` and written again, so no step counts twice. A
+    resumed run whose records file is missing starts it with the checkpoint's records.
+
     Args:
       model: a :class:`gradpaths.Model` that fits ``task`` (see ``Model.for_task``).
       params: its :class:`gradpaths.ModelParams` (the start; ignored when resuming).
@@ -207,6 +220,7 @@ def train(model: Model, params: ModelParams, task: Any, *, key: Any, steps: int,
       explosion_factor, explosion_window: the explosion rule above.
       on_nonfinite: ``"stop"``, ``"skip"`` or ``"raise"``.
       checkpoint, checkpoint_every, resume: see above.
+      records: None, or the JSON-lines records file (see above).
       progress: a status line on stderr; None: only when stderr is a terminal.
       callback: ``callback(step, record)`` after every step, ``record`` a dict of
         that step's numbers.
@@ -227,7 +241,7 @@ def train(model: Model, params: ModelParams, task: Any, *, key: Any, steps: int,
         learning_rate=learning_rate, clip=clip, regularizer=regularizer,
         probe_every=probe_every, n_probes=n_probes, explosion_factor=explosion_factor,
         explosion_window=explosion_window, on_nonfinite=on_nonfinite, checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every, resume=resume)
+        checkpoint_every=checkpoint_every, resume=resume, records=records)
     return _run(plan, params, opt_state, history, progress, callback)
 
 
@@ -247,12 +261,13 @@ class _Plan(NamedTuple):
     probe_batch: Batch
     detector: ExplosionDetector
     meta: dict[str, Any]    # what a checkpoint must match to be resumed
+    records: str | None     # the JSON-lines records file, if any
 
 
 def _plan(model: Any, params: Any, task: Any, *, key: Any, steps: Any, batch_size: Any,
           optimizer: Any, learning_rate: Any, clip: Any, regularizer: Any, probe_every: Any,
           n_probes: Any, explosion_factor: Any, explosion_window: Any, on_nonfinite: Any,
-          checkpoint: Any, checkpoint_every: Any, resume: bool
+          checkpoint: Any, checkpoint_every: Any, resume: bool, records: Any = None
           ) -> tuple[_Plan, ModelParams, Any, History]:
     """Check :func:`train`'s arguments (before any work), build the step, the sampler
     and the probe batch, and resume from ``checkpoint`` when asked: ``(plan, params,
@@ -272,6 +287,11 @@ def _plan(model: Any, params: Any, task: Any, *, key: Any, steps: Any, batch_siz
         checkpoint = check_checkpoint_path(checkpoint, resume)
     elif resume:
         raise InputError("resume: expected a checkpoint path to resume from, got checkpoint=None")
+    if records is not None:
+        records = check_records_path(records, resume)
+        if checkpoint is not None and os.path.abspath(records) == os.path.abspath(checkpoint):
+            raise InputError(f"records: expected a file other than the checkpoint, got "
+                             f"{records!r} for both")
     opt = _optimizer(optimizer, learning_rate, clip)
     clip = None if clip is None else float(clip)
 
@@ -297,7 +317,7 @@ def _plan(model: Any, params: Any, task: Any, *, key: Any, steps: Any, batch_siz
                                  previous=history.grad_norm[-explosion_window:])
     step_fn = _step.compiled_step(_inputs.hashable(model), opt, regularizer)
     plan = _Plan(model, steps, clip, probe_every, on_nonfinite, checkpoint, checkpoint_every,
-                 step_fn, sample, train_key, probe_batch, detector, meta)
+                 step_fn, sample, train_key, probe_batch, detector, meta, records)
     return plan, params, opt_state, history
 
 
@@ -307,20 +327,27 @@ def _run(plan: _Plan, params: ModelParams, opt_state: Any, history: History,
     record = Recorder(history)
     bar = _Progress(plan.steps, sys.stderr.isatty() if progress is None else bool(progress))
 
-    def probe_now(step: int, p: ModelParams) -> None:
+    def probe_now(step: int, p: ModelParams) -> Probe:
         if not record.has_probe(step):    # a resumed run may have probed this step already
             record.add_probe(step, probe(plan.model, p, plan.probe_batch, step=step))
+        return record.last_probe()
+
+    def write(r: Any) -> None:
+        if plan.records is not None:
+            append_record(plan.records, r)
 
     def save() -> None:
         if plan.checkpoint is not None:
             save_checkpoint(plan.checkpoint, params, opt_state, record.history(), plan.meta)
 
     note = ""
+    pending = None          # the probe of this step, written once its gradient norm is known
     with _Interrupts() as interrupts:
         try:
+            _start_records(plan.records, history)
             for step in range(record.next_step, plan.steps):
                 if step % plan.probe_every == 0:
-                    probe_now(step, params)
+                    pending = probe_now(step, params)
                 new_params, new_opt, stats = plan.step_fn(
                     params, opt_state, plan.sample(jax.random.fold_in(plan.train_key, step)))
                 stats = jax.device_get(stats)
@@ -329,8 +356,12 @@ def _run(plan: _Plan, params: ModelParams, opt_state: Any, history: History,
                 record.add_step(step, stats, plan.clip is not None and grad_norm > plan.clip)
                 params, opt_state = new_params, new_opt
                 bar.update(step, float(stats.loss), grad_norm, force=step == plan.steps - 1)
+                if pending is not None:
+                    write(pending._replace(grad_norm=grad_norm))
+                    pending = None
                 if event is not None:
                     record.events.append(event)
+                    write(event)
                     if event.kind == "nonfinite" and plan.on_nonfinite != "skip":
                         record.stopped = "nonfinite"
                         if plan.on_nonfinite == "raise":
@@ -347,14 +378,32 @@ def _run(plan: _Plan, params: ModelParams, opt_state: Any, history: History,
                 if (step + 1) % plan.checkpoint_every == 0:
                     save()
             else:
-                probe_now(plan.steps, params)
+                write(probe_now(plan.steps, params))
         except KeyboardInterrupt:
             record.interrupted = True
             note = f"interrupted after step {record.next_step - 1}; history kept"
         finally:    # whatever ends the run (a crash included), what was recorded is kept
-            save()
-            bar.close(note)
+            try:
+                if pending is not None:     # its step never finished: no gradient norm
+                    write(pending)
+            finally:
+                save()
+                bar.close(note)
     return TrainResult(params, opt_state, record.history())
+
+
+def _start_records(path: str | None, history: History) -> None:
+    """Before the first step: a resumed run marks where it restarts (the file's records
+    of later steps are dropped when read); a resumed run without its file starts one
+    with the checkpoint's records."""
+    if path is None or history.next_step == 0 and not os.path.lexists(path):
+        return
+    if os.path.lexists(path):
+        mark_resume(path, history.next_step)
+    else:
+        for r in history.records():
+            if r.step < history.next_step:     # the loop writes the probe of next_step
+                append_record(path, r)
 
 
 def _judge(plan: _Plan, step: int, stats: Any, params: ModelParams) -> Event | None:

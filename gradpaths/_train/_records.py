@@ -9,7 +9,11 @@ The file format (``gradpaths.records/1``), one JSON object per line:
   mapping of your own);
 * ``{"type": "torn", "length": n}``: written by :func:`append_record` when it finds
   the file ending in a line without its newline (a writer that crashed mid-line):
-  that fragment of ``n`` bytes is closed with a newline and marked, never removed.
+  that fragment of ``n`` bytes is closed with a newline and marked, never removed;
+* ``{"type": "resume", "step": t}``: written by :func:`mark_resume` when a run
+  restarts from step ``t`` (from a checkpoint): the records of steps ``>= t``
+  written before it belong to the abandoned attempt and are dropped by
+  :func:`read_records`, so a resumed run's steps are never counted twice.
 
 Numbers follow one rule (:func:`gradpaths._checks.json_number`): JSON has no NaN,
 so NaN and infinities are the strings ``"nan"``, ``"inf"``, ``"-inf"``.
@@ -117,10 +121,13 @@ def append_record(path: str | os.PathLike, record: Any, *, fsync: bool = True) -
         ``path`` exists, is not empty and is not a gradpaths records file; its
         folder does not exist.
     """
+    _append(path, _encode(record), fsync)
+
+
+def _append(path: Any, line: bytes, fsync: bool) -> None:
     if not isinstance(path, (str, os.PathLike)):
         raise InputTypeError(f"path: expected a file path, got {type(path).__name__}")
     path = os.fsdecode(os.fspath(path))
-    line = _encode(record)
     if _create(path, _HEADER + line, fsync):
         return
     fd = os.open(path, os.O_RDWR | os.O_APPEND)
@@ -164,6 +171,57 @@ def _create(path: str, data: bytes, fsync: bool) -> bool:
         os.remove(tmp)
 
 
+def check_records_path(path: Any, resume: bool) -> str:
+    """``path`` as a string, or a clear error before any training: its folder must exist
+    and be writable; an existing file is appended to only when resuming
+    (``resume=True``), and only if it is a gradpaths records file."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputTypeError(f"records: expected None or a file path, got {type(path).__name__}")
+    path = os.fsdecode(os.fspath(path))
+    if not path.strip():
+        raise InputError(f"records: expected a file path, got {path!r}")
+    if os.path.isdir(path):
+        raise InputError(f"records: {path!r} is a folder; expected a file path in it")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"records: the folder {folder!r} of {path!r} does not exist; "
+                         "create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"records: cannot write in the folder {folder!r} of {path!r}")
+    if os.path.lexists(path):
+        if not resume:
+            raise InputError(f"records: {path!r} exists; pass resume=True to continue it or "
+                             "choose another path (it is never appended to otherwise)")
+        with open(path, "rb") as f:
+            head = f.read(len(_HEADER))
+        if head and not _HEADER.startswith(head):
+            raise InputError(f"records: {path!r} is not a gradpaths records file (its first "
+                             f"line is not the {FORMAT} header); it is never appended to")
+    return path
+
+
+def mark_resume(path: str | os.PathLike, step: int, *, fsync: bool = True) -> None:
+    """Append a ``resume`` marker to the records file ``path``: a run restarts at ``step``.
+
+    The records file is never cut: a run killed after its last checkpoint leaves
+    records of steps it will run again. The marker says so: :func:`read_records`
+    drops every record written before the marker whose step is ``>= step`` (probes
+    and events, and mappings with an integer ``"step"``), and keeps the rest, so the
+    file reads as one run. :func:`gradpaths.train` writes it when resuming; call it
+    from your own loop when you restart from a checkpoint of step ``step``.
+
+    Raises:
+      TypeError, ValueError: as :func:`append_record`; ``step`` not an integer >= 0.
+    """
+    step = _checks.check_positive_int(step, "step", allow_zero=True)
+    _append(path, (json.dumps({"type": "resume", "step": step}) + "\n").encode(), fsync)
+
+
+def _step_of(record: Any) -> int | None:
+    step = record.get("step") if isinstance(record, dict) else record.step
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
 def _decode(obj: Any, where: str) -> Probe | Event | dict[str, Any]:
     if not isinstance(obj, dict) or "type" not in obj:
         raise InputError(f"{where}: expected a JSON object with a 'type', got {obj!r:.80}")
@@ -197,7 +255,9 @@ def read_records(path: str | os.PathLike) -> list[Probe | Event | dict[str, Any]
     Torn lines, where a writer stopped mid-line, are skipped with a
     :class:`gradpaths.RecordWarning` (every record before and after is kept): the
     last line when it has no newline, and a line closed by a later writer's ``torn``
-    marker. Build a :class:`gradpaths.History` of them with ``History.from_records``.
+    marker. A ``resume`` marker (:func:`mark_resume`) at step ``t`` drops the records
+    of steps ``>= t`` written before it. Build a :class:`gradpaths.History` of them
+    with ``History.from_records``.
 
     Raises:
       ValueError: naming ``path`` and the line: no such file, not a gradpaths
@@ -236,6 +296,14 @@ def read_records(path: str | os.PathLike) -> list[Probe | Event | dict[str, Any]
                                  "not a gradpaths records file")
             header = True
         else:
+            if isinstance(obj, dict) and obj.get("type") == "resume":
+                try:
+                    at = _checks.check_positive_int(obj.get("step"), "step", allow_zero=True)
+                except (ValueError, TypeError) as err:
+                    raise InputError(f"{where} is damaged ({err})") from None
+                out = [r for r in out if (_step_of(r) is None or _step_of(r) < at)]
+                i += 1
+                continue
             try:
                 out.append(_decode(obj, where))
             except (ValueError, KeyError, TypeError) as err:
