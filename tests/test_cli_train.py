@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from cli_helpers import PNG, run, strict_json
+from cli_helpers import PNG, assert_one_line_error, run, strict_json
+
+import gradpaths as gp
 
 
 def test_train_default(capsys):
@@ -84,3 +86,27 @@ def test_train_names_the_optimizer_and_an_unjudged_largest_norm(capsys):
     assert f"largest gradient norm {norms.max():.4g}, 0 explosion events" in out
     assert (f"note: the largest gradient norm ({norms.max():.3g}, step {np.argmax(norms)}) came "
             "before the explosion detector had 5 steps of history, so it was not judged") in out
+
+
+def test_train_records_then_report(tmp_path, capsys):
+    """--records writes the run's probes and events as they happen; gradpaths report
+    reads them back: the same probes as the run's history."""
+    path = tmp_path / "run.jsonl"
+    code, out, err = run(["train", "--steps", "12", "--probe-every", "5", "--records",
+                          str(path), "--json"], capsys)
+    assert code == 0, err
+    h = gp.History.from_dict(strict_json(out)["no clipping"])
+    records = gp.read_records(path)
+    assert [r.to_dict() for r in records] == [r.to_dict() for r in h.records()]
+    assert [r.step for r in records if isinstance(r, gp.Probe)] == [0, 5, 10, 12]
+    code, out, err = run(["report", str(path), "--json"], capsys)
+    assert code == 0, err
+    back = strict_json(out)["run.jsonl"]
+    assert back["probe_step"] == [0, 5, 10, 12] and back["top_exponent"] == [
+        gp.Probe.to_dict(r)["top_exponent"] for r in records if isinstance(r, gp.Probe)]
+    # An existing file is never appended to by a new run; one run per file.
+    for extra in ([], ["--compare"]):
+        code, out, err = run(["train", "--steps", "12", "--records", str(path), *extra],
+                             capsys)
+        assert_one_line_error(code, out, err, "train")
+        assert ("exists; pass resume=True" if not extra else "expected one run") in err

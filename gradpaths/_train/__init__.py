@@ -9,7 +9,7 @@ Where each idea lives:
 * ``_detector``: :class:`ExplosionDetector`, the explosion rule, :func:`judged_steps`;
 * ``_history``: :class:`History` and its JSON form;
 * ``_records``: probes and events as JSON lines (:func:`append_record`,
-  :func:`read_records`);
+  :func:`read_records`, :func:`mark_resume` where a resumed run restarts);
 * ``_checkpoint``: atomic checkpoints and resuming;
 * ``_loop``: :func:`train` itself, the progress line and Ctrl-C;
 * ``_init``: forget-bias initialisation and its diagnostics.
