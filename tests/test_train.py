@@ -245,13 +245,14 @@ def test_regulariser_holds_the_o_route_while_the_task_is_learned():
     assert_close(held.loss, held.task_loss + held.penalty)
 
 
-def test_float32_training():
+def test_float32_training(tmp_path):
     params = MODEL.init(jax.random.key(0), dtype=jnp.float32)
     result = gp.train(MODEL, params, TASK, key=jax.random.key(1), steps=20, learning_rate=1e-2,
-                      probe_every=10, **SMALL)
+                      probe_every=10, records=tmp_path / "run.jsonl", **SMALL)
     assert result.params.readout.W.dtype == jnp.float32
     h = result.history
     assert np.all(np.isfinite(h.loss)) and h.task_loss[-1] < h.task_loss[0]
+    _same_records(gp.read_records(tmp_path / "run.jsonl"), h.records())
 
 
 def test_initialisation_diagnostics():
@@ -434,6 +435,10 @@ def test_records_of_a_run_equal_its_history(tmp_path):
     with pytest.raises(ValueError, match="exists; pass resume=True"):
         gp.train(MODEL, exploding_params(), TASK, key=jax.random.key(1), steps=30,
                  optimizer=SGD, records=path, **SMALL)
+    other = tmp_path / "run.ckpt"
+    with pytest.raises(ValueError, match="expected a file other than the checkpoint"):
+        gp.train(MODEL, exploding_params(), TASK, key=jax.random.key(1), steps=30,
+                 optimizer=SGD, records=other, checkpoint=other, **SMALL)
 
 
 def test_a_resumed_run_does_not_duplicate_its_records(tmp_path):
