@@ -435,11 +435,13 @@ def _history_of(h: Any) -> Any:
 
     from gradpaths._train import History, read_records
 
+    if hasattr(h, "history"):       # a TrainResult (a tuple, not a list of records)
+        return h.history
     if isinstance(h, (str, os.PathLike)):
         h = read_records(h)
     if isinstance(h, (list, tuple)):
         return History.from_records(h)
-    return getattr(h, "history", h)
+    return h
 
 
 def _histories(history: Any) -> dict[str, Any]:

@@ -245,6 +245,9 @@ def test_plot_training_curves_from_records(tmp_path):
         assert len(loss.get_lines()[0].get_xdata()) == 3
     with pytest.raises(ValueError, match="records: no such file"):
         gp.plot.training_curves(tmp_path / "none.jsonl")
+    result = gp.TrainResult(None, None, h)          # a TrainResult is a tuple, not records
+    np.testing.assert_array_equal(gp.plot.training_curves(result).axes[0].get_lines()[0]
+                                  .get_xdata(), np.arange(40))
 
 
 # --------------------------------------------------------------------------- sweep

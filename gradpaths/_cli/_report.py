@@ -35,6 +35,7 @@ def add_parser(sub: Any) -> None:
     rp.add_argument("records", nargs="+", metavar="RECORDS",
                     help="records file(s); several are compared, labelled by file name")
     rp.add_argument("--explosion-window", type=_common.positive, default=EXPLOSION_WINDOW,
+                    metavar="W",
                     help="the explosion detector's window in the loop that wrote the records "
                     f"(default {EXPLOSION_WINDOW}, as gradpaths.train); only for the note on "
                     "the first steps, which it cannot judge")
