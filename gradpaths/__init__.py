@@ -126,6 +126,7 @@ from gradpaths._train import (
     init_diagnostics as init_diagnostics,
     judged_steps as judged_steps,
     load_checkpoint as load_checkpoint,
+    mark_resume as mark_resume,
     probe as probe,
     read_records as read_records,
     train as train,

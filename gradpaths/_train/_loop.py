@@ -200,7 +200,7 @@ def train(model: Model, params: ModelParams, task: Any, *, key: Any, steps: int,
     file: ``History.from_records(read_records(records))`` holds the probes and events
     of ``history``. An existing file is refused unless ``resume=True``; a resumed run
     first appends a ``resume`` marker at the step it restarts from
-    (:func:`gradpaths._train.mark_resume`): the records of that step and later,
+    (:func:`gradpaths.mark_resume`): the records of that step and later,
     written by the run that was killed after its last checkpoint, are dropped by
     :func:`gradpaths.read_records` and written again, so no step counts twice. A
     resumed run whose records file is missing starts it with the checkpoint's records.
