@@ -237,7 +237,7 @@ def _check_sizes(cell: Any) -> None:
     _checks.check_positive_int(cell.hidden_size, "hidden_size")
 
 
-def _check_tree(params: Any, expected_type: type, cell_name: str) -> None:
+def _check_tree(params: Any, expected_type: type[NamedTuple], cell_name: str) -> None:
     if not isinstance(params, tuple) or not hasattr(params, "_fields"):
         raise TypeError(
             f"params: expected {expected_type.__name__} for {cell_name}, "
@@ -260,9 +260,9 @@ def _check_leaf(value: Any, shape: tuple[int, ...], name: str) -> None:
         raise TypeError(f"{name}: expected a floating dtype, got {value.dtype}")
 
 
-def _zeros_state(state_type: type, n: int, dtype: Any) -> Any:
+def _zeros_state(state_type: type[NamedTuple], n: int, dtype: Any) -> Any:
     dtype = _checks.resolve_dtype(dtype)
-    return state_type(*(jnp.zeros((n,), dtype) for _ in state_type._fields))
+    return state_type._make(jnp.zeros((n,), dtype) for _ in state_type._fields)
 
 
 # --------------------------------------------------------------------------- LSTM
@@ -393,6 +393,14 @@ class LSTM:
                 continue
             _check_leaf(value, (n,), f"params.p.{g}")
 
+    def _peepholes(self, params: LSTMParams) -> Peepholes | None:
+        """``params.p`` when the cell has peepholes, else None (``params.p`` unused)."""
+        if not self.peepholes:
+            return None
+        if params.p is None:
+            raise ValueError("params.p: expected Peepholes (peepholes=True), got None")
+        return params.p
+
     def forward(
         self,
         params: LSTMParams,
@@ -418,25 +426,25 @@ class LSTM:
     def forward_projected(self, params: LSTMParams, state: LSTMState, u: Array,
                           read: Callable[[str, Array], Array] = _keep) -> dict[str, Array]:
         """:meth:`forward` from the projected input ``u`` (G, n) of :meth:`project`."""
-        R, p = params.R, params.p
+        R, p = params.R, self._peepholes(params)
         c, h = state
-        u = dict(zip(self.gates, u, strict=True))
+        ux = dict(zip(self.gates, u, strict=True))
         rec = _recurrent(R, self.gates, h, read)
-        zbar = u["z"] + rec["z"]
-        ibar = u["i"] + rec["i"]
-        if self.peepholes:
+        zbar = ux["z"] + rec["z"]
+        ibar = ux["i"] + rec["i"]
+        if p is not None:
             ibar = ibar + p.i * read("peep_i", c)
         z, i = tanh(zbar), sigmoid(ibar)
         if self.forget_gate:
-            fbar = u["f"] + rec["f"]
-            if self.peepholes:
+            fbar = ux["f"] + rec["f"]
+            if p is not None:
                 fbar = fbar + p.f * read("peep_f", c)
             f, df = sigmoid(fbar), dsigmoid(fbar)
         else:
             f, df = jnp.ones_like(i), jnp.zeros_like(i)
         c_new = z * i + read("carousel", c) * f
-        obar = u["o"] + rec["o"]
-        if self.peepholes:
+        obar = ux["o"] + rec["o"]
+        if p is not None:
             obar = obar + p.o * c_new
         o = sigmoid(obar)
         tanh_c = tanh(c_new)
@@ -499,8 +507,9 @@ class LSTM:
         z, i, f, o, tc = g["z"], g["i"], g["f"], g["o"], g["tanh_c"]
         do = g["do"]
         g_c = o * g["dtanh_c"]
-        if self.peepholes:
-            g_c = g_c + tc * do * params.p.o
+        p = self._peepholes(params)
+        if p is not None:
+            g_c = g_c + tc * do * p.o
 
         def edge(source: str, a: Array, matrix: Array | None) -> Edge:
             return Edge(source, {"c": a, "h": g_c * a}, matrix)
@@ -515,10 +524,10 @@ class LSTM:
             df_c = state.c * g["df"]
             edges["f"] = edge("h", df_c, params.R.f)
         edges["o"] = Edge("h", {"c": None, "h": tc * do}, params.R.o)
-        if self.peepholes:
-            edges["peep_i"] = edge("c", z * di * params.p.i, None)
+        if p is not None:
+            edges["peep_i"] = edge("c", z * di * p.i, None)
             if self.forget_gate:
-                edges["peep_f"] = edge("c", df_c * params.p.f, None)
+                edges["peep_f"] = edge("c", df_c * p.f, None)
         return nxt, edges
 
 

@@ -140,7 +140,7 @@ def check_key(key: Any, name: str = "key") -> jax.Array:
             raise InputError(f"{name}: expected a single PRNG key, got shape {key.shape}")
         return key
     if isinstance(key, (jax.Array, np.ndarray)) and key.dtype == np.uint32 and key.shape == (2,):
-        return jax.random.wrap_key_data(key)
+        return jax.random.wrap_key_data(jnp.asarray(key))
     raise InputTypeError(f"{name}: expected a PRNG key (jax.random.key(seed)) or an int seed, "
                          f"got {type(key).__name__} {key!r}")
 

@@ -108,7 +108,9 @@ def _logaddexp(*xs: Array) -> Array:
     for x in xs[1:]:
         top = jnp.maximum(top, x)
     safe = jnp.where(jnp.isfinite(top), top, 0.0)
-    total = sum(jnp.exp(jnp.where(jnp.isfinite(x), x - safe, -jnp.inf)) for x in xs)
+    total = jnp.zeros_like(safe)
+    for x in xs:
+        total = total + jnp.exp(jnp.where(jnp.isfinite(x), x - safe, -jnp.inf))
     return jnp.where(jnp.isfinite(top), safe + safe_log(total), top)
 
 
@@ -247,7 +249,7 @@ def route_use_counts(cell: RoutedCell, params: Any, xs: Any, state0: Any = None,
     """
     _check(cell, route)
     _checks.check_choice(method, "method", COUNT_METHODS)
-    if not jax.config.jax_enable_x64:
+    if not jax.config.read("jax_enable_x64"):
         raise ValueError(
             "route_use_counts: needs float64/complex128 (exact polynomial coefficients), got "
             "jax_enable_x64 off: enable it with jax.config.update('jax_enable_x64', True)"

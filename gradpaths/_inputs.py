@@ -116,8 +116,10 @@ def prepare(cell: Any, params: Any, xs: Any, state0: Any) -> Prepared:
             state0 = cell.initial_state(dtype)
         template = cell.initial_state(dtype)
         state_type = type(template)
-        if not isinstance(state0, state_type) or (jax.tree_util.tree_structure(state0)
-                                                   != jax.tree_util.tree_structure(template)):
+        # jaxlib ships no type stub for PyTreeDef: compare the structures as objects.
+        structure: object = jax.tree_util.tree_structure(state0)
+        if (not isinstance(state0, state_type)
+                or structure != jax.tree_util.tree_structure(template)):
             fields = getattr(state_type, "_fields", "")
             raise InputTypeError(
                 f"state0: expected {state_type.__name__}{fields} for {cell!r}, "
@@ -248,4 +250,6 @@ def call(fn: Callable, cell: Any, params: Any, *args: Any, **static: Any) -> Any
 
 def cache_size(fn: Callable, *static_names: str) -> int:
     """Number of compiled versions of ``fn`` (tests use it to check no recompilation)."""
-    return _jitted(fn, tuple(sorted(static_names)))._cache_size()
+    # The count lives on jax's compiled wrapper (a C++ object), outside jax's types.
+    jitted: Any = _jitted(fn, tuple(sorted(static_names)))
+    return jitted._cache_size()

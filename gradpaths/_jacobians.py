@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from gradpaths import _inputs, _operator
+from gradpaths._protocols import Cell
 from gradpaths._state import Layout, layout_of
 
 
@@ -41,7 +42,7 @@ def _unroll(cell: Any, params: Any, xs: jax.Array, state0: Any) -> Any:
     return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), state0, states)
 
 
-def unroll(cell: Any, params: Any, xs: Any, state0: Any = None) -> Any:
+def unroll(cell: Cell, params: Any, xs: Any, state0: Any = None) -> Any:
     """Run ``cell`` over the inputs ``xs``.
 
     Args:
@@ -111,7 +112,7 @@ def _step_jacobians(cell, params, xs, state0, *, method):
     return StepJacobians(matrix, layout)
 
 
-def step_jacobians(cell: Any, params: Any, xs: Any, state0: Any = None, *,
+def step_jacobians(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
                    method: str = "analytic") -> StepJacobians:
     """Exact Jacobian of every step along the trajectory driven by ``xs``.
 

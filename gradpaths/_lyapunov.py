@@ -48,6 +48,7 @@ from gradpaths._products import (
     safe_normalise,
     spec_size,
 )
+from gradpaths._protocols import Cell
 from gradpaths._state import layout_of
 
 Array = jax.Array
@@ -350,7 +351,7 @@ def _check_common(cell, params, xs, state0, routes, block, k, method, key):
     return p, spec, size if k is None else k, method, key
 
 
-def lyapunov_exponents(cell: Any, params: Any, xs: Any, state0: Any = None, *,
+def lyapunov_exponents(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
                        k: int | None = None, warmup: int = 0,
                        routes: Iterable[str] | None = None, block: Any = None,
                        method: str = "auto", key: Any = 0, reorth_every: int = 1) -> Array:
@@ -434,7 +435,7 @@ def _local(cell, params, xs, state0, key, **kw):
     return _qr_logs(cell, params, xs, state0, 0, key, reorth_every=1, per_step=True, **kw)[0]
 
 
-def local_stretching(cell: Any, params: Any, xs: Any, state0: Any = None, *,
+def local_stretching(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
                      k: int | None = None, routes: Iterable[str] | None = None,
                      block: Any = None, method: str = "auto", key: Any = 0) -> Array:
     r"""Per-step log stretching rates of the leading tangent directions.
@@ -460,7 +461,7 @@ def local_stretching(cell: Any, params: Any, xs: Any, state0: Any = None, *,
     return out[:, 0] if k is None else out
 
 
-def finite_time_exponents(cell: Any, params: Any, xs: Any, state0: Any = None, *,
+def finite_time_exponents(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
                           window: int, k: int | None = None,
                           routes: Iterable[str] | None = None, block: Any = None,
                           method: str = "auto", key: Any = 0) -> Array:

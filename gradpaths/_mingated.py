@@ -22,6 +22,7 @@ since ``0 < a < 1``; a gradient can only fade, at a rate set by the inputs.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
@@ -71,7 +72,8 @@ class MinState(NamedTuple):
     h: Array
 
 
-def _check(cell: Any, params: Any, params_type: type, gates_type: type) -> None:
+def _check(cell: Any, params: Any, params_type: type[NamedTuple],
+           gates_type: type[NamedTuple]) -> None:
     if type(params).__name__ != params_type.__name__:      # MinGRU's and MinLSTM's look alike
         raise _checks.InputTypeError(f"params: expected {params_type.__name__} for {cell!r}, "
                         f"got {type(params).__name__}")
@@ -84,20 +86,39 @@ def _check(cell: Any, params: Any, params_type: type, gates_type: type) -> None:
             _cells._check_leaf(getattr(group, g), shape, f"params.{field}.{g}")
 
 
-def _init(cell: Any, key: Array, gates_type: type, biases: dict[str, float], input_gain: float,
-          dtype: Any) -> tuple[Any, Any]:
+def _init(cell: Any, key: Array, gates_type: type[NamedTuple], biases: dict[str, float],
+          input_gain: float, dtype: Any) -> tuple[Any, Any]:
     dtype = _checks.resolve_dtype(dtype)
     n, m = cell.hidden_size, cell.input_size
     keys = jax.random.split(key, len(gates_type._fields))
     scale = input_gain / max(m, 1) ** 0.5
-    W = gates_type(*(_cells._normal(k, (n, m), scale, dtype) for k in keys))
-    b = gates_type(*(jnp.full((n,), biases.get(g, 0.0), dtype) for g in gates_type._fields))
+    W = gates_type._make(_cells._normal(k, (n, m), scale, dtype) for k in keys)
+    b = gates_type._make(jnp.full((n,), biases.get(g, 0.0), dtype) for g in gates_type._fields)
     return W, b
 
 
-class _Diagonal:
+class _Diagonal(abc.ABC):
     """What minGRU and minLSTM share: the step ``h' = a h + u`` with ``(a, u)`` from the
-    input alone, its one diagonal edge, and the fused projection."""
+    input alone, its one diagonal edge, and the fused projection.
+
+    Each cell supplies its sizes, :attr:`activation_names`, :meth:`check_params` and
+    ``_gates`` (the gates and ``a``, ``b``, ``h_tilde`` from the projected input)."""
+
+    input_size: int
+    hidden_size: int
+
+    @property
+    @abc.abstractmethod
+    def activation_names(self) -> tuple[str, ...]:
+        """The sigmoid gates' names."""
+
+    @abc.abstractmethod
+    def check_params(self, params: Any) -> None:
+        """Raise TypeError/ValueError unless ``params`` fit this cell."""
+
+    @abc.abstractmethod
+    def _gates(self, u: Array) -> dict[str, Array]:
+        """Gates, ``a`` (the Jacobian's diagonal), ``b`` and ``h_tilde`` from ``u`` (G, n)."""
 
     @property
     def routes(self) -> tuple[str, ...]:

@@ -141,10 +141,10 @@ def flat_step(cell: Any, params: Any, layout: Layout, routes: tuple[str, ...] | 
     return lambda s, x: layout.ravel(cell.step(params, layout.unravel(s), x, read))
 
 
-def _field_mask(layout: Layout, spec: Spec, dtype: Any) -> np.ndarray | None:
-    """(d,) 1 on the block's rows, or None for the whole state."""
+def _field_mask(layout: Layout, spec: Spec, dtype: Any) -> np.ndarray:
+    """(d,) 1 on the block's rows (on every row for the whole state)."""
     if spec.block is None:
-        return None
+        return np.ones((layout.size,), np.dtype(dtype))
     mask = np.zeros((layout.size,), np.dtype(dtype))
     mask[layout.slice(spec.block[0])] = 1
     return mask
@@ -166,8 +166,7 @@ def _columns_mask(layout: Layout, specs: Sequence[Spec], dtype: Any) -> np.ndarr
     """(d, S) field masks of several specs, or None when no spec has a block."""
     if all(s.block is None for s in specs):
         return None
-    return np.stack([np.ones((layout.size,), np.dtype(dtype)) if s.block is None
-                     else _field_mask(layout, s, dtype) for s in specs], axis=1)
+    return np.stack([_field_mask(layout, s, dtype) for s in specs], axis=1)
 
 
 # --------------------------------------------------------------------------- closed form
@@ -184,7 +183,7 @@ class _Group(NamedTuple):
 class _Closed:
     """One step's linearisation from the cell's entry edges."""
 
-    def __init__(self, layout: Layout, edges: dict[str, Any], nxt: Any, ok: Array,
+    def __init__(self, layout: Layout, edges: dict[str, Any], nxt: Any, ok: Array | bool,
                  fixed: dict[tuple[str, ...], tuple[Array, Array]]) -> None:
         self.layout, self.edges, self.next, self._ok = layout, edges, nxt, ok
         self._fixed = fixed
@@ -425,6 +424,7 @@ class _Autodiff:
             nxt, lin = jax.linearize(lambda u, step=step: step(u, x), s)
             self._lin[routes] = lin
             self._lin_T[routes] = jax.linear_transpose(lin, s)
+        assert nxt is not None, "route_sets is never empty (None stands for all routes)"
         self.next = layout.unravel(nxt)
 
     def _poison(self, out: Array) -> Array:

@@ -38,6 +38,7 @@ from gradpaths._operator import (
     spec_size as spec_size,
     step_operator,
 )
+from gradpaths._protocols import Cell
 from gradpaths._state import Layout, layout_of
 
 Array = jax.Array
@@ -248,7 +249,7 @@ def growth_curves_scan(cell, params, xs, state0, *, specs, start, method, norm, 
     return jax.lax.scan(body, init, xs[start:])[1]
 
 
-def growth_curve(cell: Any, params: Any, xs: Any, state0: Any = None, *,
+def growth_curve(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
                  routes: Iterable[str] | None = None, block: Any = None, start: int = 0,
                  method: str = "matrix", norm: str = "power", max_iter: int = 100) -> Array:
     r"""Log spectral norm of every partial product of step Jacobians.
@@ -419,7 +420,7 @@ def _product_singular_values(cell, params, xs, state0, key, *, spec, start, stop
     return jnp.sort(est)[::-1]
 
 
-def product_singular_values(cell: Any, params: Any, xs: Any, state0: Any = None, *,
+def product_singular_values(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
                             routes: Iterable[str] | None = None, block: Any = None,
                             start: int = 0, stop: int | None = None, key: Any = 0,
                             max_sweeps: int = 50) -> Array:
@@ -528,7 +529,7 @@ def _step_spectra(cell, params, xs, state0, *, spec, method, iters):
     return StepSpectra(radius, norm)
 
 
-def step_spectra(cell: Any, params: Any, xs: Any, state0: Any = None, *,
+def step_spectra(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
                  routes: Iterable[str] | None = None, block: Any = None,
                  method: str = "eig", iters: int = 40) -> StepSpectra:
     r"""Spectral radius and spectral norm of each step's Jacobian.

@@ -62,8 +62,9 @@ class Cell(Protocol):
     cells); ``x`` is one input, shape (m,).
     """
 
-    def init(self, key: Array, **options: Any) -> Any:
-        """Random parameters."""
+    def init(self, key: Array, *, dtype: Any = None) -> Any:
+        """Random parameters in ``dtype`` (None: float64 under x64, else float32); a
+        cell may take further keyword options."""
         ...
 
     def initial_state(self, dtype: Any = None) -> Any:

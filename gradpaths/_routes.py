@@ -20,7 +20,7 @@ import jax
 
 from gradpaths import _inputs, _operator
 from gradpaths._jacobians import StepJacobians, entering
-from gradpaths._protocols import has_routes as has_routes
+from gradpaths._protocols import RoutedCell, has_routes as has_routes
 from gradpaths._state import layout_of
 
 
@@ -65,7 +65,7 @@ def _route_jacobians(cell, params, xs, state0, *, method):
     return {r: StepJacobians(mats[r], layout) for r in cell.routes}
 
 
-def route_jacobians(cell: Any, params: Any, xs: Any, state0: Any = None, *,
+def route_jacobians(cell: RoutedCell, params: Any, xs: Any, state0: Any = None, *,
                     method: str = "analytic") -> dict[str, StepJacobians]:
     """Each route's share of every step Jacobian along the trajectory.
 

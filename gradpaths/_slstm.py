@@ -206,10 +206,10 @@ class SLSTM:
                           ) -> dict[str, Array]:
         """:meth:`forward` from the projected input ``u`` (4, n) of :meth:`project`."""
         c, n, m, h = state
-        u = dict(zip(self.gates, u, strict=True))
+        ux = dict(zip(self.gates, u, strict=True))
         rec = _cells._recurrent(params.R, self.gates, h, read)
-        zbar, ibar = u["z"] + rec["z"], u["i"] + rec["i"]
-        fbar, obar = u["f"] + rec["f"], u["o"] + rec["o"]
+        zbar, ibar = ux["z"] + rec["z"], ux["i"] + rec["i"]
+        fbar, obar = ux["f"] + rec["f"], ux["o"] + rec["o"]
         z, o = _cells.tanh(zbar), _cells.sigmoid(obar)
         log_f, dl = self._log_forget(fbar)
         a = log_f + read("stabiliser", m)           # forget branch of the max

@@ -28,7 +28,7 @@ layer k-1: every route of every layer below). They sum to ``J``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -56,7 +56,7 @@ class StackState(tuple):
 
     __slots__ = ()
 
-    def __new__(cls, layers: Sequence[Any]) -> StackState:
+    def __new__(cls, layers: Iterable[Any]) -> StackState:
         return super().__new__(cls, tuple(layers))
 
     def __repr__(self) -> str:
@@ -316,7 +316,8 @@ class Stack:
         """The next state and the entry edges: each layer's own edges renamed by layer,
         and one :class:`~gradpaths._operator.MatrixFreeEdge` for all ``"k-1>k"``."""
         self._check_call(params, state, x)
-        new, edges, own, inputs = [], {}, [], []
+        new, own, inputs = [], [], []
+        edges: dict[str, Edge | _operator.MatrixFreeEdge] = {}
         inp = x
         for k, (cell, p, s) in enumerate(zip(self.layers, params, state), 1):
             s_new, layer_edges = _operator.linearise(cell, p, s, inp)

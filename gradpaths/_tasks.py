@@ -35,6 +35,7 @@ import numpy as np
 
 from gradpaths import _checks
 from gradpaths._inputs import is_builtin
+from gradpaths._protocols import Cell
 from gradpaths._state import layout_of
 
 Array = jax.Array
@@ -520,7 +521,7 @@ class Model:
         params = model.init(jax.random.key(0))
     """
 
-    cell: Any
+    cell: Cell
     output_size: int
     loss: str = "mse"
 
@@ -534,13 +535,14 @@ class Model:
         _checks.check_choice(self.loss, "loss", LOSSES)
 
     @classmethod
-    def for_task(cls, cell: Any, task: Any) -> Model:
+    def for_task(cls, cell: Cell, task: Any) -> Model:
         """The model whose output size and loss fit ``task``."""
         check_task(task)
-        if getattr(cell, "input_size", task.input_size) != task.input_size:
+        input_size = getattr(cell, "input_size", task.input_size)  # optional for a custom cell
+        if input_size != task.input_size:
             raise ValueError(
                 f"cell: expected input_size {task.input_size} for task {task!r}, "
-                f"got {cell.input_size}"
+                f"got {input_size}"
             )
         return cls(cell, task.output_size, task.loss)
 
@@ -562,8 +564,9 @@ class Model:
         """Raise TypeError/ValueError unless ``params`` fit this model."""
         if not isinstance(params, ModelParams):
             raise TypeError(f"params: expected ModelParams, got {type(params).__name__}")
-        if callable(getattr(self.cell, "check_params", None)):
-            self.cell.check_params(params.cell)
+        check_cell = getattr(self.cell, "check_params", None)  # optional for a custom cell
+        if callable(check_cell):
+            check_cell(params.cell)
         if not isinstance(params.readout, Readout):
             raise TypeError(
                 f"params.readout: expected Readout, got {type(params.readout).__name__}"

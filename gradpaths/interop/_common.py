@@ -232,7 +232,8 @@ def _sum(terms: Terms, dt: Any) -> Any:
     return jnp.asarray(total, dt)
 
 
-def lstm(m: int, n: int, W: dict[str, Terms], R: dict[str, Terms], b: dict[str, Terms],
+def lstm(m: int, n: int, W: Mapping[str, Terms], R: Mapping[str, Terms],
+         b: Mapping[str, Terms],
          dtype: Any, sources: Sequence[np.ndarray]) -> tuple[LSTM, LSTMParams]:
     """``gp.LSTM(m, n)`` and its params from per-gate terms (keys ``z, i, f, o``)."""
     dt = resolve_dtype(dtype, sources)
@@ -247,7 +248,7 @@ def lstm(m: int, n: int, W: dict[str, Terms], R: dict[str, Terms], b: dict[str, 
     return cell, params
 
 
-def gru(m: int, n: int, W: dict[str, Terms], R: dict[str, Terms], b: dict[str, Terms],
+def gru(m: int, n: int, W: Mapping[str, Terms], R: Mapping[str, Terms], b: Mapping[str, Terms],
         b_hn: Terms, dtype: Any, sources: Sequence[np.ndarray],
         reset_after: bool = True) -> tuple[GRU, GRUParams]:
     """``gp.GRU(m, n, reset_after)`` and its params from per-gate terms (keys ``r, z, n``)."""

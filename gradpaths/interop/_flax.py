@@ -245,9 +245,9 @@ def from_flax(
     m = _common.matrix_shape(reader, f"{i_key}/kernel", "(input, H)")[0]
     _common.reject_unknown(flat, {f"{i_key}/kernel", f"{i_key}/bias", f"{h_key}/kernel"},
                            "variables", " (Flax SimpleCell layout)")
-    W = reader.take(f"{i_key}/kernel", (m, H), "(input, H)").T
-    bias = reader.take(f"{i_key}/bias", (H,), "(H,)")
-    R = [reader.take(f"{h_key}/kernel", (H, H), "(H, H)").T]
+    W_x = reader.take(f"{i_key}/kernel", (m, H), "(input, H)").T
+    b_x = reader.take(f"{i_key}/bias", (H,), "(H,)")
+    R_terms = [reader.take(f"{h_key}/kernel", (H, H), "(H, H)").T]
     if residual:  # h' = phi(W x + b + R h + h): the identity joins R
-        R.append(np.eye(H, dtype=np.float32))
-    return _common.rnn(m, H, [W], R, [bias], act, dtype, reader.arrays)
+        R_terms.append(np.eye(H, dtype=np.float32))
+    return _common.rnn(m, H, [W_x], R_terms, [b_x], act, dtype, reader.arrays)

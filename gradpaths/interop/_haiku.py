@@ -112,9 +112,9 @@ def from_haiku(params: Any, *, prefix: str = "", dtype: Any = None) -> tuple[Any
         bias["f"].append(_common.ones(H))  # f = sigmoid(f_bar + 1) in hk.LSTM
         return _common.lstm(m, H, W, R, bias, dtype, reader.arrays)
     m, H = _common.matrix_shape(reader, "linear/w", "(input, H)")
-    W = reader.take("linear/w", (m, H), "(input, H)")
-    R = reader.take("linear_1/w", (H, H), "(H, H)")
-    b = [reader.take("linear/b", (H,), "(H,)")]
+    W_x = reader.take("linear/w", (m, H), "(input, H)")
+    R_h = reader.take("linear_1/w", (H, H), "(H, H)")
+    biases = [reader.take("linear/b", (H,), "(H,)")]
     if reader.has("linear_1/b"):  # double_bias=True, Haiku's default
-        b.append(reader.take("linear_1/b", (H,), "(H,)"))
-    return _common.rnn(m, H, [W.T], [R.T], b, "relu", dtype, reader.arrays)
+        biases.append(reader.take("linear_1/b", (H,), "(H,)"))
+    return _common.rnn(m, H, [W_x.T], [R_h.T], biases, "relu", dtype, reader.arrays)

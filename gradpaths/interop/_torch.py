@@ -100,10 +100,11 @@ def _layout(reader: Reader, groups: dict[tuple[int | None, bool], set[str]]) -> 
     layers = sorted({k for k, _ in groups}, key=lambda k: -1 if k is None else k)
     if None in layers and len(layers) > 1:
         raise ValueError("state dict: mixes cell keys (weight_ih) and layer keys (weight_ih_l0)")
-    if layers != [None] and layers != list(range(len(layers))):
-        gap = min(set(range(max(layers) + 1)) - set(layers))
+    numbered = [k for k in layers if k is not None]
+    if numbered != list(range(len(numbered))):
+        gap = min(set(range(max(numbered) + 1)) - set(numbered))
         raise MissingKeyError(
-            f"state dict: layers {layers} are not 0..{max(layers)}; missing the keys of layer "
+            f"state dict: layers {numbered} are not 0..{max(numbered)}; missing the keys of layer "
             f"{gap} (weight_ih_l{gap}, weight_hh_l{gap}, ...)"
         )
     names = set().union(*groups.values()) | {"weight_ih", "weight_hh"}
@@ -326,5 +327,6 @@ def _build(got: dict[str, Any], kind: str, H: int, has_bias: bool, nonlinearity:
             m, H, {q: [W[q]] for q in gates}, {q: [R[q]] for q in gates}, b, [b_hh["n"]],
             dtype, sources,
         )
+    assert nonlinearity is not None, "from_torch resolves an RNN's nonlinearity before building"
     return _common.rnn(m, H, [W["h"]], [R["h"]], [b_ih["h"], b_hh["h"]], nonlinearity, dtype,
                        sources)
