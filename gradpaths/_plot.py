@@ -15,6 +15,7 @@ as the cell's output.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -154,10 +155,12 @@ def step_spectra(spectra: Any, *, xs: Any = None, events: Sequence[int] | None =
         if xs.ndim != 2 or xs.shape[0] != T:
             raise ValueError(f"xs: expected shape ({T}, m), got {xs.shape}")
     if events is None:
-        events = input_events(xs, top=top_events) if xs is not None else np.zeros((0,), int)
-    events = np.asarray(events, np.int64).reshape(-1)
-    if events.size and (events.min() < 0 or events.max() >= T):
-        raise ValueError(f"events: expected steps in [0, {T}), got {events.tolist()}")
+        chosen = input_events(xs, top=top_events) if xs is not None else np.zeros((0,), int)
+    else:
+        chosen = np.asarray(events)
+    steps = np.asarray(chosen, np.int64).reshape(-1)
+    if steps.size and (steps.min() < 0 or steps.max() >= T):
+        raise ValueError(f"events: expected steps in [0, {T}), got {steps.tolist()}")
     if local is not None:
         local = _as_1d(local, "local")
         if local.size != T:
@@ -177,7 +180,7 @@ def step_spectra(spectra: Any, *, xs: Any = None, events: Sequence[int] | None =
         ax.plot(t, _finite(local), color="black", lw=1.0,
                 label=f"leading direction's stretching, mean {np.nanmean(_finite(local)):+.3f}")
     _neutral(ax, "0: neither stretches nor shrinks")
-    for k, e in enumerate(events):
+    for k, e in enumerate(steps):
         for a in axes[:, 0]:
             a.axvline(e, color="0.35", lw=0.9, ls="--", zorder=0,
                       label="largest inputs" if (k == 0 and a is ax) else None)
@@ -245,7 +248,7 @@ def jacobian_blocks(jacobians: Any, *, step: int | None = None, layout: Any = No
     if len(sizes) != 1:
         raise ValueError(f"jacobians: expected matrices of one shape, got {sorted(sizes)}")
     if include_full and len(mats) > 1 and "full" not in mats:
-        mats = {"full": sum(mats.values()), **mats}
+        mats = {"full": functools.reduce(np.add, mats.values()), **mats}
     d = next(iter(mats.values())).shape[0]
     n = len(mats)
     ncols = min(n, 3)

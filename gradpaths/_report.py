@@ -82,7 +82,7 @@ def versions() -> dict[str, str]:
             out[pkg] = "not installed"
     out["jax_backend"] = jax.default_backend()
     out["jax_devices"] = ", ".join(str(d) for d in jax.devices())
-    out["x64"] = str(bool(jax.config.jax_enable_x64))
+    out["x64"] = str(bool(jax.config.read("jax_enable_x64")))
     return out
 
 
@@ -426,7 +426,8 @@ def explain_report(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
     extra["lyapunov_spectrum"] = _nums(lam)
 
     route = counts_route or _counts_route(ex, cell)
-    if route is not None and layout_size <= max_counts_size and jax.config.jax_enable_x64:
+    x64 = jax.config.read("jax_enable_x64")
+    if route is not None and has_routes(cell) and layout_size <= max_counts_size and x64:
         stop = start + counts_window
         counts = _counts.route_use_counts(cell, params, seq, state0, route=route, start=start,
                                      stop=stop)
@@ -434,7 +435,8 @@ def explain_report(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
         extra["route_use_counts"] = {"route": route, "start": start, "stop": stop,
                                      "log_norms": _nums(counts.log_norms)}
     elif route is not None:
-        why = ("needs jax_enable_x64" if not jax.config.jax_enable_x64
+        why = ("the cell has no routes" if not has_routes(cell)
+               else "needs jax_enable_x64" if not x64
                else f"state size {layout_size} > {max_counts_size}")
         notes.append(f"Route-use counts skipped ({why}).")
 
@@ -627,7 +629,7 @@ def train_report(histories: Mapping[str, Any], *, clip: float | None = None,
     return Report(data, md, {"training_curves": fig}, files)
 
 
-def command_line(argv: list[str] | None) -> str:
+def command_line(argv: Sequence[str] | None) -> str:
     """The command as typed (for the report), quoted where needed."""
     import shlex
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from gradpaths._cells import _NONLINEARITIES, BUILTIN_CELLS, GRU
+from gradpaths._cells import _NONLINEARITIES, BUILTIN_CELLS, GRU, RNN
 from gradpaths._checks import InputError
 from gradpaths._cli import _common
 from gradpaths._examples import exploding_lstm
@@ -249,8 +249,7 @@ def _builtin(args: argparse.Namespace, steps: int) -> tuple[Any, Any, Any]:
                  if getattr(args, name) is not None}
         return exploding_lstm(hidden=hidden, inputs=inputs, steps=steps, key=args.seed,
                               **given)
-    cls = CELLS[kind]
-    cell = cls(inputs, hidden) if kind != "rnn" else cls(
+    cell = CELLS[kind](inputs, hidden) if kind != "rnn" else RNN(
         inputs, hidden, args.nonlinearity or _NONLINEARITIES[0])
     gain = {} if args.recurrent_gain is None else {"recurrent_gain": args.recurrent_gain}
     params = cell.init(jax.random.key(args.seed), **gain)

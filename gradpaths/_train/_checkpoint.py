@@ -29,7 +29,7 @@ def save_checkpoint(path: str | os.PathLike, params: Any, opt_state: Any, histor
     old checkpoint or the new one, never a torn file.
     """
     path = os.fspath(path)
-    arrays: dict[str, np.ndarray] = {
+    arrays: dict[str, Any] = {  # Any: numpy's savez stub types **kwds as allow_pickle
         "format": np.array(_CHECKPOINT_FORMAT),
         "history": np.array(json.dumps(history.to_dict())),
         "meta": np.array(json.dumps(meta)),

@@ -111,11 +111,11 @@ class ExplosionDetector:
         Returns:
           An :class:`gradpaths.Event` (``"nonfinite"`` or ``"explosion"``), or None.
         """
-        g = np.asarray(grad_norm, np.float64)
-        if g.shape != ():
-            raise InputError(f"grad_norm: expected one number, got shape {g.shape} (use feed "
+        norm = np.asarray(grad_norm, np.float64)
+        if norm.shape != ():
+            raise InputError(f"grad_norm: expected one number, got shape {norm.shape} (use feed "
                              "for several steps)")
-        g = float(g)
+        g = float(norm)
         loss = None if loss is None else float(np.asarray(loss, np.float64))
         if step is not None:
             self.next_step = _checks.check_positive_int(step, "step", allow_zero=True)

@@ -4,6 +4,7 @@ and their JSON form."""
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Iterable
 from typing import Any
 
@@ -100,7 +101,9 @@ class History:
         """(P,) the restricted top exponent of ``route`` at each probe."""
         if route not in self.routes:
             raise InputError(f"route: expected one of {self.routes}, got {route!r}")
-        return self.route_exponents[:, self.routes.index(route)]
+        rows = self.route_exponents
+        assert rows is not None, "__post_init__ sets it"
+        return rows[:, self.routes.index(route)]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict: arrays as lists, NaN and infinities as the strings
@@ -143,6 +146,8 @@ class History:
         gradient norm where that step was taken) and the events, in step order (a
         probe before an event of the same step): what :func:`gradpaths.append_record`
         writes, one by one."""
+        assert (self.route_exponents is not None and self.cut_exponents is not None
+                and self.saturation is not None), "__post_init__ sets them"
         norm = dict(zip(self.step.tolist(), self.grad_norm.tolist(), strict=True))
         probes = [Probe(float(self.probe_loss[k]), float(self.top_exponent[k]),
                         self.route_exponents[k], self.cut_exponents[k], self.saturation[k],
@@ -171,7 +176,7 @@ class History:
             if (p.routes, p.gates) != (routes, gates):
                 raise InputError(f"records: expected probes of one cell (routes {routes}, gates "
                                  f"{gates}), got routes {p.routes}, gates {p.gates}")
-        probes.sort(key=lambda p: p.step)
+        probes.sort(key=operator.attrgetter("step"))
         nan = lambda v: np.nan if v is None else float(v)
         steps = np.array([p.step for p in probes], np.int64)
         loss = np.array([nan(p.loss) for p in probes])
@@ -200,7 +205,8 @@ class Recorder:
         self.probes = {name: list(getattr(history, name))
                        for name in ("probe_step", *_PROBE_FIELDS, *_ROWS)}
         self.events = list(history.events)
-        self.interrupted, self.stopped = False, None
+        self.interrupted: bool = False
+        self.stopped: str | None = None
 
     @property
     def next_step(self) -> int:
@@ -236,13 +242,17 @@ class Recorder:
         p = len(self.probes["probe_step"])
         cols = lambda name, width: np.reshape(np.asarray(self.probes[name], np.float64)[:p],
                                               (p, width))
+        per_step: dict[str, Any] = {name: np.asarray(self.steps[name][:n], np.float64)
+                                    for name in _STEP_FIELDS}
+        per_probe: dict[str, Any] = {name: np.asarray(self.probes[name][:p], np.float64)
+                                     for name in _PROBE_FIELDS}
         return History(
             self.routes, self.gates, self.baseline,
             step=np.asarray(self.steps["step"], np.int64),
-            **{name: np.asarray(self.steps[name][:n], np.float64) for name in _STEP_FIELDS},
+            **per_step,
             clipped=np.asarray(self.steps["clipped"][:n], bool),
             probe_step=np.asarray(self.probes["probe_step"], np.int64),
-            **{name: np.asarray(self.probes[name][:p], np.float64) for name in _PROBE_FIELDS},
+            **per_probe,
             route_exponents=cols("route_exponents", len(self.routes)),
             cut_exponents=cols("cut_exponents", len(self.routes)),
             saturation=cols("saturation", len(self.gates)),

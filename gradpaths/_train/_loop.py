@@ -402,7 +402,7 @@ def _start_records(path: str | None, history: History) -> None:
         mark_resume(path, history.next_step)
     else:
         for r in history.records():
-            if r.step < history.next_step:     # the loop writes the probe of next_step
+            if r.step is None or r.step < history.next_step:   # the loop writes next_step's
                 append_record(path, r)
 
 

@@ -301,7 +301,7 @@ def read_records(path: str | os.PathLike) -> list[Probe | Event | dict[str, Any]
                     at = _checks.check_positive_int(obj.get("step"), "step", allow_zero=True)
                 except (ValueError, TypeError) as err:
                     raise InputError(f"{where} is damaged ({err})") from None
-                out = [r for r in out if (_step_of(r) is None or _step_of(r) < at)]
+                out = [r for r in out if (s := _step_of(r)) is None or s < at]
                 i += 1
                 continue
             try:
