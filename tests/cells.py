@@ -22,6 +22,16 @@ CONFIGS = {
     "rnn-relu": lambda m, n: gp.RNN(m, n, nonlinearity="relu"),
 }
 
+# The modern gated recurrences, kept apart from CONFIGS (whose batteries also check the
+# LSTM/GRU/RNN activation functions); their own test modules run the cell battery.
+MODERN = {
+    "slstm": lambda m, n: gp.SLSTM(m, n),
+    "slstm-sigmoid": lambda m, n: gp.SLSTM(m, n, forget_activation="sigmoid"),
+    "mingru": lambda m, n: gp.MinGRU(m, n),
+    "minlstm": lambda m, n: gp.MinLSTM(m, n),
+    "lru": lambda m, n: gp.LRU(m, n),
+}
+
 
 def random_state(cell, key, scale=0.8, dtype=jnp.float64):
     """A non-zero initial state, so that every term of the Jacobian is exercised."""
@@ -32,9 +42,11 @@ def random_state(cell, key, scale=0.8, dtype=jnp.float64):
 
 def setup(name, m=3, n=5, T=6, seed=0, gain=1.5, dtype=jnp.float64):
     """(cell, params, xs, state0) with random biases too."""
-    cell = CONFIGS[name](m, n)
+    cell = CONFIGS[name](m, n) if name in CONFIGS else MODERN[name](m, n)
     kp, kx, ks, kb = jax.random.split(jax.random.key(seed), 4)
-    params = cell.init(kp, recurrent_gain=gain, dtype=dtype)
+    # The cells without a recurrent matrix (minGRU, minLSTM, LRU) take no gain.
+    gains = {"recurrent_gain": gain} if name in CONFIGS or name.startswith("slstm") else {}
+    params = cell.init(kp, dtype=dtype, **gains)
     # Random biases: the default init sets most to 0, which would hide sign errors.
     leaves, treedef = jax.tree_util.tree_flatten(params)
     bkeys = jax.random.split(kb, len(leaves))

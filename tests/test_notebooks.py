@@ -49,7 +49,7 @@ def test_the_notebooks_exist():
     assert names == ["01_why_lstms_still_explode", "02_routes_and_long_products",
                      "03_training_with_and_without_clipping", "04_model_from_pytorch",
                      "05_pascanu_2013_cliffs_and_clipping", "06_engelken_2023_gradient_flossing",
-                     "07_vogt_2022_spectra_after_training"]
+                     "07_vogt_2022_spectra_after_training", "08_routes_across_cells"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)

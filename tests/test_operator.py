@@ -23,8 +23,9 @@ def _specs(cell, layout):
     return [_operator.Spec(r, b) for r in sets for b in blocks]
 
 
-# every cell in closed form; autodiff on the configurations with the most kinds of edge
-CASES = [(name, "analytic") for name in sorted(CONFIGS)] + [
+# every cell in closed form (of the modern cells, one of each Jacobian structure: dense,
+# diagonal, complex-diagonal); autodiff on the configurations with the most kinds of edge
+CASES = [(name, "analytic") for name in sorted(CONFIGS) + ["slstm", "mingru", "lru"]] + [
     (name, backend) for name in ("lstm-peep", "gru-reset-before", "rnn-relu")
     for backend in ("jacfwd", "jacrev")]
 
