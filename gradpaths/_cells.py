@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from gradpaths import _checks
+from gradpaths._checks import InputError, InputTypeError
 from gradpaths._protocols import Activation
 
 Array = jax.Array
@@ -239,12 +240,12 @@ def _check_sizes(cell: Any) -> None:
 
 def _check_tree(params: Any, expected_type: type[NamedTuple], cell_name: str) -> None:
     if not isinstance(params, tuple) or not hasattr(params, "_fields"):
-        raise TypeError(
+        raise InputTypeError(
             f"params: expected {expected_type.__name__} for {cell_name}, "
             f"got {type(params).__name__}"
         )
     if tuple(params._fields) != tuple(expected_type._fields):
-        raise TypeError(
+        raise InputTypeError(
             f"params: expected {expected_type.__name__} with fields {expected_type._fields}, "
             f"got {type(params).__name__} with fields {params._fields}"
         )
@@ -252,12 +253,13 @@ def _check_tree(params: Any, expected_type: type[NamedTuple], cell_name: str) ->
 
 def _check_leaf(value: Any, shape: tuple[int, ...], name: str) -> None:
     if value is None:
-        raise ValueError(f"{name}: expected an array of shape {shape}, got None")
+        raise InputError(f"{name}: expected an array of shape {shape}, got None")
     if not hasattr(value, "shape") or not hasattr(value, "dtype"):
-        raise TypeError(f"{name}: expected an array of shape {shape}, got {type(value).__name__}")
+        raise InputTypeError(
+            f"{name}: expected an array of shape {shape}, got {type(value).__name__}")
     _checks.check_shape(value, shape, name)
     if not jnp.issubdtype(value.dtype, jnp.floating):
-        raise TypeError(f"{name}: expected a floating dtype, got {value.dtype}")
+        raise InputTypeError(f"{name}: expected a floating dtype, got {value.dtype}")
 
 
 def _zeros_state(state_type: type[NamedTuple], n: int, dtype: Any) -> Any:
@@ -306,7 +308,7 @@ class LSTM:
         _check_sizes(self)
         for flag in ("peepholes", "forget_gate"):
             if not isinstance(getattr(self, flag), bool):
-                raise TypeError(f"{flag}: expected a bool, got {getattr(self, flag)!r}")
+                raise InputTypeError(f"{flag}: expected a bool, got {getattr(self, flag)!r}")
 
     @property
     def gates(self) -> tuple[str, ...]:
@@ -339,7 +341,7 @@ class LSTM:
         """
         dtype = _checks.resolve_dtype(dtype)
         if forget_bias is not None and not self.forget_gate:
-            raise ValueError("forget_bias: this LSTM has no forget gate (forget_gate=False)")
+            raise InputError("forget_bias: this LSTM has no forget gate (forget_gate=False)")
         forget_bias = 1.0 if forget_bias is None else float(forget_bias)
         n, m = self.hidden_size, self.input_size
         keys = jax.random.split(key, 9)
@@ -373,23 +375,23 @@ class LSTM:
                 value = getattr(group, g)
                 if g == "f" and not self.forget_gate:
                     if value is not None:
-                        raise ValueError(
+                        raise InputError(
                             f"params.{field}.f: expected None (forget_gate=False), got an array"
                         )
                     continue
                 _check_leaf(value, shape, f"params.{field}.{g}")
         if not self.peepholes:
             if params.p is not None:
-                raise ValueError("params.p: expected None (peepholes=False), got peepholes")
+                raise InputError("params.p: expected None (peepholes=False), got peepholes")
             return
         if params.p is None:
-            raise ValueError("params.p: expected Peepholes (peepholes=True), got None")
+            raise InputError("params.p: expected Peepholes (peepholes=True), got None")
         _check_tree(params.p, Peepholes, repr(self))
         for g in "ifo":
             value = getattr(params.p, g)
             if g == "f" and not self.forget_gate:
                 if value is not None:
-                    raise ValueError("params.p.f: expected None (forget_gate=False), got an array")
+                    raise InputError("params.p.f: expected None (forget_gate=False), got an array")
                 continue
             _check_leaf(value, (n,), f"params.p.{g}")
 
@@ -398,7 +400,7 @@ class LSTM:
         if not self.peepholes:
             return None
         if params.p is None:
-            raise ValueError("params.p: expected Peepholes (peepholes=True), got None")
+            raise InputError("params.p: expected Peepholes (peepholes=True), got None")
         return params.p
 
     def forward(
@@ -573,7 +575,7 @@ class GRU:
     def __post_init__(self) -> None:
         _check_sizes(self)
         if not isinstance(self.reset_after, bool):
-            raise TypeError(f"reset_after: expected a bool, got {self.reset_after!r}")
+            raise InputTypeError(f"reset_after: expected a bool, got {self.reset_after!r}")
 
     @property
     def routes(self) -> tuple[str, ...]:

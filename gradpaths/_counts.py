@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradpaths import _checks, _inputs, _routes
+from gradpaths._checks import InputError
 from gradpaths._operator import step_operator
 from gradpaths._products import (
     Spec,
@@ -198,12 +199,12 @@ def _route_use_counts(cell, params, xs, state0, *, route, start, stop, method):
 
 def _check(cell, route):
     if not _routes.has_routes(cell):
-        raise ValueError(
+        raise InputError(
             f"cell: {type(cell).__name__} defines no routes (a `routes` tuple and "
             "step(params, state, x, read))"
         )
     if not isinstance(route, str) or route not in cell.routes:
-        raise ValueError(f"route: expected one of {cell.routes}, got {route!r}")
+        raise InputError(f"route: expected one of {cell.routes}, got {route!r}")
 
 
 def route_use_counts(cell: RoutedCell, params: Any, xs: Any, state0: Any = None, *, route: str,
@@ -250,7 +251,7 @@ def route_use_counts(cell: RoutedCell, params: Any, xs: Any, state0: Any = None,
     _check(cell, route)
     _checks.check_choice(method, "method", COUNT_METHODS)
     if not jax.config.read("jax_enable_x64"):
-        raise ValueError(
+        raise InputError(
             "route_use_counts: needs float64/complex128 (exact polynomial coefficients), got "
             "jax_enable_x64 off: enable it with jax.config.update('jax_enable_x64', True)"
         )

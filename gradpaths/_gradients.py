@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradpaths import _checks, _inputs, _lyapunov, _operator
+from gradpaths._checks import InputError, InputTypeError
 from gradpaths._jacobians import _unroll
 from gradpaths._products import safe_log, safe_normalise
 from gradpaths._state import Layout, _key_name, layout_of
@@ -66,7 +67,7 @@ def prepare_sequence(model: Any, params: Any, xs: Any, targets: Any, state0: Any
                      weights: Any = "last") -> _Sequence:
     """Check ``(model, params, xs, targets, state0, weights)`` for one sequence."""
     if not isinstance(model, Model):
-        raise TypeError(f"model: expected gradpaths.Model, got {type(model).__name__}")
+        raise InputTypeError(f"model: expected gradpaths.Model, got {type(model).__name__}")
     model.check_params(params)
     _checks.check_finite(params, "params")
     p = _inputs.prepare(model.cell, params.cell, xs, state0)
@@ -80,10 +81,11 @@ def prepare_sequence(model: Any, params: Any, xs: Any, targets: Any, state0: Any
     else:
         _checks.check_shape(targets, (T,), "targets")
         if not jnp.issubdtype(targets.dtype, jnp.integer):
-            raise TypeError(f"targets: expected integer class indices, got dtype {targets.dtype}")
+            raise InputTypeError(
+                f"targets: expected integer class indices, got dtype {targets.dtype}")
         if _checks.is_concrete(targets) and (np.any(np.asarray(targets) < 0)
                                              or np.any(np.asarray(targets) >= k)):
-            raise ValueError(f"targets: expected class indices in [0, {k}), got "
+            raise InputError(f"targets: expected class indices in [0, {k}), got "
                              f"[{int(np.min(targets))}, {int(np.max(targets))}]")
     w = _weights(weights, T, dtype)
     _checks.check_finite(targets, "targets")
@@ -351,6 +353,6 @@ def gradient_growth(model: Model, params: ModelParams, xs: Any, targets: Any,
     p = prepare_sequence(model, params, xs, targets, state0, "last")
     out = _inputs.call(_gradient_growth, model, p.params, p.xs, p.targets, p.weights, p.state0)
     if _checks.is_concrete(out.observed) and not np.isfinite(np.asarray(out.observed)[0]):
-        raise ValueError("targets: the loss gradient at the last step, dL/ds_T, is zero; the "
+        raise InputError("targets: the loss gradient at the last step, dL/ds_T, is zero; the "
                          "observed growth is undefined (perfect prediction at the last step)")
     return out

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradpaths import _checks, _inputs
+from gradpaths._checks import InputError
 from gradpaths._operator import dot, step_operator
 from gradpaths._orthonormal import default_method, orthonormalise
 from gradpaths._products import (
@@ -157,7 +158,7 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     T = xs.shape[0]
     warmup = _checks.check_positive_int(warmup, "warmup", allow_zero=True)
     if warmup >= T:
-        raise ValueError(f"warmup: expected 0 <= warmup < T = {T}, got {warmup}")
+        raise InputError(f"warmup: expected 0 <= warmup < T = {T}, got {warmup}")
     layout = layout_of(state0)
     dtype = layout.ravel(state0).dtype
     if tol is None:
@@ -345,7 +346,7 @@ def _check_common(cell, params, xs, state0, routes, block, k, method, key):
     if k is not None:
         k = _checks.check_positive_int(k, "k")
         if k > size:
-            raise ValueError(f"k: expected 1 <= k <= {size} (the Jacobian's size), got {k}")
+            raise InputError(f"k: expected 1 <= k <= {size} (the Jacobian's size), got {k}")
     method = choose_method(method, size, k)
     key = _checks.key_data(key)
     return p, spec, size if k is None else k, method, key
@@ -403,13 +404,13 @@ def lyapunov_exponents(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
     raw = _checks.as_array(xs, "xs")
     batched = raw.ndim == 3
     if batched and raw.shape[0] < 1:
-        raise ValueError(f"xs: expected a batch of at least one sequence, got {raw.shape}")
+        raise InputError(f"xs: expected a batch of at least one sequence, got {raw.shape}")
     p, spec, k, method, key = _check_common(cell, params, raw[0] if batched else raw, state0,
                                             routes, block, k, method, key)
     T = p.xs.shape[0]
     warmup = _checks.check_positive_int(warmup, "warmup", allow_zero=True)
     if warmup >= T:
-        raise ValueError(f"warmup: expected 0 <= warmup < T = {T}, got {warmup}")
+        raise InputError(f"warmup: expected 0 <= warmup < T = {T}, got {warmup}")
     reorth_every = _checks.check_positive_int(reorth_every, "reorth_every")
     if batched:
         _checks.check_finite(raw, "xs")
@@ -486,7 +487,7 @@ def finite_time_exponents(cell: Cell, params: Any, xs: Any, state0: Any = None, 
     T = p.xs.shape[0]
     window = _checks.check_positive_int(window, "window")
     if window > T:
-        raise ValueError(f"window: expected 1 <= window <= T = {T}, got {window}")
+        raise InputError(f"window: expected 1 <= window <= T = {T}, got {window}")
     logs = _inputs.call(_local, cell, p.params, p.xs, p.state0, key, spec=spec, k=k,
                         method=method)
     windows = T // window

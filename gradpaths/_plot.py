@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from gradpaths import _routesets
+from gradpaths._checks import InputError, InputTypeError
 
 _ROUTE_COLOURS = {
     "full": "black", "carousel": "#1f77b4", "z": "#ff7f0e", "i": "#2ca02c", "f": "#9467bd",
@@ -69,7 +70,7 @@ def _finite(a: Any) -> np.ndarray:
 def _as_1d(a: Any, name: str) -> np.ndarray:
     arr = np.asarray(a, np.float64)
     if arr.ndim != 1 or arr.size < 1:
-        raise ValueError(f"{name}: expected a non-empty 1-D array, got shape {arr.shape}")
+        raise InputError(f"{name}: expected a non-empty 1-D array, got shape {arr.shape}")
     return arr
 
 
@@ -97,7 +98,7 @@ def growth_curves(curves: Mapping[str, Any], *, title: str | None = None) -> Any
       Figure with one axes: x "horizon j (steps)", y in nats, one legend.
     """
     if not isinstance(curves, Mapping) or not curves:
-        raise ValueError("curves: expected a non-empty mapping name -> (T,) log norms")
+        raise InputError("curves: expected a non-empty mapping name -> (T,) log norms")
     fig, axes = _figure(width=8.5, height=4.8)
     ax = axes[0, 0]
     for k, (name, g) in enumerate(curves.items()):
@@ -149,22 +150,22 @@ def step_spectra(spectra: Any, *, xs: Any = None, events: Sequence[int] | None =
     norm = _as_1d(getattr(spectra, "norm", None), "spectra.norm")
     T = radius.size
     if norm.size != T:
-        raise ValueError(f"spectra: radius and norm differ in length ({T} and {norm.size})")
+        raise InputError(f"spectra: radius and norm differ in length ({T} and {norm.size})")
     if xs is not None:
         xs = np.asarray(xs, np.float64)
         if xs.ndim != 2 or xs.shape[0] != T:
-            raise ValueError(f"xs: expected shape ({T}, m), got {xs.shape}")
+            raise InputError(f"xs: expected shape ({T}, m), got {xs.shape}")
     if events is None:
         chosen = input_events(xs, top=top_events) if xs is not None else np.zeros((0,), int)
     else:
         chosen = np.asarray(events)
     steps = np.asarray(chosen, np.int64).reshape(-1)
     if steps.size and (steps.min() < 0 or steps.max() >= T):
-        raise ValueError(f"events: expected steps in [0, {T}), got {steps.tolist()}")
+        raise InputError(f"events: expected steps in [0, {T}), got {steps.tolist()}")
     if local is not None:
         local = _as_1d(local, "local")
         if local.size != T:
-            raise ValueError(f"local: expected shape ({T},), got {local.shape}")
+            raise InputError(f"local: expected shape ({T},), got {local.shape}")
     with_inputs = xs is not None and xs.shape[1] > 0
     fig, axes = _figure(2 if with_inputs else 1, 1, width=10.5, height=5.6 if with_inputs else 4.2,
                         sharex=True, gridspec_kw={"height_ratios": [3, 1]} if with_inputs else None)
@@ -227,7 +228,7 @@ def jacobian_blocks(jacobians: Any, *, step: int | None = None, layout: Any = No
     if not isinstance(jacobians, Mapping):
         jacobians = {"full": jacobians}
     if not jacobians:
-        raise ValueError("jacobians: expected at least one matrix")
+        raise InputError("jacobians: expected at least one matrix")
     mats: dict[str, np.ndarray] = {}
     for name, value in jacobians.items():
         if hasattr(value, "matrix") and hasattr(value, "layout"):
@@ -236,17 +237,17 @@ def jacobian_blocks(jacobians: Any, *, step: int | None = None, layout: Any = No
         arr = np.asarray(value, np.float64)
         if arr.ndim == 3:
             if step is None:
-                raise ValueError(f"step: expected a step for matrices of shape {arr.shape}, "
+                raise InputError(f"step: expected a step for matrices of shape {arr.shape}, "
                                  "got None")
             if not 0 <= step < arr.shape[0]:
-                raise ValueError(f"step: expected 0 <= step < {arr.shape[0]}, got {step}")
+                raise InputError(f"step: expected 0 <= step < {arr.shape[0]}, got {step}")
             arr = arr[step]
         if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
-            raise ValueError(f"jacobians[{name!r}]: expected a square matrix, got {arr.shape}")
+            raise InputError(f"jacobians[{name!r}]: expected a square matrix, got {arr.shape}")
         mats[str(name)] = arr
     sizes = {a.shape for a in mats.values()}
     if len(sizes) != 1:
-        raise ValueError(f"jacobians: expected matrices of one shape, got {sorted(sizes)}")
+        raise InputError(f"jacobians: expected matrices of one shape, got {sorted(sizes)}")
     if include_full and len(mats) > 1 and "full" not in mats:
         mats = {"full": functools.reduce(np.add, mats.values()), **mats}
     d = next(iter(mats.values())).shape[0]
@@ -305,7 +306,7 @@ def lyapunov_spectrum(exponents: Any, *, title: str | None = None) -> Any:
     """
     spectra = dict(exponents) if isinstance(exponents, Mapping) else {"full": exponents}
     if not spectra:
-        raise ValueError("exponents: expected at least one spectrum")
+        raise InputError("exponents: expected at least one spectrum")
     fig, axes = _figure(width=7.5, height=4.5)
     ax = axes[0, 0]
     for k, (name, lam) in enumerate(spectra.items()):
@@ -403,10 +404,10 @@ def gate_saturation(saturation: Any, *, window: int = 1, title: str | None = Non
     low = np.asarray(saturation.low, np.float64)
     high = np.asarray(saturation.high, np.float64)
     if low.ndim != 2 or low.shape != high.shape or low.shape[1] != len(gates):
-        raise ValueError(f"saturation: expected low and high of shape (T, {len(gates)}), got "
+        raise InputError(f"saturation: expected low and high of shape (T, {len(gates)}), got "
                          f"{low.shape} and {high.shape}")
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window: expected an int >= 1, got {window!r}")
+        raise InputError(f"window: expected an int >= 1, got {window!r}")
     T = low.shape[0]
     fig, axes = _figure(2, 1, width=9.0, height=5.8, sharex=True)
     t = np.arange(T)
@@ -453,12 +454,12 @@ def _histories(history: Any) -> dict[str, Any]:
     else:
         out = {"": history}
     if not out:
-        raise ValueError("history: expected a History or a non-empty mapping of them")
+        raise InputError("history: expected a History or a non-empty mapping of them")
     for name, h in out.items():
         h = _history_of(h)
         for attr in ("step", "loss", "grad_norm", "events"):
             if not hasattr(h, attr):
-                raise TypeError(f"history{f'[{name!r}]' if name else ''}: expected a "
+                raise InputTypeError(f"history{f'[{name!r}]' if name else ''}: expected a "
                                 f"gradpaths History, got {type(h).__name__}")
         out[name] = h
     return out

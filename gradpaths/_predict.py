@@ -43,6 +43,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from gradpaths._checks import InputError, InputTypeError
+
 EVENT_KINDS = ("explosion", "nonfinite")
 
 
@@ -136,12 +138,12 @@ def _ratio(a: int, b: int) -> float:
 def _steps(values: Any, name: str) -> np.ndarray:
     a = np.asarray(values)
     if a.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-d array of steps, got shape {a.shape}")
+        raise InputError(f"{name}: expected a 1-d array of steps, got shape {a.shape}")
     if a.size == 0:
         return np.zeros((0,), np.int64)
     if not np.issubdtype(a.dtype, np.integer):
         if not np.issubdtype(a.dtype, np.floating) or np.any(a != np.round(a)):
-            raise TypeError(f"{name}: expected integer steps, got {a.dtype} {a[:5]!r}")
+            raise InputTypeError(f"{name}: expected integer steps, got {a.dtype} {a[:5]!r}")
         a = a.astype(np.int64)
     return a.astype(np.int64)
 
@@ -179,22 +181,22 @@ def predict_events(events: Any, probe_step: Any, score: Any, *, window: int,
         pred.recall, pred.precision, pred.leads
     """
     if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
-        raise ValueError(f"window: expected an int >= 1 (probes), got {window!r}")
+        raise InputError(f"window: expected an int >= 1 (probes), got {window!r}")
     if isinstance(min_lead, bool) or not isinstance(min_lead, (int, np.integer)) or min_lead < 0:
-        raise ValueError(f"min_lead: expected an int >= 0 (steps), got {min_lead!r}")
+        raise InputError(f"min_lead: expected an int >= 0 (steps), got {min_lead!r}")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) or (
             not math.isfinite(threshold)):
-        raise TypeError(f"threshold: expected a finite float, got {threshold!r}")
+        raise InputTypeError(f"threshold: expected a finite float, got {threshold!r}")
     if isinstance(kinds, str) or not isinstance(kinds, Iterable):
-        raise TypeError(f"kinds: expected a sequence of event kinds, got {kinds!r}")
+        raise InputTypeError(f"kinds: expected a sequence of event kinds, got {kinds!r}")
     ev = event_steps(events, tuple(kinds))
     ps = _steps(probe_step, "probe_step")
     sc = np.asarray(score, np.float64).reshape(-1) if np.size(score) else np.zeros((0,))
     if sc.shape != ps.shape:
-        raise ValueError(f"score: expected shape {ps.shape} (one per probe), got "
+        raise InputError(f"score: expected shape {ps.shape} (one per probe), got "
                          f"{np.shape(score)}")
     if np.any(np.diff(ps) <= 0):
-        raise ValueError("probe_step: expected strictly increasing steps, got "
+        raise InputError("probe_step: expected strictly increasing steps, got "
                          f"{ps.tolist()[:10]}")
     with np.errstate(invalid="ignore"):
         alarm = sc > threshold                   # NaN > x is False
@@ -236,7 +238,7 @@ def pooled_predictions(predictions: Iterable[Prediction]) -> dict[str, Any]:
     sums, all lead times together."""
     preds = list(predictions)
     if not preds:
-        raise ValueError("predictions: expected at least one Prediction, got none")
+        raise InputError("predictions: expected at least one Prediction, got none")
     n = lambda attr: sum(getattr(p, attr) for p in preds)
     leads = np.concatenate([p.leads for p in preds])
     negatives = sum(int(np.sum(~p.in_run_up)) for p in preds)

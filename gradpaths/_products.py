@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradpaths import _checks, _inputs, _routes
+from gradpaths._checks import InputError, InputTypeError
 from gradpaths._jacobians import run
 from gradpaths._operator import (
     FULL as FULL,
@@ -98,16 +99,16 @@ def check_block(layout: Layout, block: Any) -> tuple[str, str] | None:
     if block is None:
         return None
     if isinstance(block, str) or not isinstance(block, (tuple, list)) or len(block) != 2:
-        raise TypeError(
+        raise InputTypeError(
             f"block: expected None or a pair of state field names such as "
             f"{(layout.names[0], layout.names[0])}, got {block!r}"
         )
     out, inp = block
     for name in (out, inp):
         if name not in layout.names:
-            raise ValueError(f"block: expected field names among {layout.names}, got {name!r}")
+            raise InputError(f"block: expected field names among {layout.names}, got {name!r}")
     if out != inp:
-        raise ValueError(
+        raise InputError(
             f"block: expected a square diagonal block (f, f) of one state field, got {tuple(block)}"
         )
     return (out, inp)
@@ -123,7 +124,7 @@ def check_window(T: int, start: Any, stop: Any) -> tuple[int, int]:
     start = _checks.check_positive_int(start, "start", allow_zero=True)
     stop = T if stop is None else _checks.check_positive_int(stop, "stop")
     if not start < stop <= T:
-        raise ValueError(
+        raise InputError(
             f"start, stop: expected 0 <= start < stop <= T = {T}, got start={start}, stop={stop}"
         )
     return start, stop

@@ -11,6 +11,8 @@ import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from gradpaths._checks import InputError
+
 #: The formats a renderer accepts.
 FORMATS = ("text", "markdown")
 
@@ -28,7 +30,7 @@ class Column(NamedTuple):
 
 def check_format(fmt: str) -> str:
     if fmt not in FORMATS:
-        raise ValueError(f"fmt: expected one of {FORMATS}, got {fmt!r}")
+        raise InputError(f"fmt: expected one of {FORMATS}, got {fmt!r}")
     return fmt
 
 

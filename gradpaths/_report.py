@@ -46,6 +46,7 @@ from gradpaths import (
     _sweep,
     _views,
 )
+from gradpaths._checks import InputError, InputTypeError
 from gradpaths._explain import Explanation
 from gradpaths._protocols import Cell, has_activations, has_routes
 from gradpaths._sweep import Sweep
@@ -174,7 +175,7 @@ def check_out(out: str | os.PathLike, force: bool, *, out_name: str = "out",
     if not isinstance(text, str):
         text = os.fsdecode(text)
     if not text.strip():
-        raise ValueError(f"{out_name}: expected a folder path, got {text!r}")
+        raise InputError(f"{out_name}: expected a folder path, got {text!r}")
     path = Path(os.path.abspath(text))
     here = Path(os.path.realpath(os.getcwd()))
     real = Path(os.path.realpath(path))
@@ -212,9 +213,9 @@ def _file_names(report: Report) -> list[str]:
     names = [REPORT_FILE, "report.md", *report.files, *(f"{n}.png" for n in report.figures)]
     for name in names:
         if not name or name != os.path.basename(name) or name in (".", "..", MARKER_FILE):
-            raise ValueError(f"report: expected plain file names, got {name!r}")
+            raise InputError(f"report: expected plain file names, got {name!r}")
     if len(set(names)) != len(names):
-        raise ValueError(f"report: expected distinct file names, got {names}")
+        raise InputError(f"report: expected distinct file names, got {names}")
     return names
 
 
@@ -389,9 +390,9 @@ def explain_report(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
     if counts_window is None:
         counts_window = min(50, T - start)
     elif isinstance(counts_window, bool) or not isinstance(counts_window, (int, np.integer)):
-        raise TypeError(f"counts_window: expected a positive int, got {counts_window!r}")
+        raise InputTypeError(f"counts_window: expected a positive int, got {counts_window!r}")
     elif not 1 <= counts_window <= T - start:
-        raise ValueError(f"counts_window: expected 1 to {T - start} (the steps after the "
+        raise InputError(f"counts_window: expected 1 to {T - start} (the steps after the "
                          f"warm-up {start} of T = {T}), got {counts_window}")
     figs: dict[str, Any] = {}
     extra: dict[str, Any] = {}
@@ -408,7 +409,7 @@ def explain_report(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
 
     step = int(ex.peak_steps[0][0]) if heatmap_step is None else int(heatmap_step)
     if not 0 <= step < T:
-        raise ValueError(f"heatmap_step: expected 0 <= step < T = {T}, got {step}")
+        raise InputError(f"heatmap_step: expected 0 <= step < T = {T}, got {step}")
     method = "analytic" if _inputs.has_closed_form(cell) else "jacfwd"
     if has_routes(cell) and len(cell.routes) > 1:
         mats = _routes.route_jacobians(cell, params, seq[: step + 1], state0, method=method)

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 
 from gradpaths import _inputs, _operator
+from gradpaths._checks import InputError, InputTypeError
 from gradpaths._jacobians import StepJacobians, entering
 from gradpaths._protocols import RoutedCell, has_routes as has_routes
 from gradpaths._state import layout_of
@@ -30,25 +31,26 @@ def check_routes(cell: Any, routes: Iterable[str] | None) -> tuple[str, ...] | N
     if routes is None:
         return None
     if not has_routes(cell):
-        raise ValueError(
+        raise InputError(
             f"routes: {type(cell).__name__} defines no routes (a `routes` tuple and "
             "step(params, state, x, read)); pass routes=None"
         )
     if isinstance(routes, str):
-        raise TypeError(f"routes: expected an iterable of route names, got the string {routes!r}")
+        raise InputTypeError(
+            f"routes: expected an iterable of route names, got the string {routes!r}")
     try:
         chosen = set(routes)
     except TypeError as err:
-        raise TypeError(
+        raise InputTypeError(
             f"routes: expected an iterable of route names, got {type(routes).__name__}"
         ) from err
     unknown = chosen - set(cell.routes)
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"routes: expected names among {cell.routes}, got unknown {sorted(unknown)}"
         )
     if not chosen:
-        raise ValueError("routes: expected at least one route name, got an empty collection")
+        raise InputError("routes: expected at least one route name, got an empty collection")
     return tuple(r for r in cell.routes if r in chosen)
 
 
@@ -86,7 +88,7 @@ def route_jacobians(cell: RoutedCell, params: Any, xs: Any, state0: Any = None, 
       dict route name -> :class:`StepJacobians` (T, d, d), in the cell's route order.
     """
     if not has_routes(cell):
-        raise ValueError(
+        raise InputError(
             f"cell: {type(cell).__name__} defines no routes (a `routes` tuple and "
             "step(params, state, x, read))"
         )

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradpaths._checks import InputError
+
 
 def _key_name(key: Any) -> str:
     for attr in ("name", "key", "idx"):
@@ -43,7 +45,7 @@ class Layout(NamedTuple):
     def slice(self, name: str) -> slice:
         """The rows (or columns) of ``s`` that hold field ``name``."""
         if name not in self.names:
-            raise ValueError(f"state field: expected one of {self.names}, got {name!r}")
+            raise InputError(f"state field: expected one of {self.names}, got {name!r}")
         k = self.names.index(name)
         start = sum(self.sizes[:k])
         return slice(start, start + self.sizes[k])
@@ -66,7 +68,7 @@ def layout_of(state: Any) -> Layout:
     """The :class:`Layout` of a state pytree (arrays or shape-dtype structs)."""
     pairs, treedef = jax.tree_util.tree_flatten_with_path(state)
     if not pairs:
-        raise ValueError("state: expected a pytree with at least one array, got an empty one")
+        raise InputError("state: expected a pytree with at least one array, got an empty one")
     names = []
     for path, _ in pairs:
         names.append(".".join(_key_name(k) for k in path) or "s")

@@ -24,6 +24,7 @@ import numpy as np
 
 from gradpaths import _checks, _inputs, _lyapunov, _render, _routesets
 from gradpaths._cells import LSTM
+from gradpaths._checks import InputError
 from gradpaths._routesets import DEFAULT_MARGIN
 
 _num = _checks.json_number
@@ -174,10 +175,10 @@ def _grid(cell, params, xs, state0, grid, key, *, scaled, specs, warmup):
 def _values(values: Any, name: str) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim != 1 or arr.size < 1:
-        raise ValueError(f"{name}: expected a non-empty 1-D sequence of numbers, got shape "
+        raise InputError(f"{name}: expected a non-empty 1-D sequence of numbers, got shape "
                          f"{arr.shape}")
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name}: expected finite numbers, got {arr.tolist()}")
+        raise InputError(f"{name}: expected finite numbers, got {arr.tolist()}")
     return arr
 
 
@@ -227,26 +228,26 @@ def sweep(*, gains: Iterable[float] = DEFAULT_GAINS,
     """
     gains = _values(gains, "gains")
     if np.any(gains < 0):
-        raise ValueError(f"gains: expected numbers >= 0, got {gains.tolist()}")
+        raise InputError(f"gains: expected numbers >= 0, got {gains.tolist()}")
     biases = _values(forget_biases, "forget_biases")
     hidden = _checks.check_positive_int(hidden, "hidden")
     inputs = _checks.check_positive_int(inputs, "inputs", allow_zero=True)
     steps = _checks.check_positive_int(steps, "steps")
     warmup = _checks.check_positive_int(warmup, "warmup", allow_zero=True)
     if warmup >= steps:
-        raise ValueError(f"warmup: expected 0 <= warmup < steps = {steps}, got {warmup}")
+        raise InputError(f"warmup: expected 0 <= warmup < steps = {steps}, got {warmup}")
     given = key
     key = _checks.check_key(key)
     for name, value in (("input_scale", input_scale), ("base_gain", base_gain)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                 math.isfinite(value) and value >= 0):
-            raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+            raise InputError(f"{name}: expected a finite number >= 0, got {value!r}")
     if isinstance(scaled, str):
         scaled = (scaled,)
     scaled = tuple(scaled)
     bad = [g for g in scaled if g not in ("z", "i", "f", "o")]
     if bad or not scaled or len(set(scaled)) != len(scaled):
-        raise ValueError(f"scaled: expected distinct routes among ('z', 'i', 'f', 'o'), "
+        raise InputError(f"scaled: expected distinct routes among ('z', 'i', 'f', 'o'), "
                          f"got {scaled}")
     dtype = _checks.resolve_dtype(dtype)
 

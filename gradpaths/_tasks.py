@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradpaths import _checks
+from gradpaths._checks import InputError, InputTypeError
 from gradpaths._inputs import is_builtin
 from gradpaths._protocols import Cell
 from gradpaths._state import layout_of
@@ -92,7 +93,7 @@ class AddingTask:
     def __post_init__(self) -> None:
         _checks.check_positive_int(self.length, "length")
         if self.length < 2:
-            raise ValueError(f"length: expected >= 2 for the adding task, got {self.length}")
+            raise InputError(f"length: expected >= 2 for the adding task, got {self.length}")
 
     @property
     def baseline(self) -> float:
@@ -146,7 +147,7 @@ class CopyTask:
         _checks.check_positive_int(self.n_symbols, "n_symbols")
         _checks.check_positive_int(self.n_copy, "n_copy")
         if self.length < 2 * self.n_copy + 1:
-            raise ValueError(
+            raise InputError(
                 f"length: expected >= 2 * n_copy + 1 = {2 * self.n_copy + 1} for the copy task "
                 f"with n_copy={self.n_copy}, got {self.length}"
             )
@@ -201,7 +202,7 @@ class SineTask:
     def __post_init__(self) -> None:
         _checks.check_positive_int(self.length, "length")
         if not 0 < self.omega_min <= self.omega_max:
-            raise ValueError(
+            raise InputError(
                 "omega_min, omega_max: expected 0 < omega_min <= omega_max, got "
                 f"{self.omega_min}, {self.omega_max}"
             )
@@ -243,7 +244,7 @@ def _module_source(name: str) -> str:
     for path in (base + ".py", os.path.join(base, "__init__.py")):
         if os.path.isfile(path):
             return path
-    raise ValueError(
+    raise InputError(
         f"modules: expected standard-library modules with Python source, got {name!r} "
         f"(no {base}.py or {base}/__init__.py; the text task reads the installed "
         "standard library's source)")
@@ -290,7 +291,7 @@ def read_corpus(modules: tuple[str, ...]) -> np.ndarray:
             with open(path, encoding="utf-8") as f:
                 tree = ast.parse(f.read(), path)
         except (OSError, UnicodeDecodeError, SyntaxError) as err:
-            raise ValueError(f"modules: could not read the docstrings of {name!r} from "
+            raise InputError(f"modules: could not read the docstrings of {name!r} from "
                              f"{path}: {err}") from err
         texts.extend(_docstrings(tree))
     corpus = encode_text("\n\n".join(texts))
@@ -341,15 +342,15 @@ class TextTask:
         _checks.check_positive_int(self.length, "length")
         if isinstance(self.modules, str) or not all(
                 isinstance(m, str) for m in self.modules) or not self.modules:
-            raise TypeError(f"modules: expected a non-empty sequence of module names (str), "
+            raise InputTypeError(f"modules: expected a non-empty sequence of module names (str), "
                             f"got {self.modules!r}")
         object.__setattr__(self, "modules", tuple(self.modules))
         v = self.validation_fraction
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
-            raise ValueError(f"validation_fraction: expected a float in (0, 1), got {v!r}")
+            raise InputError(f"validation_fraction: expected a float in (0, 1), got {v!r}")
         n_train, n_val = len(self.train_text), len(self.validation_text)
         if min(n_train, n_val) < self.length + 1:
-            raise ValueError(
+            raise InputError(
                 f"length: expected at most {min(n_train, n_val) - 1} for this corpus "
                 f"({n_train} training and {n_val} validation characters), got {self.length}")
 
@@ -434,13 +435,13 @@ def make_task(name: str, length: int, **options: Any) -> Any:
         batch = task.sample(jax.random.key(0), 32)   # xs (32, 20, 2)
     """
     if not isinstance(name, str) or name not in TASKS:
-        raise ValueError(f"task: expected one of {', '.join(map(repr, TASKS))}, got {name!r}")
+        raise InputError(f"task: expected one of {', '.join(map(repr, TASKS))}, got {name!r}")
     try:
         return TASKS[name](length, **options)
     except TypeError as err:
         if "unexpected keyword" in str(err):
             fields = [f.name for f in dataclasses.fields(TASKS[name])][1:]
-            raise TypeError(
+            raise InputTypeError(
                 f"options: task {name!r} accepts {fields}, got {sorted(options)}"
             ) from err
         raise
@@ -451,7 +452,7 @@ def check_task(task: Any) -> Any:
     missing = [a for a in ("length", "input_size", "output_size", "loss", "sample")
                if not hasattr(task, a)]
     if missing:
-        raise TypeError(
+        raise InputTypeError(
             f"task: expected a task (length, input_size, output_size, loss, sample), got "
             f"{type(task).__name__} without {missing}"
         )
@@ -527,7 +528,7 @@ class Model:
 
     def __post_init__(self) -> None:
         if not callable(getattr(self.cell, "step", None)):
-            raise TypeError(
+            raise InputTypeError(
                 f"cell: expected an object with step(params, state, x), got "
                 f"{type(self.cell).__name__}"
             )
@@ -540,7 +541,7 @@ class Model:
         check_task(task)
         input_size = getattr(cell, "input_size", task.input_size)  # optional for a custom cell
         if input_size != task.input_size:
-            raise ValueError(
+            raise InputError(
                 f"cell: expected input_size {task.input_size} for task {task!r}, "
                 f"got {input_size}"
             )
@@ -563,12 +564,12 @@ class Model:
     def check_params(self, params: Any) -> None:
         """Raise TypeError/ValueError unless ``params`` fit this model."""
         if not isinstance(params, ModelParams):
-            raise TypeError(f"params: expected ModelParams, got {type(params).__name__}")
+            raise InputTypeError(f"params: expected ModelParams, got {type(params).__name__}")
         check_cell = getattr(self.cell, "check_params", None)  # optional for a custom cell
         if callable(check_cell):
             check_cell(params.cell)
         if not isinstance(params.readout, Readout):
-            raise TypeError(
+            raise InputTypeError(
                 f"params.readout: expected Readout, got {type(params.readout).__name__}"
             )
         k, n = self.output_size, self.feature_size

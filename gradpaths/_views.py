@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradpaths import _checks, _inputs, _products, _protocols, _routes, _routesets
+from gradpaths._checks import InputError, InputTypeError
 from gradpaths._jacobians import _unroll
 from gradpaths._operator import Spec
 from gradpaths._protocols import Cell, SaturatingCell
@@ -41,7 +42,8 @@ def _specs(cell: Cell, layout: Layout, sets: Any) -> tuple[tuple[str, ...], tupl
     if sets is None:
         sets = default_sets(cell)
     if isinstance(sets, str):
-        raise TypeError(f"sets: expected a sequence of route-set names, got the string {sets!r}")
+        raise InputTypeError(
+            f"sets: expected a sequence of route-set names, got the string {sets!r}")
     if isinstance(sets, Mapping):
         names = tuple(str(k) for k in sets)
         specs = tuple(Spec(_routes.check_routes(cell, v), None) for v in sets.values())
@@ -49,9 +51,9 @@ def _specs(cell: Cell, layout: Layout, sets: Any) -> tuple[tuple[str, ...], tupl
         names = tuple(sets)
         specs = tuple(_routesets.RouteSet.parse(s, cell, layout).spec for s in names)
     if not names:
-        raise ValueError("sets: expected at least one route set, got none")
+        raise InputError("sets: expected at least one route set, got none")
     if len(set(names)) != len(names):
-        raise ValueError(f"sets: expected distinct names, got {list(names)}")
+        raise InputError(f"sets: expected distinct names, got {list(names)}")
     return names, specs
 
 
@@ -175,7 +177,7 @@ def gate_saturation(cell: SaturatingCell, params: Any, xs: Any, state0: Any = No
         fig = gp.plot.gate_saturation(sat)
     """
     if not _protocols.has_activations(cell):
-        raise TypeError(f"cell: expected a cell that reports its activations "
+        raise InputTypeError(f"cell: expected a cell that reports its activations "
                         f"(activation_names, activations()), got {type(cell).__name__}")
     p = _inputs.prepare(cell, params, xs, state0)
     out = _inputs.call(_saturation, cell, p.params, p.xs, p.state0)
@@ -200,7 +202,7 @@ def input_events(xs: Any, *, top: int = 5) -> np.ndarray:
     """
     xs = np.asarray(xs)
     if xs.ndim != 2:
-        raise ValueError(f"xs: expected shape (T, m), got {xs.shape}")
+        raise InputError(f"xs: expected shape (T, m), got {xs.shape}")
     top = _checks.check_positive_int(top, "top", allow_zero=True)
     if xs.shape[1] == 0 or top == 0:
         return np.zeros((0,), np.int64)

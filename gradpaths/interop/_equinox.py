@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from gradpaths._checks import InputError, InputTypeError
 from gradpaths.interop import _common, _stacks
 from gradpaths.interop._common import MissingKeyError, Reader
 
@@ -29,7 +30,7 @@ def _from_module(cell: Any) -> tuple[dict[str, Any], str]:
     names = _common.class_names(cell)
     kind = next((_CELLS[n] for n in names if n in _CELLS), None)
     if kind is None or _common.framework_of(cell) != "equinox":
-        raise ValueError(
+        raise InputError(
             f"source: expected an equinox.nn.LSTMCell or GRUCell, got {names[0]}"
         )
     weights = {k: getattr(cell, k) for k in _KEYS if getattr(cell, k, None) is not None}
@@ -73,7 +74,7 @@ def from_equinox(source: Any, *, prefix: str = "", dtype: Any = None) -> tuple[A
         flat, module_kind = _from_module(source)
         prefix = ""
     else:
-        raise TypeError(
+        raise InputTypeError(
             f"source: expected an Equinox LSTMCell/GRUCell or a mapping, "
             f"got {type(source).__name__}"
         )
@@ -84,7 +85,7 @@ def from_equinox(source: Any, *, prefix: str = "", dtype: Any = None) -> tuple[A
     g = _common.gate_count((gH, H), 0, reader.name("weight_hh"), {4: "LSTMCell", 3: "GRUCell"})
     kind = {4: "LSTM", 3: "GRU"}[g]
     if module_kind is not None and module_kind != kind:
-        raise ValueError(f"weight_hh: shape ({gH}, {H}) does not fit an Equinox {module_kind}")
+        raise InputError(f"weight_hh: shape ({gH}, {H}) does not fit an Equinox {module_kind}")
     m = _common.matrix_shape(reader, "weight_ih", f"({g}*H, input)")[1]
     w_ih = reader.take("weight_ih", (g * H, m), f"({g}*H, input)")
     w_hh = reader.take("weight_hh", (g * H, H), f"({g}*H, H)")

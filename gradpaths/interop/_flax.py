@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradpaths._checks import InputError, InputTypeError
 from gradpaths.interop import _common, _stacks
 from gradpaths.interop._common import Reader
 
@@ -55,7 +56,7 @@ def _config(module: Any) -> dict[str, Any]:
         names = _common.class_names(module)
     kind = next((_CELLS[n] for n in names if n in _CELLS), None)
     if kind is None or _common.framework_of(module) != "flax":
-        raise ValueError(
+        raise InputError(
             f"module: expected a Flax LSTMCell, OptimizedLSTMCell, GRUCell or SimpleCell "
             f"(linen or NNX) or an RNN of one, got {names[0]}"
         )
@@ -120,24 +121,24 @@ def from_flax(
     """
     if _stacks.is_layer_list(variables):
         if module is not None and not isinstance(module, (list, tuple)):
-            raise TypeError("module: for a list of layers, expected a list of their modules "
+            raise InputTypeError("module: for a list of layers, expected a list of their modules "
                             f"(or None), got {type(module).__name__}")
         modules = module or [None] * len(variables)
         if len(modules) != len(variables):
-            raise ValueError(f"module: expected one per layer ({len(variables)}), "
+            raise InputError(f"module: expected one per layer ({len(variables)}), "
                              f"got {len(modules)}")
         pairs = list(zip(variables, modules))
         return _stacks.stack_of(lambda vm, **kw: from_flax(vm[0], module=vm[1], **kw), pairs,
                                 prefix=prefix, dtype=dtype)
     if _common.framework_of(variables) == "flax" and not isinstance(variables, Mapping):
         if module is not None:
-            raise ValueError("module: pass an NNX cell as the first argument only")
+            raise InputError("module: pass an NNX cell as the first argument only")
         config = _config(variables)
         variables = _params_of_nnx(variables)
     elif isinstance(variables, Mapping):
         config = _config(module) if module is not None else {}
     else:
-        raise TypeError(
+        raise InputTypeError(
             f"variables: expected a Flax variables mapping or an NNX cell, "
             f"got {type(variables).__name__}"
         )
@@ -163,14 +164,14 @@ def from_flax(
         kind = {4: "LSTM", 3: "GRU", 1: "RNN"}[g]
         layout = {"LSTM": "nnx_fused_lstm", "GRU": "nnx_gru", "RNN": "nnx_simple"}[kind]
     else:
-        raise ValueError(
+        raise InputError(
             f"variables: keys {_common.listing(keys)} match no Flax cell; expected those of "
             "LSTMCell (ii, if, ig, io, hi, hf, hg, ho), GRUCell (ir, iz, in, hr, hz, hn), "
             "SimpleCell (i, h) or NNX's fused dense_i/dense_h; for a whole model pass "
             "prefix='path/to/the/cell'"
         )
     if config and config["kind"] != kind:
-        raise ValueError(
+        raise InputError(
             f"module: a Flax {config['class']} does not match variables laid out as a {kind}"
         )
 
@@ -178,13 +179,13 @@ def from_flax(
     gate = config.get("gate", "sigmoid") if kind != "RNN" else None
     act = config.get("activation", "tanh")
     if kind != "RNN" and gate != "sigmoid":
-        raise ValueError(
+        raise InputError(
             f"module.gate_fn {gate!r} is not supported: expected jax.nn.sigmoid; gradpaths' "
             "gates use the logistic sigmoid and importing would change the maths"
         )
     allowed = ("tanh", "relu") if kind == "RNN" else ("tanh",)
     if act not in allowed:
-        raise ValueError(
+        raise InputError(
             f"module.activation_fn {act!r} is not supported for a {kind}: expected one of "
             f"{allowed}"
         )

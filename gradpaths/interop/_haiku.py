@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gradpaths._checks import InputError
 from gradpaths.interop import _common
 from gradpaths.interop._common import Flat, Reader
 
@@ -42,7 +43,7 @@ def _module(flat: Flat, prefix: str) -> tuple[Flat, str, str]:
         if keys <= _LSTM_KEYS and "linear/w" in keys:
             return flat, "LSTM", "/".join(path)
         if keys & {"w_i", "w_h"} and keys <= _GRU_KEYS:
-            raise ValueError(
+            raise InputError(
                 "hk.GRU is not supported: it applies the reset before the recurrent product, "
                 "(r * h) w_ha, and its update gate weighs the candidate, h' = (1 - z) h + z a; "
                 "gp.GRU(..., reset_after=False) computes the former, but this importer does not "
@@ -57,7 +58,7 @@ def _module(flat: Flat, prefix: str) -> tuple[Flat, str, str]:
         cores = sorted({key[: -len("/linear/w")] for key in keys if key.endswith("/linear/w")})
         where = "/".join(path) or "params"
         hint = f"; pass prefix= one of {cores}" if cores else ""
-        raise ValueError(
+        raise InputError(
             f"{where}: keys {_common.listing(keys)} are not the params of one hk.LSTM "
             f"(linear/w, linear/b) or hk.VanillaRNN (linear/w, linear/b, linear_1/w, "
             f"linear_1/b){hint}"
@@ -99,7 +100,7 @@ def from_haiku(params: Any, *, prefix: str = "", dtype: Any = None) -> tuple[Any
     if kind == "LSTM":
         rows, gH = _common.matrix_shape(reader, "linear/w", "(input + H, 4*H)")
         if gH % 4 or gH // 4 > rows:
-            raise ValueError(
+            raise InputError(
                 f"{reader.name('linear/w')}: expected shape (input + H, 4*H), got ({rows}, {gH})"
             )
         H = gH // 4

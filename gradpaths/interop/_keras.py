@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from gradpaths import _checks
+from gradpaths._checks import InputError, InputTypeError
 from gradpaths._stack import Bidirectional
 from gradpaths.interop import _common, _stacks
 from gradpaths.interop._common import Reader
@@ -57,19 +58,19 @@ def _from_layer(layer: Any, direction: str) -> tuple[dict[str, Any], dict[str, A
     if "Bidirectional" in names:
         layer = layer.forward_layer if direction == "forward" else layer.backward_layer
     elif direction != "forward":
-        raise ValueError(
+        raise InputError(
             f"direction={direction!r}: only a Bidirectional layer (or its get_weights() list) "
             f"has a reverse direction; got {names[0]}"
         )
     cell = getattr(layer, "cell", layer)
     kind = next((_CELLS[n] for n in _common.class_names(cell) if n in _CELLS), None)
     if kind is None:
-        raise ValueError(
+        raise InputError(
             f"source: expected a Keras LSTM, GRU, SimpleRNN (or their cells, or a "
             f"Bidirectional of one), got {names[0]} with cell {type(cell).__name__}"
         )
     if not getattr(cell, "built", False):
-        raise ValueError(f"source: the Keras {names[0]} is not built; call it on an input first")
+        raise InputError(f"source: the Keras {names[0]} is not built; call it on an input first")
     weights = {"kernel": cell.kernel, "recurrent_kernel": cell.recurrent_kernel}
     if cell.use_bias:
         weights["bias"] = cell.bias
@@ -89,12 +90,12 @@ def _from_list(weights: Sequence[Any], direction: str) -> dict[str, Any]:
         half = count // 2
         weights = weights[:half] if direction == "forward" else weights[half:]
     elif count not in (2, 3):
-        raise ValueError(
+        raise InputError(
             f"weights: expected get_weights() of a layer ([kernel, recurrent_kernel(, bias)]) "
             f"or of a Bidirectional one (twice that), got a list of {count}"
         )
     elif direction != "forward":
-        raise ValueError(
+        raise InputError(
             f"direction={direction!r}: a list of {count} arrays is one direction; a "
             "Bidirectional layer's get_weights() has 4 or 6"
         )
@@ -104,7 +105,7 @@ def _from_list(weights: Sequence[Any], direction: str) -> dict[str, Any]:
 def _from_mapping(source: Mapping, prefix: str, direction: str) -> tuple[dict[str, Any], str]:
     """Variables keyed by their Keras path (``"lstm/lstm_cell/kernel"``) or by bare name."""
     if direction != "forward":
-        raise ValueError(
+        raise InputError(
             f"direction={direction!r}: for a mapping pick the layer with prefix "
             "(e.g. prefix='bidirectional/backward_lstm')"
         )
@@ -114,13 +115,13 @@ def _from_mapping(source: Mapping, prefix: str, direction: str) -> tuple[dict[st
         head, _, last = key.rpartition("/")
         if last not in _NAMES:
             full = "/".join(part for part in (prefix.rstrip("/"), key) if part)
-            raise ValueError(
+            raise InputError(
                 f"weights: unknown key {full!r}; expected keys ending in kernel, "
                 "recurrent_kernel or bias"
             )
         heads.setdefault(head, {})[last] = value
     if len(heads) > 1:
-        raise ValueError(
+        raise InputError(
             f"weights: holds several layers {sorted(heads)}; pass prefix='one of them'"
         )
     (head, weights), = heads.items()
@@ -202,7 +203,7 @@ def from_keras(
     layers = _stacks.recurrent_layers(source) if is_model else None
     if layers is not None or _stacks.is_layer_list(source):
         if direction is not None:
-            raise ValueError("direction: applies to one layer; a stack of layers reads "
+            raise InputError("direction: applies to one layer; a stack of layers reads "
                              "forward only")
         return _stacks.stack_of(from_keras, source if layers is None else layers,
                                 direction="forward", **options)
@@ -222,7 +223,7 @@ def from_keras(
         weights, config = _from_layer(source, direction)
         prefix = ""
     else:
-        raise TypeError(
+        raise InputTypeError(
             f"source: expected a Keras layer, a get_weights() list or a mapping, "
             f"got {type(source).__name__}"
         )
@@ -234,7 +235,7 @@ def from_keras(
                            {4: "LSTM", 3: "GRU", 1: "SimpleRNN"})
     kind = _KINDS[g]
     if config and config["kind"] != kind:
-        raise ValueError(f"recurrent_kernel: shape ({H}, {gH}) does not fit a Keras {kind}")
+        raise InputError(f"recurrent_kernel: shape ({H}, {gH}) does not fit a Keras {kind}")
     m = _common.matrix_shape(reader, "kernel", f"(input, {g}*H)")[0]
     kernel = reader.take("kernel", (m, g * H), f"(input, {g}*H)")
     recurrent = reader.take("recurrent_kernel", (H, g * H), f"(H, {g}*H)")
@@ -243,31 +244,31 @@ def from_keras(
     def setting(name: str, given: Any, default: Any) -> Any:
         own = config.get(name)
         if given is not None and config and own != given:
-            raise ValueError(f"{name}: the layer uses {own!r}, got {given!r}")
+            raise InputError(f"{name}: the layer uses {own!r}, got {given!r}")
         return own if config else (default if given is None else given)
 
     act = setting("activation", activation, "tanh")
     if kind == "RNN" and act not in ("tanh", "relu"):
-        raise ValueError(
+        raise InputError(
             f"activation {act!r} is not supported for a Keras SimpleRNN: gradpaths' RNN "
             "applies tanh or relu"
         )
     if kind != "RNN" and act != "tanh":
-        raise ValueError(
+        raise InputError(
             f"activation {act!r} is not supported for a Keras {kind}: expected 'tanh'; {_CORE}"
         )
     if kind == "RNN":
         if recurrent_activation is not None or reset_after is not None:
-            raise ValueError("recurrent_activation, reset_after: a SimpleRNN has neither")
+            raise InputError("recurrent_activation, reset_after: a SimpleRNN has neither")
     else:
         rec = setting("recurrent_activation", recurrent_activation, "sigmoid")
         if rec != "sigmoid":
-            raise ValueError(
+            raise InputError(
                 f"recurrent_activation {rec!r} is not supported: expected 'sigmoid'; {_CORE} "
                 f"(a {rec} gate is a different function, and so are its Jacobians)"
             )
     if kind != "GRU" and reset_after is not None:
-        raise ValueError(f"reset_after: applies to a GRU only; the source is a Keras {kind}")
+        raise InputError(f"reset_after: applies to a GRU only; the source is a Keras {kind}")
 
     # ---- biases
     if kind == "GRU":

@@ -117,11 +117,6 @@ def load(path: str | os.PathLike[str], format: str | None = None, **options: Any
         return IMPORTERS[format](source, **options)
     except InputError as err:
         raise _in_context(err, f"{shown!r} as {format} weights: {err}") from err
-    except (ValueError, TypeError) as err:
-        # The importers check only the source and the options: their errors are about
-        # the input (the ones not yet raised as InputError are converted here).
-        kind = InputTypeError if isinstance(err, TypeError) else InputError
-        raise kind(f"{shown!r} as {format} weights: {err}") from err
 
 
 def _in_context(err: InputError, message: str) -> InputError:

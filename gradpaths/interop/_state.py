@@ -16,6 +16,7 @@ import numpy as np
 
 from gradpaths import _checks
 from gradpaths._cells import GRU, LSTM, RNN, GRUState, LSTMState, RNNState
+from gradpaths._checks import InputError, InputTypeError
 from gradpaths._stack import Stack, StackState
 from gradpaths.interop import _common
 
@@ -26,7 +27,7 @@ _H_FIRST = {"torch": True, "keras": True, "flax": False, "equinox": True, "haiku
 def _check(framework: Any, cell: Any) -> None:
     _checks.check_choice(framework, "framework", FRAMEWORKS)
     if not isinstance(cell, (LSTM, GRU, RNN)):
-        raise TypeError(f"cell: expected a gradpaths LSTM, GRU, RNN or Stack of them, "
+        raise InputTypeError(f"cell: expected a gradpaths LSTM, GRU, RNN or Stack of them, "
                         f"got {type(cell).__name__}")
 
 
@@ -36,7 +37,7 @@ def _layers(cell: Stack, state: Any) -> list[Any]:
             len(state) != cell.num_layers):
         got = f"a sequence of {len(state)}" if isinstance(state, Sequence) else type(
             state).__name__
-        raise ValueError(f"state: expected one state per layer ({cell.num_layers}) for a "
+        raise InputError(f"state: expected one state per layer ({cell.num_layers}) for a "
                          f"Stack, got {got}")
     return list(state)
 
@@ -52,7 +53,7 @@ def _vector(value: Any, n: int, name: str, framework: str) -> np.ndarray:
             )
         elif arr.ndim == 2:
             hint = "; pass one sequence of a batch (gradpaths follows one trajectory)"
-        raise ValueError(f"{name}: expected shape ({n},), got {arr.shape}{hint}")
+        raise InputError(f"{name}: expected shape ({n},), got {arr.shape}{hint}")
     return arr
 
 
@@ -102,7 +103,7 @@ def state_from(framework: str, cell: Any, state: Any, *, dtype: Any = None) -> A
             h, c = (first, second) if _H_FIRST[framework] else (second, first)
         else:
             order = "(h, c)" if _H_FIRST[framework] else "(c, h)"
-            raise ValueError(f"state: expected a pair {order} for a {framework} LSTM, "
+            raise InputError(f"state: expected a pair {order} for a {framework} LSTM, "
                              f"got {type(state).__name__}")
         names = ("state.h", "state.c")
         h, c = (_vector(v, n, name, framework) for v, name in zip((h, c), names))
@@ -110,7 +111,7 @@ def state_from(framework: str, cell: Any, state: Any, *, dtype: Any = None) -> A
         return LSTMState(jnp.asarray(c, dt), jnp.asarray(h, dt))
     if isinstance(state, (list, tuple)):
         if len(state) != 1:
-            raise ValueError(f"state: expected h (or [h]) for a {type(cell).__name__}, "
+            raise InputError(f"state: expected h (or [h]) for a {type(cell).__name__}, "
                              f"got a sequence of {len(state)}")
         state = state[0]
     h = _vector(state, n, "state", framework)
@@ -130,17 +131,19 @@ def state_to(framework: str, cell: Any, state: Any) -> Any:
     """
     if isinstance(cell, Stack):
         if not isinstance(state, StackState):
-            raise TypeError(f"state: expected StackState for a Stack, got {type(state).__name__}")
+            raise InputTypeError(
+                f"state: expected StackState for a Stack, got {type(state).__name__}")
         return [state_to(framework, layer, part) for layer, part in zip(cell.layers, state)]
     _check(framework, cell)
     if isinstance(cell, LSTM):
         if not isinstance(state, LSTMState):
-            raise TypeError(f"state: expected LSTMState for {cell!r}, got {type(state).__name__}")
+            raise InputTypeError(
+                f"state: expected LSTMState for {cell!r}, got {type(state).__name__}")
         c, h = np.asarray(state.c), np.asarray(state.h)
         return (h, c) if _H_FIRST[framework] else (c, h)
     state_type = GRUState if isinstance(cell, GRU) else RNNState
     if not isinstance(state, state_type):
-        raise TypeError(
+        raise InputTypeError(
             f"state: expected {state_type.__name__} for {cell!r}, got {type(state).__name__}"
         )
     return np.asarray(state.h)

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from gradpaths import _checks
+from gradpaths._checks import InputError, InputTypeError
 from gradpaths._stack import Bidirectional, Stack
 from gradpaths.interop import _common
 from gradpaths.interop._common import MissingKeyError, Reader
@@ -48,12 +49,12 @@ def _module(source: Any, prefix: str) -> tuple[dict[str, Any], str, str | None]:
     torch_names = [c.__name__ for c in type(module).__mro__
                    if c.__module__.startswith("torch.nn") and c.__name__ in _MODULES]
     if not torch_names:
-        raise ValueError(
+        raise InputError(
             f"source: expected torch.nn.LSTM, GRU, RNN, LSTMCell, GRUCell or RNNCell, got "
             f"{names[0]}; pass the recurrent submodule (prefix='name.of.it') or its state_dict()"
         )
     if getattr(module, "proj_size", 0):
-        raise ValueError(f"{_PROJ} (module has proj_size={module.proj_size})")
+        raise InputError(f"{_PROJ} (module has proj_size={module.proj_size})")
     kind = _MODULES[torch_names[0]]
     nonlinearity = getattr(module, "nonlinearity", None) if kind == "RNN" else None
     return dict(module.state_dict()), kind, nonlinearity
@@ -71,7 +72,7 @@ def _parse(reader: Reader) -> dict[tuple[int | None, bool], set[str]]:
         name, layer, reverse = match.groups()
         groups.setdefault((None if layer is None else int(layer), bool(reverse)), set()).add(name)
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"state dict: unknown key(s) {_common.listing(reader.name(k) for k in unknown)}; "
             "expected weight_ih, weight_hh, bias_ih, bias_hh (suffixed _l{k} or _l{k}_reverse "
             "for nn.LSTM/GRU/RNN); for a submodule of a larger model pass prefix='its.name'"
@@ -99,7 +100,7 @@ def _layout(reader: Reader, groups: dict[tuple[int | None, bool], set[str]]) -> 
     """Check the whole dict: layers 0..L-1, both directions or one, the same keys everywhere."""
     layers = sorted({k for k, _ in groups}, key=lambda k: -1 if k is None else k)
     if None in layers and len(layers) > 1:
-        raise ValueError("state dict: mixes cell keys (weight_ih) and layer keys (weight_ih_l0)")
+        raise InputError("state dict: mixes cell keys (weight_ih) and layer keys (weight_ih_l0)")
     numbered = [k for k in layers if k is not None]
     if numbered != list(range(len(numbered))):
         gap = min(set(range(max(numbered) + 1)) - set(numbered))
@@ -110,7 +111,7 @@ def _layout(reader: Reader, groups: dict[tuple[int | None, bool], set[str]]) -> 
     names = set().union(*groups.values()) | {"weight_ih", "weight_hh"}
     if "weight_hr" in names:
         k, rev = next(group for group, have in groups.items() if "weight_hr" in have)
-        raise ValueError(f"{_PROJ} (key {reader.name('weight_hr' + _suffix(k, rev))} present)")
+        raise InputError(f"{_PROJ} (key {reader.name('weight_hr' + _suffix(k, rev))} present)")
     if ("bias_ih" in names) != ("bias_hh" in names):
         key = "bias_hh" if "bias_ih" in names else "bias_ih"
         raise MissingKeyError(
@@ -132,18 +133,18 @@ def _choose(layout: _Layout, layer: int, direction: str) -> tuple[int | None, bo
     """The group of the requested layer and direction, or a ValueError."""
     if layout.layers == [None]:
         if layer != 0 or direction != "forward":
-            raise ValueError(
+            raise InputError(
                 f"layer={layer}, direction={direction!r}: the source is a single cell "
                 "(keys without _l{k}); use layer=0, direction='forward'"
             )
         return (None, False)
     if layer >= len(layout.layers):
-        raise ValueError(
+        raise InputError(
             f"layer: expected 0..{len(layout.layers) - 1} (the state dict has "
             f"{len(layout.layers)} layer(s)), got {layer}"
         )
     if direction == "reverse" and not layout.bidirectional:
-        raise ValueError(
+        raise InputError(
             f"direction='reverse': the state dict has no *_l{layer}_reverse keys "
             "(the module is not bidirectional)"
         )
@@ -244,7 +245,7 @@ def from_torch(
         flat, module_kind, module_nonlinearity = _module(source, prefix)
         prefix = ""
     else:
-        raise TypeError(
+        raise InputTypeError(
             f"source: expected a torch.nn module or a state dict mapping, "
             f"got {type(source).__name__}"
         )
@@ -259,15 +260,15 @@ def from_torch(
     g = _common.gate_count((gH, H), 0, reader.name(first), _KINDS)
     kind = _KINDS[g]
     if module_kind is not None and module_kind != kind:
-        raise ValueError(f"weight_hh: shape ({gH}, {H}) does not fit a torch {module_kind}")
+        raise InputError(f"weight_hh: shape ({gH}, {H}) does not fit a torch {module_kind}")
     if kind == "RNN":
         if nonlinearity is not None and module_nonlinearity not in (None, nonlinearity):
-            raise ValueError(
+            raise InputError(
                 f"nonlinearity: the module uses {module_nonlinearity!r}, got {nonlinearity!r}"
             )
         nonlinearity = nonlinearity or module_nonlinearity or "tanh"
     elif nonlinearity is not None:
-        raise ValueError(f"nonlinearity: applies to an RNN only; the source is a torch {kind}")
+        raise InputError(f"nonlinearity: applies to an RNN only; the source is a torch {kind}")
     blocks = _read(reader, layout, g, H)
     if whole == "refused":
         _refuse_bidirectional(layout)
