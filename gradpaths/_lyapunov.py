@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradpaths import _checks, _inputs
-from gradpaths._operator import dot, step_operator
+from gradpaths._operator import block_rows, dot, step_operator
 from gradpaths._orthonormal import default_method, orthonormalise
 from gradpaths._products import (
     Spec,
@@ -93,7 +93,7 @@ def _starts(layout, specs, key, dtype):
     for spec in specs:
         v = orthonormal_start(key, spec_size(layout, spec), 1, dtype)
         if spec.block is not None:
-            v = jnp.zeros((layout.size, 1), dtype).at[layout.slice(spec.block[0])].set(v)
+            v = jnp.zeros((layout.size, 1), dtype).at[block_rows(layout, spec)].set(v)
         cols.append(v)
     return jnp.concatenate(cols, axis=1)
 
@@ -104,9 +104,25 @@ def _normalise_columns(V):
     return safe_normalise(V, norms[None, :]), safe_log(norms)
 
 
+def _gauge_projector(cell: Any, layout: Any, specs: tuple[Spec, ...], dtype: Any) -> Any:
+    """``(V, state) -> V`` with the columns of whole-state specs made orthogonal to
+    ``cell.gauge_directions(state)`` (mutually orthogonal columns, e.g. the sLSTM's
+    stabiliser shifts); block specs' columns are left alone."""
+    blocks = np.asarray([s.block is not None for s in specs])
+
+    def project(V: Array, state: Any, keep: Any = blocks) -> Array:
+        G = cell.gauge_directions(state).astype(dtype)          # (d, g)
+        sq = jnp.sum(G * G, axis=0)
+        coef = dot(G.T, V) / jnp.where(sq > 0, sq, 1)[:, None]
+        return jnp.where(np.asarray(keep)[None, :], V, V - dot(G, coef))
+
+    return project
+
+
 def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[Any], *,
                 warmup: int = 0, key: Any = 0, horizon: str | None = "power",
-                tol: float | None = None, max_sweeps: int = 100) -> Growth:
+                tol: float | None = None, max_sweeps: int = 100,
+                gauge: bool = False) -> Growth:
     r"""Top exponent, horizon growth and local stretching of several specs, matrix-free.
 
     For each spec ``s = (routes, block)`` (validated: ``routes`` a tuple of route
@@ -140,6 +156,16 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
       ``||M||_F = 1`` (a ``(d_s, d_s)`` matrix per spec and step: ``d_s^3`` work) and
       ``||M||_2`` by SVD at the end; certified, for small ``d`` or reference use.
 
+    ``gauge=True`` (a cell with ``gauge_directions(state)``, e.g. the sLSTM): after
+    every step the tangents of whole-state specs are projected orthogonally to the
+    gauge directions at the state they reach (directions along which no later output
+    moves, carried into each other by the step), and the start vectors at ``state0``
+    likewise. For the full Jacobian this measures the quotient of the product by the
+    gauge subspace: the growth a gradient of any loss of ``h`` sees, without the
+    gauge's neutral directions. The horizon's backward sweep applies the transpose,
+    projecting each cotangent at the state where its step starts. Block specs are
+    left unprojected.
+
     Traceable: call it on inputs from ``_inputs.prepare``, inside ``_inputs.call``
     (``specs``, ``warmup`` and the options static; ``key`` a PRNG key, an int or
     raw key data, traced or not). A step at which a
@@ -163,7 +189,12 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         tol = 1e-9 if dtype == jnp.float64 else 5e-5
     S = len(specs)
     op = step_operator(cell, params, layout, specs)
-    start = _starts(layout, specs, key, dtype)
+    if gauge:
+        project = _gauge_projector(cell, layout, specs, dtype)
+    else:
+        def project(V, state, keep=None):
+            return V
+    start, _ = _normalise_columns(project(_starts(layout, specs, key, dtype), state0))
     window = T - warmup
     zeros = jnp.zeros((S,), dtype)
 
@@ -171,7 +202,7 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         state, V, total, total_c, units = carry
         t, x = inp
         lin = op.at(state, x)
-        V_new, local = _normalise_columns(lin.apply_many(specs, V))
+        V_new, local = _normalise_columns(project(lin.apply_many(specs, V), lin.next))
         V = jnp.where(jnp.isfinite(local)[None, :], V_new, V)   # keep v where J v = 0
         total, total_c = kahan_add(total, total_c, jnp.where(t >= warmup, local, 0))
         units = units + jnp.where(t >= warmup, V[:, 0] ** 2, 0)
@@ -187,7 +218,8 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         return Growth(exponent, jnp.full((S,), jnp.nan, dtype), local.T, units,
                       jnp.zeros((), jnp.int32), jnp.zeros((S,), bool))
     if horizon == "exact":
-        log_norm = _exact_horizon(op, specs, layout, states, xs, warmup, dtype)
+        log_norm = _exact_horizon(op, specs, layout, states, xs, warmup, dtype,
+                                  project if gauge else None)
         return Growth(exponent, log_norm / window, local.T, units, jnp.zeros((), jnp.int32),
                       jnp.ones((S,), bool))
 
@@ -198,7 +230,9 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         def body(carry, inp):
             V, logs, comp = carry
             lin = op.at(*inp)
-            V, step_logs = _normalise_columns(getattr(lin, method)(specs, V))
+            moved = getattr(lin, method)(specs, V)
+            moved = project(moved, lin.next if method == "apply_many" else inp[0])
+            V, step_logs = _normalise_columns(moved)
             logs, comp = kahan_add(logs, comp, step_logs)
             return (V, logs, comp), None
 
@@ -253,17 +287,24 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     return Growth(exponent, log_norm / window, local.T, units, sweeps, rest <= tol * window)
 
 
-def _exact_horizon(op, specs, layout, states, xs, warmup, dtype):
-    """``log ||P^s||_2`` of each spec's window product, carried as ``exp(c) M``."""
+def _exact_horizon(op, specs, layout, states, xs, warmup, dtype, project=None):
+    """``log ||P^s||_2`` of each spec's window product, carried as ``exp(c) M``
+    (``project``: the gauge projector of :func:`growth_many`, applied on both sides
+    of every whole-state step)."""
     win_states = jax.tree_util.tree_map(lambda a: a[warmup:], states)
     sizes = [spec_size(layout, s) for s in specs]
+
+    def projected(spec, M, state):
+        if project is None or spec.block is not None:
+            return M
+        return project(M, state, np.zeros((M.shape[1],), bool))
 
     def body(carry, inp):
         Ms, scales, comps = carry
         lin = op.at(*inp)
         out = ([], [], [])
         for spec, M, c, k in zip(specs, Ms, scales, comps, strict=True):
-            M = lin.apply(spec, M)
+            M = projected(spec, lin.apply(spec, M), lin.next)
             frob = jnp.linalg.norm(M)
             c, k = kahan_add(c, k, safe_log(frob))
             for acc, v in zip(out, (safe_normalise(M, frob), c, k)):
@@ -271,7 +312,9 @@ def _exact_horizon(op, specs, layout, states, xs, warmup, dtype):
         return tuple(tuple(a) for a in out), None
 
     zero = jnp.zeros((), dtype)
-    init = (tuple(jnp.eye(n, dtype=dtype) for n in sizes), (zero,) * len(specs),
+    first = jax.tree_util.tree_map(lambda a: a[warmup], states)
+    init = (tuple(projected(s, jnp.eye(n, dtype=dtype), first) for s, n in zip(specs, sizes)),
+            (zero,) * len(specs),
             (zero,) * len(specs))
     (Ms, scales, comps), _ = jax.lax.scan(body, init, (win_states, xs[warmup:]))
     return jnp.stack([c - k + safe_log(jnp.linalg.norm(M, 2))
