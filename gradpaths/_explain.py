@@ -43,9 +43,9 @@ from gradpaths._views import gate_fractions
 # --------------------------------------------------------------------------- traced part
 
 
-def _analyse_one(cell, params, xs, state0, key, *, specs, warmup, horizon, gauge, diagonal):
+def _analyse_one(cell, params, xs, state0, key, *, specs, warmup, horizon, readout, diagonal):
     growth = _lyapunov.growth_many(cell, params, xs, state0, specs, warmup=warmup, key=key,
-                                   horizon=horizon, gauge=gauge)
+                                   horizon=horizon, readout=readout)
     out = dict(
         exponent=growth.exponent,
         horizon=growth.horizon,
@@ -328,29 +328,41 @@ def render(ex: Explanation, fmt: str = "text", *, source: str | None = None) -> 
 # --------------------------------------------------------------------------- verdict
 
 
-def _driver(rows: dict[str, GrowthRow], cell: Cell, margin: float
-            ) -> tuple[Driver, tuple[Driver, ...]]:
+def _driver(rows: dict[str, GrowthRow], cell: Cell, margin: float) -> Driver:
     """The driver rule (:func:`gradpaths.classify`) on the measured rows: the whole
-    model's :class:`Driver` and, for a stack, one per layer (else ``()``)."""
-    sets = _routesets.standard_sets(cell, kinds=("alone", "with carousel", "all but"))
-
-    def of(kind: str, layer: int | None = None) -> dict[str, float]:
-        return {s.focus: rows[s.name].exponent for s in sets
-                if s.kind == kind and s.name in rows and s.focus is not None
-                and (layer is None or _routesets.layer_of(s.focus) == layer)}
-
+    model's :class:`Driver` (for a stack, of the driving layer's routes, ``layer``
+    set)."""
     if not _is_stack(cell):
-        return _routesets.classify(rows["full"].exponent, of("alone"), of("all but"),
-                                   of("with carousel"), margin=margin), ()
+        return _routesets.classify(rows["full"].exponent, _of(rows, cell, "alone"),
+                                   _of(rows, cell, "all but"), _of(rows, cell, "with carousel"),
+                                   margin=margin)
     blocks = _layer_exponents(rows, cell)
     lead = max(blocks, key=blocks.__getitem__)
-    layers = tuple(
-        _routesets.classify(blocks[k], of("alone", k), of("all but", k) if k == lead else None,
-                            of("with carousel", k), margin=margin)._replace(layer=k)
-        for k in blocks)
-    whole = _routesets.classify(rows["full"].exponent, of("alone", lead), of("all but", lead),
-                                of("with carousel", lead), margin=margin)._replace(layer=lead)
-    return whole, layers
+    return _routesets.classify(rows["full"].exponent, _of(rows, cell, "alone", lead),
+                               _of(rows, cell, "all but", lead),
+                               _of(rows, cell, "with carousel", lead),
+                               margin=margin)._replace(layer=lead)
+
+
+def _layer_drivers(rows: dict[str, GrowthRow], cell: Cell, lead: int | None,
+                   margin: float) -> tuple[Driver, ...]:
+    """A stack's per-layer drivers (:attr:`Explanation.layers`); ``()`` for a cell."""
+    if not _is_stack(cell):
+        return ()
+    return tuple(
+        _routesets.classify(v, _of(rows, cell, "alone", k),
+                            _of(rows, cell, "all but", k) if k == lead else None,
+                            _of(rows, cell, "with carousel", k), margin=margin)._replace(layer=k)
+        for k, v in _layer_exponents(rows, cell).items())
+
+
+def _of(rows: dict[str, GrowthRow], cell: Cell, kind: str, layer: int | None = None
+        ) -> dict[str, float]:
+    """focus route -> exponent of the measured rows of ``kind`` (of one stack layer)."""
+    sets = _routesets.standard_sets(cell, kinds=(kind,))
+    return {s.focus: rows[s.name].exponent for s in sets
+            if s.name in rows and s.focus is not None
+            and (layer is None or _routesets.layer_of(s.focus) == layer)}
 
 
 def _is_stack(cell: Any) -> bool:
@@ -408,7 +420,7 @@ def _verdict(rows: dict[str, GrowthRow], driver: Driver, margin: float,
                      f"nats/step, within +/-{margin} of neutral.")
     if structure is not None:
         return " ".join(parts + _structure_sentences(structure))
-    carousel = "carousel"
+    carousel, within = "carousel", None
     if layers:
         lead = driver.layer
         carousel = f"{lead}:carousel"
@@ -418,7 +430,8 @@ def _verdict(rows: dict[str, GrowthRow], driver: Driver, margin: float,
                      "exponent is the largest of the layers' own (their diagonal blocks'): "
                      f"layer {lead} {verb} (its block {_routesets.layer_block_name(lead)} "
                      f"{'grows' if layers[lead] > 0 else 'changes'} at {layers[lead]:+.4f} "
-                     "nats/step" + (f"; {others}" if others else "") + f"). Within layer {lead}:")
+                     "nats/step" + (f"; {others}" if others else "") + ").")
+        within = len(parts)
     if carousel in rows:
         c = rows[carousel].exponent
         carries = c <= margin < full
@@ -454,6 +467,9 @@ def _verdict(rows: dict[str, GrowthRow], driver: Driver, margin: float,
     elif kind == "unknown":
         parts.append("This cell defines no routes to split the growth by." if not layers
                      else f"Layer {driver.layer} defines no routes to split it by.")
+    if within is not None and within < len(parts):     # "Within layer k, its carousel..."
+        first = parts[within]
+        parts[within] = f"Within layer {driver.layer}, {first[:1].lower()}{first[1:]}"
     if layers:
         parts += _between_sentences(rows, len(layers))
     return " ".join(parts)
@@ -466,11 +482,12 @@ def _between_sentences(rows: dict[str, GrowthRow], L: int) -> list[str]:
         return []
     cuts = [f"all but {r}: {rows[f'all but {r}'].horizon:+.4f}" for r in names
             if f"all but {r}" in rows]
-    return [f"The inter-layer route{'s' if len(names) > 1 else ''} {', '.join(names)} "
-            "carr" + ("y" if len(names) > 1 else "ies") + " the signal up the layers but "
-            "never drive" + ("" if len(names) > 1 else "s") + " the asymptotic growth (alone "
-            f"any {L} of their steps multiply to exactly zero); cutting "
-            + ("one" if len(names) > 1 else "it") + " changes only the horizon growth"
+    many = len(names) > 1
+    return [("The inter-layer routes " if many else "The inter-layer route ") + ", ".join(names)
+            + (" carry" if many else " carries") + " the signal up the layers but never "
+            + ("drive" if many else "drives") + " the asymptotic growth (alone, any "
+            f"{L} of {'their' if many else 'its'} steps multiply to exactly zero); cutting "
+            + ("one" if many else "it") + " changes only the horizon growth"
             + (f" (full: {rows['full'].horizon:+.4f}; " + "; ".join(cuts) + " nats/step)."
                if cuts else ".")]
 
@@ -565,13 +582,16 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
     sets = _routesets.standard_sets(cell, p.layout)
     if structure == "complex-diagonal":   # re, im: halves of one recurrence, not routes
         sets = (_routesets.full(),)
+    # a cell with gauge directions (the sLSTM's stabiliser shifts): the rows measure what
+    # a loss of h sees, not the full state's neutral gauge directions
     gauge = callable(getattr(cell, "gauge_directions", None))
     if shard:
         xs = _inputs.shard_batch(xs)
     _checks.check_choice(horizon, "horizon", _lyapunov.HORIZONS)
     out = _inputs.call(_analyse_batch, cell, p.params, xs, p.state0, key,
                        specs=tuple(s.spec for s in sets), warmup=warmup,
-                       horizon=horizon, gauge=gauge, diagonal=structure == "diagonal")
+                       horizon=horizon, readout="h" if gauge else None,
+                       diagonal=structure == "diagonal")
     out = jax.tree_util.tree_map(lambda a: np.asarray(a)[:B], out)
     for key in ("exponent", "horizon", "units"):
         if np.isnan(out[key]).any():
@@ -594,7 +614,8 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
     saturation = {g: {"low": float(np.mean(out["activations"][g][0])),
                       "high": float(np.mean(out["activations"][g][1]))}
                   for g in getattr(cell, "activation_names", ()) if g in out["activations"]}
-    driver, layer_drivers = _driver(rows, cell, margin)
+    driver = _driver(rows, cell, margin)
+    layer_drivers = _layer_drivers(rows, cell, driver.layer, margin)
     notes = ()
     if gauge:
         notes = (_GAUGE_NOTE,)
@@ -612,9 +633,11 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
     )
 
 
-_GAUGE_NOTE = ("whole-state rows are measured orthogonally to the stabiliser's gauge "
-               "directions (-c_j, -n_j, 1, 0), shifts of m that no later h depends on: "
-               "they give the growth a gradient of any loss of h sees")
+_GAUGE_NOTE = ("rows other than blocks measure what a loss of h sees: the exponent is the "
+               "rate of a gradient sent back from h at the last step, the horizon "
+               "log ||H J_{T-1} ... J_w||_2 / (T - w) with H the h rows; the full state "
+               "also carries the stabiliser's gauge directions (-c_j, -n_j, 1, 0), shifts "
+               "of m that no later h depends on, neutral and left out here")
 
 
 def _structure(structure: str, cell: Any, params: Any, out: dict[str, Any],

@@ -104,25 +104,10 @@ def _normalise_columns(V):
     return safe_normalise(V, norms[None, :]), safe_log(norms)
 
 
-def _gauge_projector(cell: Any, layout: Any, specs: tuple[Spec, ...], dtype: Any) -> Any:
-    """``(V, state) -> V`` with the columns of whole-state specs made orthogonal to
-    ``cell.gauge_directions(state)`` (mutually orthogonal columns, e.g. the sLSTM's
-    stabiliser shifts); block specs' columns are left alone."""
-    blocks = np.asarray([s.block is not None for s in specs])
-
-    def project(V: Array, state: Any, keep: Any = blocks) -> Array:
-        G = cell.gauge_directions(state).astype(dtype)          # (d, g)
-        sq = jnp.sum(G * G, axis=0)
-        coef = dot(G.T, V) / jnp.where(sq > 0, sq, 1)[:, None]
-        return jnp.where(np.asarray(keep)[None, :], V, V - dot(G, coef))
-
-    return project
-
-
 def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[Any], *,
                 warmup: int = 0, key: Any = 0, horizon: str | None = "power",
                 tol: float | None = None, max_sweeps: int = 100,
-                gauge: bool = False) -> Growth:
+                readout: str | None = None) -> Growth:
     r"""Top exponent, horizon growth and local stretching of several specs, matrix-free.
 
     For each spec ``s = (routes, block)`` (validated: ``routes`` a tuple of route
@@ -156,15 +141,15 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
       ``||M||_F = 1`` (a ``(d_s, d_s)`` matrix per spec and step: ``d_s^3`` work) and
       ``||M||_2`` by SVD at the end; certified, for small ``d`` or reference use.
 
-    ``gauge=True`` (a cell with ``gauge_directions(state)``, e.g. the sLSTM): after
-    every step the tangents of whole-state specs are projected orthogonally to the
-    gauge directions at the state they reach (directions along which no later output
-    moves, carried into each other by the step), and the start vectors at ``state0``
-    likewise. For the full Jacobian this measures the quotient of the product by the
-    gauge subspace: the growth a gradient of any loss of ``h`` sees, without the
-    gauge's neutral directions. The horizon's backward sweep applies the transpose,
-    projecting each cotangent at the state where its step starts. Block specs are
-    left unprojected.
+    ``readout`` (a state field, e.g. ``"h"``): the whole-state specs measure what a
+    loss of that field at the last step sees, ``Q^s = H P^s`` with ``H`` the field's
+    rows. The exponent is the rate of one gradient sent back from a random unit
+    cotangent ``u`` in those rows, ``log ||(P^s)^T H^T u|| / (T - w)`` (a backward
+    sweep: the adjoint has the forward's exponents, restricted to what the field can
+    see); the horizon is ``log ||H P^s||_2 / (T - w)``, the power iteration applying
+    ``H`` at the last step. Block specs and ``local``/``units`` are unchanged. For a
+    cell with directions no later output depends on (the sLSTM's stabiliser gauge),
+    this leaves them out.
 
     Traceable: call it on inputs from ``_inputs.prepare``, inside ``_inputs.call``
     (``specs``, ``warmup`` and the options static; ``key`` a PRNG key, an int or
@@ -189,12 +174,7 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         tol = 1e-9 if dtype == jnp.float64 else 5e-5
     S = len(specs)
     op = step_operator(cell, params, layout, specs)
-    if gauge:
-        project = _gauge_projector(cell, layout, specs, dtype)
-    else:
-        def project(V, state, keep=None):
-            return V
-    start, _ = _normalise_columns(project(_starts(layout, specs, key, dtype), state0))
+    start = _starts(layout, specs, key, dtype)
     window = T - warmup
     zeros = jnp.zeros((S,), dtype)
 
@@ -202,7 +182,7 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         state, V, total, total_c, units = carry
         t, x = inp
         lin = op.at(state, x)
-        V_new, local = _normalise_columns(project(lin.apply_many(specs, V), lin.next))
+        V_new, local = _normalise_columns(lin.apply_many(specs, V))
         V = jnp.where(jnp.isfinite(local)[None, :], V_new, V)   # keep v where J v = 0
         total, total_c = kahan_add(total, total_c, jnp.where(t >= warmup, local, 0))
         units = units + jnp.where(t >= warmup, V[:, 0] ** 2, 0)
@@ -214,15 +194,6 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     exponent = (total - total_c) / window
     units = units / window
 
-    if horizon is None:
-        return Growth(exponent, jnp.full((S,), jnp.nan, dtype), local.T, units,
-                      jnp.zeros((), jnp.int32), jnp.zeros((S,), bool))
-    if horizon == "exact":
-        log_norm = _exact_horizon(op, specs, layout, states, xs, warmup, dtype,
-                                  project if gauge else None)
-        return Growth(exponent, log_norm / window, local.T, units, jnp.zeros((), jnp.int32),
-                      jnp.ones((S,), bool))
-
     win_states = jax.tree_util.tree_map(lambda a: a[warmup:], states)
     win_xs = xs[warmup:]
 
@@ -230,15 +201,40 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         def body(carry, inp):
             V, logs, comp = carry
             lin = op.at(*inp)
-            moved = getattr(lin, method)(specs, V)
-            moved = project(moved, lin.next if method == "apply_many" else inp[0])
-            V, step_logs = _normalise_columns(moved)
+            V, step_logs = _normalise_columns(getattr(lin, method)(specs, V))
             logs, comp = kahan_add(logs, comp, step_logs)
             return (V, logs, comp), None
 
         (V, logs, comp), _ = jax.lax.scan(body, (V, zeros, zeros), (win_states, win_xs),
                                           reverse=method == "apply_T_many")
         return V, logs - comp
+
+    if readout is None:
+        def observe(V, a):
+            return V, a
+    else:
+        # whole-state specs: what a loss of the readout field at the last step sees
+        seen = np.asarray([s.block is None for s in specs])
+        rows = np.zeros((layout.size, 1), np.dtype(dtype))
+        rows[layout.slice(readout)] = 1
+
+        def observe(V, a):
+            """``H v`` normalised, and ``a + log ||H v||``, in the whole-state columns."""
+            W, logs = _normalise_columns(V * rows)
+            return jnp.where(seen[None, :], W, V), jnp.where(seen, a + logs, a)
+
+        u = _starts(layout, [Spec(None, (readout, readout))] * S, key, dtype)
+        _, back = sweep(u, "apply_T_many")
+        exponent = jnp.where(seen, back / window, exponent)
+
+    if horizon is None:
+        return Growth(exponent, jnp.full((S,), jnp.nan, dtype), local.T, units,
+                      jnp.zeros((), jnp.int32), jnp.zeros((S,), bool))
+    if horizon == "exact":
+        log_norm = _exact_horizon(op, specs, layout, states, xs, warmup, dtype,
+                                  None if readout is None else layout.slice(readout))
+        return Growth(exponent, log_norm / window, local.T, units, jnp.zeros((), jnp.int32),
+                      jnp.ones((S,), bool))
 
     # Power iteration on P^T P, started from the exponents' tangent at step w (a
     # generic vector): the exponents' scan is its first forward half-sweep, a_1 =
@@ -270,7 +266,7 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     def body(c):
         it, V, _, a, _, _ = c
         U, b = sweep(V, "apply_T_many")      # P^T u
-        V, a_new = sweep(U, "apply_many")    # P v
+        V, a_new = observe(*sweep(U, "apply_many"))    # P v (H P v with a readout)
         b = jnp.maximum(b, a)
         a_new = jnp.maximum(a_new, b)
 
@@ -279,7 +275,7 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
 
         return it + 1, V, b, a_new, step(a, b), step(b, a_new)
 
-    first = total - total_c                  # a_1
+    V, first = observe(V, total - total_c)   # a_1
     zero = jnp.zeros_like(first)
     sweeps, _, _, log_norm, delta_b, delta_a = jax.lax.while_loop(
         cond, body, (jnp.zeros((), jnp.int32), V, first, first, zero, zero))
@@ -287,24 +283,18 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     return Growth(exponent, log_norm / window, local.T, units, sweeps, rest <= tol * window)
 
 
-def _exact_horizon(op, specs, layout, states, xs, warmup, dtype, project=None):
+def _exact_horizon(op, specs, layout, states, xs, warmup, dtype, readout=None):
     """``log ||P^s||_2`` of each spec's window product, carried as ``exp(c) M``
-    (``project``: the gauge projector of :func:`growth_many`, applied on both sides
-    of every whole-state step)."""
+    (``readout``: rows ``H``; whole-state specs then give ``log ||H P^s||_2``)."""
     win_states = jax.tree_util.tree_map(lambda a: a[warmup:], states)
     sizes = [spec_size(layout, s) for s in specs]
-
-    def projected(spec, M, state):
-        if project is None or spec.block is not None:
-            return M
-        return project(M, state, np.zeros((M.shape[1],), bool))
 
     def body(carry, inp):
         Ms, scales, comps = carry
         lin = op.at(*inp)
         out = ([], [], [])
         for spec, M, c, k in zip(specs, Ms, scales, comps, strict=True):
-            M = projected(spec, lin.apply(spec, M), lin.next)
+            M = lin.apply(spec, M)
             frob = jnp.linalg.norm(M)
             c, k = kahan_add(c, k, safe_log(frob))
             for acc, v in zip(out, (safe_normalise(M, frob), c, k)):
@@ -312,13 +302,12 @@ def _exact_horizon(op, specs, layout, states, xs, warmup, dtype, project=None):
         return tuple(tuple(a) for a in out), None
 
     zero = jnp.zeros((), dtype)
-    first = jax.tree_util.tree_map(lambda a: a[warmup], states)
-    init = (tuple(projected(s, jnp.eye(n, dtype=dtype), first) for s, n in zip(specs, sizes)),
-            (zero,) * len(specs),
+    init = (tuple(jnp.eye(n, dtype=dtype) for n in sizes), (zero,) * len(specs),
             (zero,) * len(specs))
     (Ms, scales, comps), _ = jax.lax.scan(body, init, (win_states, xs[warmup:]))
-    return jnp.stack([c - k + safe_log(jnp.linalg.norm(M, 2))
-                      for M, c, k in zip(Ms, scales, comps, strict=True)])
+    return jnp.stack([c - k + safe_log(jnp.linalg.norm(
+        M if readout is None or spec.block is not None else M[readout], 2))
+        for spec, M, c, k in zip(specs, Ms, scales, comps, strict=True)])
 
 
 # --------------------------------------------------------------------------- QR method
