@@ -10,6 +10,7 @@ from helpers import assert_close
 
 import gradpaths as gp
 from gradpaths._examples import with_output_gain
+from gradpaths._state import layout_of
 
 WARMUP, T = 50, 300
 
@@ -149,3 +150,19 @@ def test_three_layers(xs):
     # full, 3 blocks, 5 + 4 + 5 rows of the driving layer, 2 inter-layer cuts (+ header)
     assert len(shown) <= 21 and len(ex.rows) == 1 + 3 + 15 + 12 + 15 + 2
     assert "The inter-layer routes 1>2, 2>3 carry the signal" in ex.verdict
+
+
+def test_layer_blocks_by_name_and_bad_blocks(xs):
+    stack, params = stack_of([cold(3), cold(4, 2)])
+    layout = layout_of(stack.initial_state())
+    rs = gp.RouteSet.parse("ds^2/ds^2", stack, layout)
+    assert rs.kind == "block" and rs.spec.block == (fields(2), fields(2))
+    assert gp.RouteSet.parse("2:carousel+2:o", stack).kind == "with carousel"
+    with pytest.raises(ValueError, match="diagonal block"):
+        gp.RouteSet.parse("ds^3/ds^3", stack, layout)
+    with pytest.raises(TypeError, match="distinct field names"):
+        gp.growth_curve(stack, params, xs[:5], block=(("2:c", "2:c"), ("2:c", "2:c")))
+    with pytest.raises(ValueError, match="field names among"):
+        gp.growth_curve(stack, params, xs[:5], block=(("2:c", "9:h"), ("2:c", "9:h")))
+    with pytest.raises(ValueError, match="square diagonal block"):
+        gp.growth_curve(stack, params, xs[:5], block=(fields(1), fields(2)))
