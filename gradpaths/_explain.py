@@ -429,7 +429,7 @@ def _verdict(rows: dict[str, GrowthRow], driver: Driver, margin: float,
         parts.append("The stack's step Jacobian is block lower-triangular in layers, so its "
                      "exponent is the largest of the layers' own (their diagonal blocks'): "
                      f"layer {lead} {verb} (its block {_routesets.layer_block_name(lead)} "
-                     f"{'grows' if layers[lead] > 0 else 'changes'} at {layers[lead]:+.4f} "
+                     f"{_trend(layers[lead], margin)} at {layers[lead]:+.4f} "
                      "nats/step" + (f"; {others}" if others else "") + ").")
         within = len(parts)
     if carousel in rows:
@@ -473,6 +473,10 @@ def _verdict(rows: dict[str, GrowthRow], driver: Driver, margin: float,
     if layers:
         parts += _between_sentences(rows, len(layers))
     return " ".join(parts)
+
+
+def _trend(rate: float, margin: float) -> str:
+    return "grows" if rate > margin else "shrinks" if rate < -margin else "changes"
 
 
 def _between_sentences(rows: dict[str, GrowthRow], L: int) -> list[str]:
