@@ -18,6 +18,18 @@ the growth: a route *drives* it when it grows on its own; routes *interact* when
 none grows alone but cutting one of them stops the growth. It also reports the
 steps with the largest local stretching, the state units that carry the leading
 tangent direction, and how saturated each gate is.
+
+Whole models and modern cells (docs/maths.md):
+
+* a :class:`gradpaths.Stack` is block lower-triangular in layers, so its exponent is
+  the largest of the layers' diagonal blocks (``ds^k/ds^k``): the verdict names that
+  layer, then the driving route within it; inter-layer routes carry, never drive;
+* a diagonal cell (``jacobian_structure == "diagonal"``: minGRU, minLSTM) has no
+  recurrent-matrix route: the verdict gives the units' mean log gates; the LRU
+  (``"complex-diagonal"``) gives ``log |lambda_j|`` and is not split into its
+  ``re``/``im`` halves;
+* a cell with gauge directions (the sLSTM's stabiliser shifts) is measured as a loss of
+  ``h`` sees it (rows other than blocks read the h rows at the last step).
 """
 
 from __future__ import annotations
