@@ -18,6 +18,18 @@ the growth: a route *drives* it when it grows on its own; routes *interact* when
 none grows alone but cutting one of them stops the growth. It also reports the
 steps with the largest local stretching, the state units that carry the leading
 tangent direction, and how saturated each gate is.
+
+Whole models and modern cells (docs/maths.md):
+
+* a :class:`gradpaths.Stack` is block lower-triangular in layers, so its exponent is
+  the largest of the layers' diagonal blocks (``ds^k/ds^k``): the verdict names that
+  layer, then the driving route within it; inter-layer routes carry, never drive;
+* a diagonal cell (``jacobian_structure == "diagonal"``: minGRU, minLSTM) has no
+  recurrent-matrix route: the verdict gives the units' mean log gates; the LRU
+  (``"complex-diagonal"``) gives ``log |lambda_j|`` and is not split into its
+  ``re``/``im`` halves;
+* a cell with gauge directions (the sLSTM's stabiliser shifts) is measured as a loss of
+  ``h`` sees it (rows other than blocks read the h rows at the last step).
 """
 
 from __future__ import annotations
@@ -31,18 +43,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradpaths import _checks, _inputs, _lyapunov, _render, _routesets
+from gradpaths._checks import InputError
 from gradpaths._jacobians import entering
+from gradpaths._operator import FULL, step_operator
+from gradpaths._products import safe_log
 from gradpaths._protocols import Cell
 from gradpaths._routesets import DEFAULT_MARGIN, Driver
+from gradpaths._stack import Stack
+from gradpaths._state import layout_of
 from gradpaths._views import gate_fractions
 
 # --------------------------------------------------------------------------- traced part
 
 
-def _analyse_one(cell, params, xs, state0, key, *, specs, warmup, horizon):
+def _analyse_one(cell, params, xs, state0, key, *, specs, warmup, horizon, readout, diagonal):
     growth = _lyapunov.growth_many(cell, params, xs, state0, specs, warmup=warmup, key=key,
-                                   horizon=horizon)
-    return dict(
+                                   horizon=horizon, readout=readout)
+    out = dict(
         exponent=growth.exponent,
         horizon=growth.horizon,
         local=growth.local[0],
@@ -51,6 +68,26 @@ def _analyse_one(cell, params, xs, state0, key, *, specs, warmup, horizon):
         converged=growth.converged,
         activations=gate_fractions(cell, params, entering(cell, params, xs, state0), xs),
     )
+    if diagonal:
+        out["gates"] = _diagonal_gates(cell, params, xs, state0, warmup)
+    return out
+
+
+def _diagonal_gates(cell, params, xs, state0, warmup):
+    """For a diagonal step Jacobian ``J_t = diag(a_t)``: ``a_t = J_t 1`` along the
+    trajectory; per unit the mean of ``log |a_{t,j}|`` over the window (its exact
+    growth rate), and the smallest and largest ``a`` in the window."""
+    layout = layout_of(state0)
+    op = step_operator(cell, params, layout)
+    ones = jnp.ones((layout.size, 1), layout.ravel(state0).dtype)
+
+    def body(state, x):
+        lin = op.at(state, x)
+        return lin.next, lin.apply(FULL, ones)[:, 0]
+
+    _, a = jax.lax.scan(body, state0, xs)
+    a = a[warmup:]
+    return dict(rates=jnp.mean(safe_log(jnp.abs(a)), axis=0), low=jnp.min(a), high=jnp.max(a))
 
 
 def _analyse_batch(cell, params, xs, state0, key, **kw):
@@ -70,7 +107,8 @@ class GrowthRow:
     Attributes:
       name: e.g. ``"full"``, ``"dc/dc"``, ``"o"``, ``"carousel+o"``, ``"all but o"``.
       kind: ``"full"``, ``"block"``, ``"alone"``, ``"with carousel"`` or ``"all but"``.
-      routes: the route set (None: all routes); block: the diagonal block or None.
+      routes: the route set (None: all routes); block: the diagonal block ``(f, f)``
+        (``f`` a field, or a tuple of fields: a stack layer's block), or None.
       exponent: top Lyapunov exponent, nats/step (mean over the batch).
       horizon: ``log ||J_{T-1} ... J_w||_2 / (T - w)`` with ``w`` the warm-up,
         nats/step (mean over the batch); ``-inf`` only for an exactly zero product.
@@ -83,16 +121,23 @@ class GrowthRow:
     name: str
     kind: str
     routes: tuple[str, ...] | None
-    block: tuple[str, str] | None
+    block: tuple[Any, Any] | None
     exponent: float
     horizon: float
     per_sequence: tuple[float, ...]
     horizon_converged: bool = True
 
+    @property
+    def focus_route(self) -> str | None:
+        """The one route the row is about (the route alone, beside the carousel, or
+        cut); None for ``full`` and blocks."""
+        return _routesets.describe(self.name)[1]
+
     def to_dict(self) -> dict[str, Any]:
         return dict(name=self.name, kind=self.kind,
                     routes=None if self.routes is None else list(self.routes),
-                    block=None if self.block is None else list(self.block),
+                    block=None if self.block is None else [
+                        f if isinstance(f, str) else list(f) for f in self.block],
                     exponent=_num(self.exponent), horizon=_num(self.horizon),
                     horizon_converged=self.horizon_converged,
                     per_sequence=[_num(v) for v in self.per_sequence])
@@ -121,6 +166,19 @@ class Explanation:
       saturation: gate -> ``{"low": fraction, "high": fraction}`` of (step, unit)
         pairs where the gate's derivative is below 10% of its maximum.
       verdict: the answer in plain language.
+      layers: for a :class:`gradpaths.Stack`, one :class:`gradpaths.Driver` per layer
+        (its ``layer`` set): the layer's diagonal block ``ds^k/ds^k`` classified by
+        its own routes alone and beside its carousel; the cuts (``all but k:r``, on
+        the whole state) are read for the driving layer only, since for any other
+        layer the driving one dominates them. ``()`` for a single cell.
+      notes: what a reader must know about how the rows were measured (e.g. the
+        sLSTM's gauge directions projected out); printed under the table.
+
+    For a stack the text table shows ``full``, every layer's block, the cuts of the
+    inter-layer routes and the driving layer's route rows (alone, beside its
+    carousel, cut): its exponent is the largest of the layers' blocks, so only the
+    driving layer's routes can change it, and a 3-layer LSTM keeps about 20 rows
+    instead of 48. Every row is measured and kept in :attr:`rows` (and ``to_dict``).
     """
 
     cell: str
@@ -136,6 +194,8 @@ class Explanation:
     saturation: dict[str, dict[str, float]]
     verdict: str
     horizon_method: str = "power"
+    layers: tuple[Driver, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def horizon_note(self) -> str:
@@ -170,6 +230,7 @@ class Explanation:
             units=[[u, _num(w)] for u, w in self.units],
             saturation={k: {e: _num(v) for e, v in d.items()} for k, d in self.saturation.items()},
             verdict=self.verdict, horizon_method=self.horizon_method,
+            layers=[d.to_dict() for d in self.layers], notes=list(self.notes),
         )
 
     def __str__(self) -> str:
@@ -194,7 +255,8 @@ def growth_table(ex: Explanation, fmt: str = "text") -> list[str]:
                _render.Column("horizon growth", 16, unit="nats/step"),
                _render.Column("e-fold steps", 14)]
     rows = []
-    for r in ex.rows:
+    shown = shown_rows(ex)
+    for r in shown:
         fold = "-" if not math.isfinite(r.exponent) or r.exponent == 0 else (
             f"{1 / abs(r.exponent):.3g}")
         mark = "*" if not r.horizon_converged else ("" if markdown else " ")
@@ -202,10 +264,16 @@ def growth_table(ex: Explanation, fmt: str = "text") -> list[str]:
                      f"{r.horizon:+.4f}{mark}", fold])
     if markdown:            # the report also names each row's kind of route set
         columns.insert(1, _render.Column("kind", 0))
-        for row, r in zip(rows, ex.rows, strict=True):
+        for row, r in zip(rows, shown, strict=True):
             row.insert(1, r.kind)
     lines = _render.table(columns, rows, fmt)
     notes = [] if markdown else [f"({ex.horizon_note})"]
+    notes += [f"({note})" for note in ex.notes]
+    hidden = sorted({k for r in ex.rows if r not in shown
+                     if (k := _routesets.layer_of(r.focus_route)) is not None})
+    if hidden:
+        notes.append("(the route rows of layer" + ("s " if len(hidden) > 1 else " ")
+                     + ", ".join(map(str, hidden)) + " are measured too: Explanation.rows)")
     if not all(r.horizon_converged for r in ex.rows):
         notes.append("(*: not converged within the sweep budget, a lower bound; use "
                      "horizon='exact')")
@@ -213,6 +281,16 @@ def growth_table(ex: Explanation, fmt: str = "text") -> list[str]:
         notes.append("(-inf: that product is exactly zero over the window, e.g. a route "
                      "whose step Jacobian is exactly 0.)")
     return lines + ([""] if markdown and notes else []) + notes
+
+
+def shown_rows(ex: Explanation) -> tuple[GrowthRow, ...]:
+    """The rows a table prints: all of them, except for a stack, whose other layers'
+    route rows are left out (see :class:`Explanation`)."""
+    lead = ex.driver.layer
+    if lead is None:
+        return ex.rows
+    return tuple(r for r in ex.rows
+                 if _routesets.layer_of(r.focus_route) in (None, lead))
 
 
 def saturation_table(ex: Explanation, fmt: str = "text") -> list[str]:
@@ -265,15 +343,50 @@ def render(ex: Explanation, fmt: str = "text", *, source: str | None = None) -> 
 
 
 def _driver(rows: dict[str, GrowthRow], cell: Cell, margin: float) -> Driver:
-    """The driver rule (:func:`gradpaths.classify`) on the measured rows."""
-    sets = _routesets.standard_sets(cell, kinds=("alone", "with carousel", "all but"))
+    """The driver rule (:func:`gradpaths.classify`) on the measured rows: the whole
+    model's :class:`Driver` (for a stack, of the driving layer's routes, ``layer``
+    set)."""
+    if not _is_stack(cell):
+        return _routesets.classify(rows["full"].exponent, _of(rows, cell, "alone"),
+                                   _of(rows, cell, "all but"), _of(rows, cell, "with carousel"),
+                                   margin=margin)
+    blocks = _layer_exponents(rows, cell)
+    lead = max(blocks, key=blocks.__getitem__)
+    return _routesets.classify(rows["full"].exponent, _of(rows, cell, "alone", lead),
+                               _of(rows, cell, "all but", lead),
+                               _of(rows, cell, "with carousel", lead),
+                               margin=margin)._replace(layer=lead)
 
-    def of(kind: str) -> dict[str, float]:
-        return {s.focus: rows[s.name].exponent for s in sets
-                if s.kind == kind and s.name in rows and s.focus is not None}
 
-    return _routesets.classify(rows["full"].exponent, of("alone"), of("all but"),
-                               of("with carousel"), margin=margin)
+def _layer_drivers(rows: dict[str, GrowthRow], cell: Cell, lead: int | None,
+                   margin: float) -> tuple[Driver, ...]:
+    """A stack's per-layer drivers (:attr:`Explanation.layers`); ``()`` for a cell."""
+    if not _is_stack(cell):
+        return ()
+    return tuple(
+        _routesets.classify(v, _of(rows, cell, "alone", k),
+                            _of(rows, cell, "all but", k) if k == lead else None,
+                            _of(rows, cell, "with carousel", k), margin=margin)._replace(layer=k)
+        for k, v in _layer_exponents(rows, cell).items())
+
+
+def _of(rows: dict[str, GrowthRow], cell: Cell, kind: str, layer: int | None = None
+        ) -> dict[str, float]:
+    """focus route -> exponent of the measured rows of ``kind`` (of one stack layer)."""
+    sets = _routesets.standard_sets(cell, kinds=(kind,))
+    return {s.focus: rows[s.name].exponent for s in sets
+            if s.name in rows and s.focus is not None
+            and (layer is None or _routesets.layer_of(s.focus) == layer)}
+
+
+def _is_stack(cell: Any) -> bool:
+    return isinstance(cell, Stack)
+
+
+def _layer_exponents(rows: dict[str, GrowthRow], cell: Any) -> dict[int, float]:
+    """Layer k -> the top exponent of its diagonal block ``ds^k/ds^k``."""
+    return {k: rows[_routesets.layer_block_name(k)].exponent
+            for k in range(1, cell.num_layers + 1)}
 
 
 _EDGE_WORDS = {"carousel": "the cell-state carousel c -> c' (factor diag(f))",
@@ -282,6 +395,11 @@ _EDGE_WORDS = {"carousel": "the cell-state carousel c -> c' (factor diag(f))",
 
 
 def _edge(route: str) -> str:
+    k = _routesets.layer_of(route)
+    if k is not None:                   # a stack layer's own route, "k:r"
+        own = route.split(":", 1)[1]
+        words = _EDGE_WORDS.get(own, f"the {own} route (through R_{own})")
+        return f"{words.replace('the ', f'layer {k}' + chr(39) + 's ', 1)} ({route})"
     return _EDGE_WORDS.get(route, f"the {route} route (through R_{route})")
 
 
@@ -291,10 +409,12 @@ def _sentence(text: str) -> str:
 
 
 def _verdict(rows: dict[str, GrowthRow], driver: Driver, margin: float,
-             steps: int, warmup: int = 0) -> str:
+             steps: int, warmup: int = 0, *, layers: dict[int, float] | None = None,
+             structure: dict[str, Any] | None = None) -> str:
     """The plain-language answer. ``steps`` is the window the exponents average over
     (after a warm-up of ``warmup`` steps), so ``e^{exponent * steps}`` is the factor
-    over that window."""
+    over that window. ``layers``: a stack's layer -> diagonal-block exponent;
+    ``structure``: what a diagonal cell's verdict reads (:func:`_structure`)."""
     full = rows["full"].exponent
     parts = []
     span = "the step" if steps == 1 else f"the {steps} steps"
@@ -312,11 +432,27 @@ def _verdict(rows: dict[str, GrowthRow], driver: Driver, margin: float,
     else:
         parts.append(f"Gradients are marginal: the full product changes at {full:+.4f} "
                      f"nats/step, within +/-{margin} of neutral.")
-    if "carousel" in rows:
-        c = rows["carousel"].exponent
+    if structure is not None:
+        return " ".join(parts + _structure_sentences(structure))
+    carousel, within = "carousel", None
+    if layers:
+        lead = driver.layer
+        assert lead is not None              # a stack's driver names its layer
+        carousel = f"{lead}:carousel"
+        others = ", ".join(f"layer {k} at {v:+.4f}" for k, v in layers.items() if k != lead)
+        verb = ("drives it" if full > margin else "sets it")
+        parts.append("The stack's step Jacobian is block lower-triangular in layers, so its "
+                     "exponent is the largest of the layers' own (their diagonal blocks'): "
+                     f"layer {lead} {verb} (its block {_routesets.layer_block_name(lead)} "
+                     f"{_trend(layers[lead], margin)} at {layers[lead]:+.4f} "
+                     "nats/step" + (f"; {others}" if others else "") + ").")
+        within = len(parts)
+    if carousel in rows:
+        c = rows[carousel].exponent
         carries = c <= margin < full
-        parts.append("The carousel alone is exactly zero over the window." if c == -math.inf
-                     else f"The carousel alone {'grows' if c > margin else 'contracts'} at "
+        name = "The carousel" if carousel == "carousel" else f"Its carousel {carousel}"
+        parts.append(f"{name} alone is exactly zero over the window." if c == -math.inf
+                     else f"{name} alone {'grows' if c > margin else 'contracts'} at "
                      f"{c:+.4f} nats/step"
                      + (" (forget gates below 1 never amplify): the cell-state path carries "
                         "the signal but does not amplify it." if carries else "."))
@@ -338,13 +474,70 @@ def _verdict(rows: dict[str, GrowthRow], driver: Driver, margin: float,
                          f"most (all but {dom}: {rows[f'all but {dom}'].exponent:+.4f} "
                          "nats/step).")
         if driver.with_carousel:
-            parts.append("With the carousel alone beside it, "
+            parts.append(f"With {'the carousel' if carousel == 'carousel' else carousel} "
+                         "alone beside it, "
                          + ", ".join(driver.with_carousel)
                          + (" already grows." if len(driver.with_carousel) == 1
                             else " already grow, each on its own."))
     elif kind == "unknown":
-        parts.append("This cell defines no routes to split the growth by.")
+        parts.append("This cell defines no routes to split the growth by." if not layers
+                     else f"Layer {driver.layer} defines no routes to split it by.")
+    if within is not None and within < len(parts):     # "Within layer k, its carousel..."
+        first = parts[within]
+        parts[within] = f"Within layer {driver.layer}, {first[:1].lower()}{first[1:]}"
+    if layers:
+        parts += _between_sentences(rows, len(layers))
     return " ".join(parts)
+
+
+def _trend(rate: float, margin: float) -> str:
+    return "grows" if rate > margin else "shrinks" if rate < -margin else "changes"
+
+
+def _between_sentences(rows: dict[str, GrowthRow], L: int) -> list[str]:
+    """What a stack's inter-layer routes do: carry, never drive."""
+    names = [f"{k - 1}>{k}" for k in range(2, L + 1)]
+    if not names:
+        return []
+    cuts = [f"all but {r}: {rows[f'all but {r}'].horizon:+.4f}" for r in names
+            if f"all but {r}" in rows]
+    many = len(names) > 1
+    return [("The inter-layer routes " if many else "The inter-layer route ") + ", ".join(names)
+            + (" carry" if many else " carries") + " the signal up the layers but never "
+            + ("drive" if many else "drives") + " the asymptotic growth (alone, any "
+            f"{L} of {'their' if many else 'its'} steps multiply to exactly zero); cutting "
+            + ("one" if many else "it") + " changes only the horizon growth"
+            + (f" (full: {rows['full'].horizon:+.4f}; " + "; ".join(cuts) + " nats/step)."
+               if cuts else ".")]
+
+
+def _structure_sentences(st: dict[str, Any]) -> list[str]:
+    """The verdict of a cell whose step Jacobian is diagonal or complex diagonal."""
+    if st["kind"] == "diagonal":
+        top, low, unit = st["top"], st["low"], st["unit"]
+        horizon = ("" if not top < 0 else
+                   f"; a gradient falls by e every {1 / -top:.3g} steps, its horizon")
+        bounded = (f"Every gate lies strictly between 0 and 1 here ({st['a_min']:.3g} to "
+                   f"{st['a_max']:.3g}), so no product can grow: gradients can only vanish."
+                   if 0 < st["a_min"] and st["a_max"] < 1 else
+                   f"The gates span {st['a_min']:.3g} to {st['a_max']:.3g}; gradients can "
+                   "only vanish where every gate lies strictly between 0 and 1.")
+        return ["No recurrent-matrix route exists: the gates read only the input, so each "
+                "step's Jacobian is the diagonal gate product diag(a_t), set by the input "
+                "alone, and unit j changes by exp(sum_t log a_{t,j}).",
+                f"The slowest unit, {unit}, changes at {top:+.4f} nats/step (its mean log "
+                f"gate{horizon}); over the {st['units']} units the rates range from "
+                f"{low:+.4f} to {top:+.4f} nats/step.", bounded]
+    top, low, unit = st["top"], st["low"], st["unit"]
+    return ["The step Jacobian is one complex diagonal recurrence, the same at every step: "
+            "per unit j a rotation by arg lambda_j scaled by |lambda_j|, a normal matrix.",
+            f"Its exponents are log|lambda_j|, each twice: the top one {top:+.4f} nats/step "
+            f"(unit {unit}, |lambda| = {math.exp(top):.4f}), the lowest {low:+.4f}; the "
+            f"product's norm is exactly max|lambda|^t, so nothing amplifies beyond "
+            f"max|lambda| = {math.exp(top):.4f}" + (" < 1." if top < 0 else "."),
+            "Its routes re and im are the two halves of this one recurrence (the state "
+            "entering through its real or imaginary part), not separate paths, so they are "
+            "not split."]
 
 
 # --------------------------------------------------------------------------- entry point
@@ -387,7 +580,7 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
     raw = _checks.as_array(xs, "xs")
     batched = raw.ndim == 3
     if batched and raw.shape[0] < 1:
-        raise ValueError(f"xs: expected a batch of at least one sequence, got {raw.shape}")
+        raise InputError(f"xs: expected a batch of at least one sequence, got {raw.shape}")
     p = _inputs.prepare(cell, params, raw[0] if batched else raw, state0)
     if batched:
         _checks.check_finite(raw, "xs")
@@ -397,20 +590,27 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
     B, T = xs.shape[0], xs.shape[1]
     warmup = _checks.check_positive_int(warmup, "warmup", allow_zero=True)
     if warmup >= T:
-        raise ValueError(f"warmup: expected 0 <= warmup < T = {T}, got {warmup}")
+        raise InputError(f"warmup: expected 0 <= warmup < T = {T}, got {warmup}")
     top_steps = _checks.check_positive_int(top_steps, "top_steps")
     top_units = _checks.check_positive_int(top_units, "top_units")
     key = _checks.key_data(key)
     if isinstance(margin, bool) or not (isinstance(margin, (int, float)) and margin >= 0):
-        raise ValueError(f"margin: expected a number >= 0, got {margin!r}")
+        raise InputError(f"margin: expected a number >= 0, got {margin!r}")
 
+    structure = getattr(cell, "jacobian_structure", "dense")
     sets = _routesets.standard_sets(cell, p.layout)
+    if structure == "complex-diagonal":   # re, im: halves of one recurrence, not routes
+        sets = (_routesets.full(),)
+    # a cell with gauge directions (the sLSTM's stabiliser shifts): the rows measure what
+    # a loss of h sees, not the full state's neutral gauge directions
+    gauge = callable(getattr(cell, "gauge_directions", None))
     if shard:
         xs = _inputs.shard_batch(xs)
     _checks.check_choice(horizon, "horizon", _lyapunov.HORIZONS)
     out = _inputs.call(_analyse_batch, cell, p.params, xs, p.state0, key,
                        specs=tuple(s.spec for s in sets), warmup=warmup,
-                       horizon=horizon)
+                       horizon=horizon, readout="h" if gauge else None,
+                       diagonal=structure == "diagonal")
     out = jax.tree_util.tree_map(lambda a: np.asarray(a)[:B], out)
     for key in ("exponent", "horizon", "units"):
         if np.isnan(out[key]).any():
@@ -434,12 +634,46 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
                       "high": float(np.mean(out["activations"][g][1]))}
                   for g in getattr(cell, "activation_names", ()) if g in out["activations"]}
     driver = _driver(rows, cell, margin)
+    layer_drivers = _layer_drivers(rows, cell, driver.layer, margin)
+    notes: tuple[str, ...] = ()
+    if gauge:
+        notes = (_GAUGE_NOTE,)
     return Explanation(
         cell=repr(cell) if type(cell).__repr__ is not object.__repr__ else type(cell).__name__,
         steps=T, batch=B, warmup=warmup, margin=float(margin), rows=tuple(rows.values()),
         driver=driver, local=local,
         peak_steps=tuple((int(t), float(local[t])) for t in peaks),
         units=tuple((labels[j], float(weights[j])) for j in best),
-        saturation=saturation, verdict=_verdict(rows, driver, margin, T - warmup, warmup),
-        horizon_method=horizon,
+        saturation=saturation,
+        verdict=_verdict(rows, driver, margin, T - warmup, warmup,
+                         layers=_layer_exponents(rows, cell) if _is_stack(cell) else None,
+                         structure=_structure(structure, cell, p.params, out, labels)),
+        horizon_method=horizon, layers=layer_drivers, notes=notes,
     )
+
+
+_GAUGE_NOTE = ("rows other than blocks measure what a loss of h sees: the exponent is the "
+               "rate of a gradient sent back from h at the last step, the horizon "
+               "log ||H J_{T-1} ... J_w||_2 / (T - w) with H the h rows; the full state "
+               "also carries the stabiliser's gauge directions (-c_j, -n_j, 1, 0), shifts "
+               "of m that no later h depends on, neutral and left out here")
+
+
+def _structure(structure: str, cell: Any, params: Any, out: dict[str, Any],
+               labels: list[str]) -> dict[str, Any] | None:
+    """What the verdict of a diagonal (``"diagonal"``) or complex diagonal
+    (``"complex-diagonal"``) cell reads; None for a dense one."""
+    if structure == "diagonal":
+        rates = np.mean(out["gates"]["rates"], axis=0)          # per unit, batch mean
+        j = int(np.argmax(rates))
+        return dict(kind="diagonal", top=float(rates[j]), low=float(np.min(rates)),
+                    unit=labels[j], units=rates.size,
+                    a_min=float(np.min(out["gates"]["low"])),
+                    a_max=float(np.max(out["gates"]["high"])))
+    if structure == "complex-diagonal" and callable(getattr(cell, "eigenvalues", None)):
+        re, im = (np.asarray(v, np.float64) for v in cell.eigenvalues(params))
+        log_modulus = np.log(np.hypot(re, im))                   # log |lambda_j|
+        j = int(np.argmax(log_modulus))
+        return dict(kind="complex-diagonal", top=float(log_modulus[j]),
+                    low=float(np.min(log_modulus)), unit=f"{j} (re[{j}], im[{j}])")
+    return None

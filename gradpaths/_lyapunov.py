@@ -36,7 +36,7 @@ import numpy as np
 
 from gradpaths import _checks, _inputs
 from gradpaths._checks import InputError
-from gradpaths._operator import dot, step_operator
+from gradpaths._operator import block_rows, dot, step_operator
 from gradpaths._orthonormal import default_method, orthonormalise
 from gradpaths._products import (
     Spec,
@@ -95,7 +95,7 @@ def _starts(layout, specs, key, dtype):
     for spec in specs:
         v = orthonormal_start(key, spec_size(layout, spec), 1, dtype)
         if spec.block is not None:
-            v = jnp.zeros((layout.size, 1), dtype).at[layout.slice(spec.block[0])].set(v)
+            v = jnp.zeros((layout.size, 1), dtype).at[block_rows(layout, spec)].set(v)
         cols.append(v)
     return jnp.concatenate(cols, axis=1)
 
@@ -108,7 +108,8 @@ def _normalise_columns(V):
 
 def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[Any], *,
                 warmup: int = 0, key: Any = 0, horizon: str | None = "power",
-                tol: float | None = None, max_sweeps: int = 100) -> Growth:
+                tol: float | None = None, max_sweeps: int = 100,
+                readout: str | None = None) -> Growth:
     r"""Top exponent, horizon growth and local stretching of several specs, matrix-free.
 
     For each spec ``s = (routes, block)`` (validated: ``routes`` a tuple of route
@@ -141,6 +142,16 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     * ``horizon="exact"``: the product itself, carried as ``exp(c) M`` with
       ``||M||_F = 1`` (a ``(d_s, d_s)`` matrix per spec and step: ``d_s^3`` work) and
       ``||M||_2`` by SVD at the end; certified, for small ``d`` or reference use.
+
+    ``readout`` (a state field, e.g. ``"h"``): the whole-state specs measure what a
+    loss of that field at the last step sees, ``Q^s = H P^s`` with ``H`` the field's
+    rows. The exponent is the rate of one gradient sent back from a random unit
+    cotangent ``u`` in those rows, ``log ||(P^s)^T H^T u|| / (T - w)`` (a backward
+    sweep: the adjoint has the forward's exponents, restricted to what the field can
+    see); the horizon is ``log ||H P^s||_2 / (T - w)``, the power iteration applying
+    ``H`` at the last step. Block specs and ``local``/``units`` are unchanged. For a
+    cell with directions no later output depends on (the sLSTM's stabiliser gauge),
+    this leaves them out.
 
     Traceable: call it on inputs from ``_inputs.prepare``, inside ``_inputs.call``
     (``specs``, ``warmup`` and the options static; ``key`` a PRNG key, an int or
@@ -185,14 +196,6 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     exponent = (total - total_c) / window
     units = units / window
 
-    if horizon is None:
-        return Growth(exponent, jnp.full((S,), jnp.nan, dtype), local.T, units,
-                      jnp.zeros((), jnp.int32), jnp.zeros((S,), bool))
-    if horizon == "exact":
-        log_norm = _exact_horizon(op, specs, layout, states, xs, warmup, dtype)
-        return Growth(exponent, log_norm / window, local.T, units, jnp.zeros((), jnp.int32),
-                      jnp.ones((S,), bool))
-
     win_states = jax.tree_util.tree_map(lambda a: a[warmup:], states)
     win_xs = xs[warmup:]
 
@@ -207,6 +210,33 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         (V, logs, comp), _ = jax.lax.scan(body, (V, zeros, zeros), (win_states, win_xs),
                                           reverse=method == "apply_T_many")
         return V, logs - comp
+
+    if readout is None:
+        def observe(V, a):
+            return V, a
+    else:
+        # whole-state specs: what a loss of the readout field at the last step sees
+        seen = np.asarray([s.block is None for s in specs])
+        rows = np.zeros((layout.size, 1), np.dtype(dtype))
+        rows[layout.slice(readout)] = 1
+
+        def observe(V, a):
+            """``H v`` normalised, and ``a + log ||H v||``, in the whole-state columns."""
+            W, logs = _normalise_columns(V * rows)
+            return jnp.where(seen[None, :], W, V), jnp.where(seen, a + logs, a)
+
+        u = _starts(layout, [Spec(None, (readout, readout))] * S, key, dtype)
+        _, back = sweep(u, "apply_T_many")
+        exponent = jnp.where(seen, back / window, exponent)
+
+    if horizon is None:
+        return Growth(exponent, jnp.full((S,), jnp.nan, dtype), local.T, units,
+                      jnp.zeros((), jnp.int32), jnp.zeros((S,), bool))
+    if horizon == "exact":
+        log_norm = _exact_horizon(op, specs, layout, states, xs, warmup, dtype,
+                                  None if readout is None else layout.slice(readout))
+        return Growth(exponent, log_norm / window, local.T, units, jnp.zeros((), jnp.int32),
+                      jnp.ones((S,), bool))
 
     # Power iteration on P^T P, started from the exponents' tangent at step w (a
     # generic vector): the exponents' scan is its first forward half-sweep, a_1 =
@@ -238,7 +268,7 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     def body(c):
         it, V, _, a, _, _ = c
         U, b = sweep(V, "apply_T_many")      # P^T u
-        V, a_new = sweep(U, "apply_many")    # P v
+        V, a_new = observe(*sweep(U, "apply_many"))    # P v (H P v with a readout)
         b = jnp.maximum(b, a)
         a_new = jnp.maximum(a_new, b)
 
@@ -247,7 +277,7 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
 
         return it + 1, V, b, a_new, step(a, b), step(b, a_new)
 
-    first = total - total_c                  # a_1
+    V, first = observe(V, total - total_c)   # a_1
     zero = jnp.zeros_like(first)
     sweeps, _, _, log_norm, delta_b, delta_a = jax.lax.while_loop(
         cond, body, (jnp.zeros((), jnp.int32), V, first, first, zero, zero))
@@ -255,8 +285,9 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     return Growth(exponent, log_norm / window, local.T, units, sweeps, rest <= tol * window)
 
 
-def _exact_horizon(op, specs, layout, states, xs, warmup, dtype):
-    """``log ||P^s||_2`` of each spec's window product, carried as ``exp(c) M``."""
+def _exact_horizon(op, specs, layout, states, xs, warmup, dtype, readout=None):
+    """``log ||P^s||_2`` of each spec's window product, carried as ``exp(c) M``
+    (``readout``: rows ``H``; whole-state specs then give ``log ||H P^s||_2``)."""
     win_states = jax.tree_util.tree_map(lambda a: a[warmup:], states)
     sizes = [spec_size(layout, s) for s in specs]
 
@@ -276,8 +307,9 @@ def _exact_horizon(op, specs, layout, states, xs, warmup, dtype):
     init = (tuple(jnp.eye(n, dtype=dtype) for n in sizes), (zero,) * len(specs),
             (zero,) * len(specs))
     (Ms, scales, comps), _ = jax.lax.scan(body, init, (win_states, xs[warmup:]))
-    return jnp.stack([c - k + safe_log(jnp.linalg.norm(M, 2))
-                      for M, c, k in zip(Ms, scales, comps, strict=True)])
+    return jnp.stack([c - k + safe_log(jnp.linalg.norm(
+        M if readout is None or spec.block is not None else M[readout], 2))
+        for spec, M, c, k in zip(specs, Ms, scales, comps, strict=True)])
 
 
 # --------------------------------------------------------------------------- QR method

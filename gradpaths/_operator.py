@@ -15,7 +15,9 @@ Every analysis of gradpaths stands on the linearisation of one step,
 A *spec* chooses the Jacobian sequence: ``routes`` None for the full ``J``, or a
 set ``S`` of route names for ``J^S = sum_{r in S} J^r`` (each route cut only in the
 derivative, never in the forward pass); ``block`` None for the whole state, or
-``(f, f)`` for the diagonal block ``J[f, f] = d f' / d f``.
+``(f, f)`` for the diagonal block ``J[f, f] = d f' / d f``, where ``f`` is one field
+name or a tuple of field names (the block spanning all of them, e.g. every field of
+one layer of a stack, ``(("2:c", "2:h"), ("2:c", "2:h"))``).
 
 The backend is chosen once per analysis (:func:`step_operator`):
 
@@ -67,20 +69,45 @@ def dot_T(A: Array, B: Array) -> Array:
 
 
 class Spec(NamedTuple):
-    """Which Jacobian sequence: ``routes`` (None: all) restricted to ``block`` (None: all)."""
+    """Which Jacobian sequence: ``routes`` (None: all) restricted to ``block`` (None: all).
+
+    ``block`` is ``(f, f)`` with ``f`` a field name or a tuple of field names: the
+    diagonal block on those fields' rows and columns (in the layout's order)."""
 
     routes: tuple[str, ...] | None
-    block: tuple[str, str] | None
+    block: tuple[Any, Any] | None
 
 
 FULL = Spec(None, None)
 
 
+def block_fields(block: tuple[Any, Any]) -> tuple[str, ...]:
+    """The field names a diagonal block spans: ``(f,)`` for ``(f, f)``, ``F`` for ``(F, F)``."""
+    fields = block[0]
+    return (fields,) if isinstance(fields, str) else tuple(fields)
+
+
+def block_rows(layout: Layout, spec: Spec) -> slice | np.ndarray:
+    """The state rows of the spec's block: a slice when its fields are contiguous in the
+    layout (one field, or one layer of a stack), else an index array; every row for
+    ``block`` None."""
+    if spec.block is None:
+        return slice(None)
+    slices = [layout.slice(f) for f in block_fields(spec.block)]
+    if len(slices) == 1:
+        return slices[0]
+    rows = np.concatenate([np.arange(s.start, s.stop) for s in slices])
+    if np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size)):
+        return slice(int(rows[0]), int(rows[0]) + rows.size)
+    return rows
+
+
 def spec_size(layout: Layout, spec: Spec) -> int:
-    """Side of the spec's square Jacobian: ``d``, or the block's field size."""
+    """Side of the spec's square Jacobian: ``d``, or the block's size (the sum of its
+    fields' sizes)."""
     if spec.block is None:
         return layout.size
-    return layout.sizes[layout.names.index(spec.block[0])]
+    return sum(layout.sizes[layout.names.index(f)] for f in block_fields(spec.block))
 
 
 class MatrixFreeEdge(NamedTuple):
@@ -146,7 +173,7 @@ def _field_mask(layout: Layout, spec: Spec, dtype: Any) -> np.ndarray:
     if spec.block is None:
         return np.ones((layout.size,), np.dtype(dtype))
     mask = np.zeros((layout.size,), np.dtype(dtype))
-    mask[layout.slice(spec.block[0])] = 1
+    mask[block_rows(layout, spec)] = 1
     return mask
 
 
@@ -155,11 +182,11 @@ def _embed(layout: Layout, spec: Spec, V: Array) -> Array:
     if spec.block is None:
         return V
     full = jnp.zeros((layout.size, V.shape[1]), V.dtype)
-    return full.at[layout.slice(spec.block[0])].set(V)
+    return full.at[block_rows(layout, spec)].set(V)
 
 
 def _restrict(layout: Layout, spec: Spec, W: Array) -> Array:
-    return W if spec.block is None else W[layout.slice(spec.block[0])]
+    return W if spec.block is None else W[block_rows(layout, spec)]
 
 
 def _columns_mask(layout: Layout, specs: Sequence[Spec], dtype: Any) -> np.ndarray | None:
@@ -342,8 +369,10 @@ class _Closed:
 def _restrict_matrix(layout: Layout, spec: Spec, J: Array) -> Array:
     if spec.block is None:
         return J
-    rows = layout.slice(spec.block[0])
-    return J[rows, rows]
+    rows = block_rows(layout, spec)
+    if isinstance(rows, slice):
+        return J[rows, rows]
+    return J[np.ix_(rows, rows)]
 
 
 def assemble(edges: dict[str, Any], layout: Layout, routes: Iterable[str] | None = None

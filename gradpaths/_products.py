@@ -14,7 +14,8 @@ Which Jacobian sequence (a *spec*):
   trajectory (every route cut only in the derivative, never in the forward pass);
 * ``block``: None for the whole state, or ``(f, f)`` for the diagonal block
   ``J_t[f, f] = d f_{t+1} / d f_t`` of one state field (LSTM ``("c", "c")``,
-  ``("h", "h")``); the product is then ``prod_t J_t[f, f]``.
+  ``("h", "h")``) or of several (a tuple of field names: a stack layer's
+  ``(("2:c", "2:h"), ("2:c", "2:h"))``); the product is then ``prod_t J_t[f, f]``.
 
 Orientation as everywhere in gradpaths: ``J_t[a, b] = d s_{t+1}[a] / d s_t[b]``
 and the product over steps ``a..b-1`` is ``J_{b-1} ... J_a``. Logs are natural.
@@ -94,8 +95,10 @@ def check_result(value: Any, name: str, *, allow_inf: bool = False) -> Any:
 # --------------------------------------------------------------------------- specs
 
 
-def check_block(layout: Layout, block: Any) -> tuple[str, str] | None:
-    """None, or a pair ``(f, f)`` of one state field name -> a tuple; else a clear error."""
+def check_block(layout: Layout, block: Any) -> tuple[Any, Any] | None:
+    """None, or a pair ``(f, f)`` -> a tuple; else a clear error. ``f`` is one state field
+    name, or a tuple of distinct field names (the diagonal block spanning them, e.g. a
+    stack layer's ``("2:c", "2:h")``)."""
     if block is None:
         return None
     if isinstance(block, str) or not isinstance(block, (tuple, list)) or len(block) != 2:
@@ -103,10 +106,17 @@ def check_block(layout: Layout, block: Any) -> tuple[str, str] | None:
             f"block: expected None or a pair of state field names such as "
             f"{(layout.names[0], layout.names[0])}, got {block!r}"
         )
-    out, inp = block
-    for name in (out, inp):
-        if name not in layout.names:
-            raise InputError(f"block: expected field names among {layout.names}, got {name!r}")
+    out, inp = (f if isinstance(f, str) else tuple(f) if isinstance(f, (tuple, list)) else f
+                for f in block)
+    for side in (out, inp):
+        names = (side,) if isinstance(side, str) else side
+        if not isinstance(names, tuple) or not names or len(set(names)) != len(names):
+            raise InputTypeError(f"block: expected each side to be a field name or a tuple of "
+                            f"distinct field names, got {side!r}")
+        for name in names:
+            if name not in layout.names:
+                raise InputError(
+                    f"block: expected field names among {layout.names}, got {name!r}")
     if out != inp:
         raise InputError(
             f"block: expected a square diagonal block (f, f) of one state field, got {tuple(block)}"

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from gradpaths import _checks
+from gradpaths._checks import InputError, InputTypeError
 from gradpaths._operator import Spec
 from gradpaths._protocols import has_routes
 
@@ -41,6 +42,26 @@ DRIVER_KINDS = ("route", "interaction", "unknown", "none")
 
 _ALL_BUT = "all but "
 _CAROUSEL = "carousel"
+
+
+def is_carousel(route: str) -> bool:
+    """Whether ``route`` is a carousel: ``"carousel"``, or a stack layer's
+    ``"k:carousel"``."""
+    return route == _CAROUSEL or route.endswith(":" + _CAROUSEL)
+
+
+def layer_of(route: str | None) -> int | None:
+    """The layer of a stack's own route (``"2:o"`` -> 2); None for an inter-layer route
+    (``"1>2"``), a single cell's route or None."""
+    if route is None or ":" not in route:
+        return None
+    head = route.split(":", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def layer_block_name(k: int) -> str:
+    """The name of layer k's diagonal block of a stack, ``"ds^k/ds^k"``."""
+    return f"ds^{k}/ds^{k}"
 
 
 # --------------------------------------------------------------------------- route sets
@@ -60,7 +81,7 @@ class RouteSet(NamedTuple):
     name: str
     kind: str
     routes: tuple[str, ...] | None
-    block: tuple[str, str] | None
+    block: tuple[Any, Any] | None   # (f, f): a field name, or a tuple of them, each side
 
     def __str__(self) -> str:
         return self.name
@@ -89,39 +110,45 @@ class RouteSet(NamedTuple):
           ValueError: a route or field the cell does not have, or a set with no route.
         """
         if not isinstance(text, str):
-            raise TypeError(f"route set: expected a name (str), got {text!r}")
+            raise InputTypeError(f"route set: expected a name (str), got {text!r}")
         name = text.strip()
         kind, focus = describe(name)
         if kind == "full":
             return full()
+        if kind == "block" and _is_stack(cell) and layout is not None:
+            k = next((k for k in range(1, cell.num_layers + 1)
+                      if name == layer_block_name(k)), None)
+            if k is not None:
+                return layer_block(k, _layer_fields(layout, k))
         if kind == "block":
             out, _, inp = name.partition("/")
             if layout is None:
-                raise ValueError(f"route set: {text!r} is a block; it needs the state layout")
+                raise InputError(f"route set: {text!r} is a block; it needs the state layout")
             if out[1:] not in layout.names or inp[1:] != out[1:]:
-                raise ValueError(f"route set: {text!r}: expected a diagonal block d<f>/d<f> "
+                raise InputError(f"route set: {text!r}: expected a diagonal block d<f>/d<f> "
                                  f"with f among {layout.names}")
             return block(out[1:])
         routes = tuple(cell.routes) if has_routes(cell) else ()
         if kind == "all but":
             if focus is None or focus not in routes:
-                raise ValueError(f"route set: {text!r} cuts {focus!r}; expected one of {routes}")
+                raise InputError(f"route set: {text!r} cuts {focus!r}; expected one of {routes}")
             if len(routes) < 2:
-                raise ValueError(f"route set: {text!r} leaves no route")
+                raise InputError(f"route set: {text!r} leaves no route")
             return all_but(routes, focus)
         parts = tuple(p.strip() for p in name.split("+"))
         if not routes:
-            raise ValueError(f"route set: {type(cell).__name__} defines no routes (a `routes` "
+            raise InputError(f"route set: {type(cell).__name__} defines no routes (a `routes` "
                              f"tuple), so {text!r} names nothing; use 'full'")
         unknown = [p for p in parts if p not in routes]
         if unknown or not all(parts):
-            raise ValueError(f"route set: {text!r}: expected route names among {routes} "
+            raise InputError(f"route set: {text!r}: expected route names among {routes} "
                              f"joined by '+', got {list(parts)}")
         chosen = tuple(r for r in routes if r in parts)
         if len(chosen) == 1:
             return alone(chosen[0])
-        if len(chosen) == 2 and _CAROUSEL in chosen:
-            return with_carousel(next(r for r in chosen if r != _CAROUSEL))
+        carousels = [r for r in chosen if is_carousel(r)]
+        if len(chosen) == 2 and len(carousels) == 1:
+            return with_carousel(next(r for r in chosen if r != carousels[0]), carousels[0])
         return RouteSet("+".join(chosen), "set", chosen, None)
 
 
@@ -138,8 +165,8 @@ def describe(name: str) -> tuple[str, str | None]:
     parts = [p.strip() for p in name.split("+")]
     if len(parts) == 1:
         return "alone", parts[0]
-    if len(parts) == 2 and _CAROUSEL in parts and parts[0] != parts[1]:
-        return "with carousel", next(p for p in parts if p != _CAROUSEL)
+    if len(parts) == 2 and parts[0] != parts[1] and is_carousel(parts[0]) != is_carousel(parts[1]):
+        return "with carousel", next(p for p in parts if not is_carousel(p))
     return "set", None
 
 
@@ -158,9 +185,27 @@ def alone(route: str) -> RouteSet:
     return RouteSet(route, "alone", (route,), None)
 
 
-def with_carousel(route: str) -> RouteSet:
-    """The carousel and one other route, ``J_t^carousel + J_t^route``."""
-    return RouteSet(f"{_CAROUSEL}+{route}", "with carousel", (_CAROUSEL, route), None)
+def with_carousel(route: str, carousel: str = _CAROUSEL) -> RouteSet:
+    """The carousel and one other route, ``J_t^carousel + J_t^route`` (``carousel``:
+    its name, ``"k:carousel"`` in layer k of a stack)."""
+    return RouteSet(f"{carousel}+{route}", "with carousel", (carousel, route), None)
+
+
+def layer_block(k: int, fields: Iterable[str]) -> RouteSet:
+    """Layer k's diagonal block ``d s^k' / d s^k`` of a stack (every field of the layer,
+    ``fields``), named ``"ds^k/ds^k"``."""
+    fields = tuple(fields)
+    return RouteSet(layer_block_name(k), "block", None, (fields, fields))
+
+
+def _layer_fields(layout: Any, k: int) -> tuple[str, ...]:
+    return tuple(f for f in layout.names if f.split(":", 1)[0] == str(k))
+
+
+def _is_stack(cell: Any) -> bool:
+    from gradpaths._stack import Stack
+
+    return isinstance(cell, Stack)
 
 
 def all_but(routes: Iterable[str], route: str) -> RouteSet:
@@ -188,7 +233,9 @@ def standard_sets(cell: Any, layout: Any = None,
     kinds = tuple(kinds)
     bad = [k for k in kinds if k not in KINDS]
     if bad:
-        raise ValueError(f"kinds: expected names among {KINDS}, got {bad}")
+        raise InputError(f"kinds: expected names among {KINDS}, got {bad}")
+    if _is_stack(cell):
+        return _stack_sets(cell, layout, kinds)
     out = []
     if "full" in kinds:
         out.append(full())
@@ -203,6 +250,27 @@ def standard_sets(cell: Any, layout: Any = None,
         out += [with_carousel(r) for r in routes if r != _CAROUSEL]
     if "all but" in kinds and len(routes) > 2:
         out += [all_but(routes, r) for r in routes]
+    return tuple(out)
+
+
+def _stack_sets(stack: Any, layout: Any, kinds: tuple[str, ...]) -> tuple[RouteSet, ...]:
+    """:func:`standard_sets` of a :class:`gradpaths.Stack` (docstring there)."""
+    out = [full()] if "full" in kinds else []
+    if "block" in kinds and layout is not None:
+        out += [layer_block(k, _layer_fields(layout, k)) for k in range(1, stack.num_layers + 1)]
+    routes = tuple(stack.routes)
+    if not routes:
+        return tuple(out)
+    for k, cell in enumerate(stack.layers, 1):
+        own = [f"{k}:{r}" for r in cell.routes]
+        if "alone" in kinds and len(own) > 1:
+            out += [alone(r) for r in own]
+        carousel = f"{k}:{_CAROUSEL}"
+        if "with carousel" in kinds and carousel in own and len(own) > 1:
+            out += [with_carousel(r, carousel) for r in own if r != carousel]
+    if "all but" in kinds:
+        out += [all_but(routes, r) for r in routes
+                if (lay := layer_of(r)) is None or len(stack.layers[lay - 1].routes) > 1]
     return tuple(out)
 
 
@@ -229,6 +297,9 @@ class Driver(NamedTuple):
       with_carousel: routes that grow beside the carousel alone (``carousel+r``).
       exponent: the full product's top exponent, nats/step.
       margin: the neutral band, nats/step.
+      layer: for a :class:`gradpaths.Stack`, the layer whose diagonal block sets the
+        full exponent (the largest of the layers'; 1-based), whose routes the other
+        fields speak of; None for a single cell.
     """
 
     growth: str
@@ -240,6 +311,7 @@ class Driver(NamedTuple):
     with_carousel: tuple[str, ...]
     exponent: float
     margin: float
+    layer: int | None = None
 
     @property
     def dominant(self) -> str | None:
@@ -252,7 +324,8 @@ class Driver(NamedTuple):
         return dict(growth=self.growth, kind=self.kind, route=self.route, cut=self.cut,
                     dominant=self.dominant, alone=list(self.alone),
                     necessary=list(self.necessary), with_carousel=list(self.with_carousel),
-                    exponent=_checks.json_number(self.exponent), margin=self.margin)
+                    exponent=_checks.json_number(self.exponent), margin=self.margin,
+                    layer=self.layer)
 
 
 def _number(value: Any, what: str) -> float:
@@ -278,7 +351,8 @@ def classify(full: float, alone: Mapping[str, float], cut: Mapping[str, float] |
     * otherwise routes *interact* (kind ``"interaction"``): the driver is the route
       whose removal lowers the exponent most, ``argmax_r (lambda_full - cut[r])``
       (an exactly zero product after the cut, ``-inf``, is the largest drop). The
-      carousel is left out unless it grows alone: with ``0 < f < 1`` it never
+      carousel (``carousel``, or a stack layer's ``k:carousel``) is left out unless
+      it grows alone: with ``0 < f < 1`` it never
       amplifies, only carries what other routes amplify.
 
     Args:
@@ -298,7 +372,7 @@ def classify(full: float, alone: Mapping[str, float], cut: Mapping[str, float] |
       ValueError: ``margin`` is negative or not a number.
     """
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
-        raise ValueError(f"margin: expected a number >= 0, got {margin!r}")
+        raise InputError(f"margin: expected a number >= 0, got {margin!r}")
     margin = float(margin)
     top = _number(full, "the full product's exponent")
     lone = {r: _number(v, f"the exponent of route {r!r} alone") for r, v in alone.items()}
@@ -318,7 +392,7 @@ def classify(full: float, alone: Mapping[str, float], cut: Mapping[str, float] |
     beside = tuple(r for r in routes if r in pairs and pairs[r] > margin)
     drops = {}
     for r in routes:
-        if r not in cuts or (r == _CAROUSEL and lone[r] <= margin):
+        if r not in cuts or (is_carousel(r) and lone[r] <= margin):
             continue
         drop = top - cuts[r]            # +inf when the cut leaves an exactly zero product
         if not math.isnan(drop):        # nan: both exactly zero, nothing to compare

@@ -118,7 +118,8 @@ def test_to_dict_is_json_and_table_prints(story):
     assert d["driver"] == dict(growth="explodes", kind="interaction", route="o", cut="o",
                                dominant="o", alone=[], necessary=list(ex.driver.necessary),
                                with_carousel=list(ex.driver.with_carousel),
-                               exponent=ex.exponent, margin=1e-3)
+                               exponent=ex.exponent, margin=1e-3, layer=None)
+    assert d["layers"] == [] and d["notes"] == []
     text = str(ex)
     assert "top exponent" in text and "verdict:" in text and "carousel+o" in text
     row = ex.row("all but o")

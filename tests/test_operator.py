@@ -63,6 +63,39 @@ def test_matrix_apply_apply_t_agree(name, backend):
     assert_close(layout.ravel(lin.next), layout.ravel(nxt))
 
 
+@pytest.mark.parametrize("backend", ["analytic", "jacrev"])
+def test_blocks_spanning_several_fields(backend):
+    """A block (F, F) over several fields (a stack layer's, or fields far apart) is the
+    dense Jacobian's rows and columns of those fields, for matrix, apply and apply_T,
+    one spec at a time and many at once."""
+    stack = gp.Stack([gp.LSTM(2, 3), gp.GRU(3, 2)])
+    params = stack.init(jax.random.key(0))
+    s0 = gp.unroll(stack, params, jax.random.normal(jax.random.key(1), (2, 2)))
+    s0 = jax.tree_util.tree_map(lambda a: a[-1], s0)
+    x = jnp.asarray([0.4, -0.3])
+    layout = layout_of(s0)
+    blocks = {("1:c", "1:h"): np.arange(0, 6), ("2:h",): np.arange(6, 8),
+              ("1:c", "2:h"): np.r_[0:3, 6:8]}         # the last one is not contiguous
+    specs = [_operator.Spec(r, (f, f)) for f in blocks for r in (None, ("1:o", "1>2"))]
+    op = _operator.step_operator(stack, params, layout, specs, backend=backend)
+    lin = op.at(s0, x)
+    J_full = {r: np.asarray(lin.matrix(_operator.Spec(r, None))) for r in (None, ("1:o", "1>2"))}
+    V = jax.random.normal(jax.random.key(2), (layout.size, len(specs)))
+    many, many_T = np.asarray(lin.apply_many(specs, V)), np.asarray(lin.apply_T_many(specs, V))
+    for j, spec in enumerate(specs):
+        rows = blocks[spec.block[0]]
+        assert _operator.spec_size(layout, spec) == rows.size
+        J = J_full[spec.routes][np.ix_(rows, rows)]
+        assert_close(lin.matrix(spec), J, err_msg=str(spec))
+        col = np.asarray(V)[rows, j:j + 1]
+        assert_close(lin.apply(spec, col), J @ col, err_msg=str(spec))
+        assert_close(lin.apply_T(spec, col), J.T @ col, err_msg=str(spec))
+        assert_close(many[rows, j:j + 1], J @ col, err_msg=str(spec))
+        assert_close(many_T[rows, j:j + 1], J.T @ col, err_msg=str(spec))
+        outside = np.setdiff1d(np.arange(layout.size), rows)
+        assert np.all(many[outside, j] == 0) and np.all(many_T[outside, j] == 0)
+
+
 def test_custom_cell_operator():
     params = (1.4, 0.3)
     s0 = HenonState(jnp.array([0.3]), jnp.array([-0.1]))

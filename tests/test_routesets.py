@@ -161,5 +161,5 @@ def test_classify_errors_and_json():
     data = json.loads(json.dumps(d.to_dict(), allow_nan=False))
     assert data == dict(growth="explodes", kind="route", route="z", cut="o", dominant="z",
                         alone=["z"], necessary=["o"], with_carousel=[], exponent=0.05,
-                        margin=1e-3)
+                        margin=1e-3, layer=None)
     assert classify(-math.inf, {}).to_dict()["exponent"] == "-inf"
