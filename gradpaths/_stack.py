@@ -240,7 +240,7 @@ class Stack:
         """Raise TypeError/ValueError unless ``params`` is a tuple of the layers' params."""
         if not isinstance(params, (tuple, list)) or hasattr(params, "_fields"):
             raise InputTypeError(f"params: expected a tuple of {len(self.layers)} layers' params, "
-                            f"got {type(params).__name__}")
+                                 f"got {type(params).__name__}")
         if len(params) != len(self.layers):
             raise InputError(f"params: expected {len(self.layers)} layers' params, "
                              f"got {len(params)}")

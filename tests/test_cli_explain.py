@@ -274,7 +274,7 @@ def test_explain_whole_torch_stack(tmp_path, capsys):
     data = strict_json(out)
     stack, params = gp.interop.from_torch(sd)
     assert isinstance(stack, gp.Stack) and stack.num_layers == 3
-    assert data["cell"] == repr(stack) and "all 3 layers" in data["source"]
+    assert data["cell"] == repr(stack) and "all 3 layers" in data["weights"]
     xs = jax.random.normal(jax.random.fold_in(jax.random.key(0), 1), (30, stack.input_size))
     ex = gp.explain(stack, params, xs, warmup=5)
     assert_close(data["rows"][0]["exponent"], ex.exponent)

@@ -265,7 +265,7 @@ def test_bad_stacks_raise_clear_errors():
         gp.unroll(stack, params[:1], jnp.ones((3, 3)))
     with pytest.raises(ValueError, match=r"xs: expected shape \(T, 3\)"):
         gp.unroll(stack, params, jnp.ones((3, 5)))
-    with pytest.raises(ValueError, match="layer 2: params"):
+    with pytest.raises(TypeError, match="layer 2: params"):
         gp.unroll(stack, (params[0], params[0]), jnp.ones((3, 3)))
     with pytest.raises(ValueError, match="routes: expected names among"):
         gp.lyapunov_exponents(stack, params, jnp.ones((3, 3)), routes={"2>3"})

@@ -379,4 +379,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
                               counts_window=window, settings=settings,
                               command=command_line(argv), source=source)
 
-    return _common.finish(args, ex.to_dict() if args.json else None, make_report)
+    data = None
+    if args.json:          # the explanation, and where the weights came from
+        data = ex.to_dict() if source is None else {**ex.to_dict(), "weights": source}
+    return _common.finish(args, data, make_report)
