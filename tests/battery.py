@@ -62,12 +62,12 @@ def routes_sum_to_jacobian(cell, params, xs, s0):
 
 
 def float32_agrees(cell, params, xs, s0):
-    """float32 inputs stay float32 and agree with float64 (the cells' float32 scale)."""
+    """float32 inputs stay float32 and agree with float64 to float32's tolerance."""
     p32, x32, s32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), (params, xs, s0))
     J32 = gp.step_jacobians(cell, p32, x32, s32)
     assert J32.matrix.dtype == jnp.float32
     assert_close(J32.matrix, gp.step_jacobians(cell, params, xs, s0).matrix,
-                 dtype=jnp.float32, scale=10)
+                 dtype=jnp.float32)
     assert_close(gp.step_jacobians(cell, p32, x32, s32, method="jacrev").matrix, J32.matrix)
     states = gp.unroll(cell, p32, x32, s32)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(states))

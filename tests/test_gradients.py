@@ -56,7 +56,7 @@ def test_state_gradients_equal_jax_grad_and_jacobian_recursion(name, weights):
     auto = gp.state_gradients(model, params, xs, targets, s0, weights=weights)
     jac = gp.state_gradients(model, params, xs, targets, s0, weights=weights, method="jacobians")
     assert auto.g.shape == (T + 1, auto.layout.size)
-    assert_close(jac.g, auto.g, scale=10)
+    assert_close(jac.g, auto.g)
     assert_close(jac.loss, auto.loss)
     # Independent: jax.grad of the loss still ahead, as a function of the state s_t.
     states = gp.unroll(model.cell, params.cell, xs, s0)
@@ -65,7 +65,7 @@ def test_state_gradients_equal_jax_grad_and_jacobian_recursion(name, weights):
     for t in (0, T // 2, T):
         s_t = jax.tree_util.tree_map(lambda a, t=t: a[t], states)
         g_t = jax.grad(lambda s, t=t: unrolled_tail_loss(model, params, xs, targets, w, t, s))(s_t)
-        assert_close(auto.g[t], auto.layout.ravel(g_t), scale=10, err_msg=f"t={t}")
+        assert_close(auto.g[t], auto.layout.ravel(g_t), err_msg=f"t={t}")
     assert_close(auto.norm, np.linalg.norm(np.asarray(auto.g), axis=1))
     assert_close(auto.by_horizon, np.asarray(auto.norm)[::-1])
     assert_close(auto.loss, unrolled_tail_loss(model, params, xs, targets, w, 0, s0))
@@ -82,7 +82,7 @@ def test_last_step_gradient_is_the_transposed_jacobian_product(name):
     assert_close(sg.direct[:-1], np.zeros_like(sg.direct[:-1]))
     for t in range(xs.shape[0] - 1, -1, -1):
         g = J[t].T @ g
-        assert_close(sg.g[t], g, scale=10, err_msg=f"t={t}")
+        assert_close(sg.g[t], g, err_msg=f"t={t}")
     # The field view: LSTM [c; h] -> the c rows.
     name0 = sg.layout.names[0]
     assert_close(sg.field(name0), np.asarray(sg.g)[:, sg.layout.slice(name0)])
@@ -92,10 +92,10 @@ def test_state_gradients_cross_entropy():
     model, params, xs, targets, s0 = model_setup("lstm", loss="xent")
     a = gp.state_gradients(model, params, xs, targets, s0, weights="all")
     b = gp.state_gradients(model, params, xs, targets, s0, weights="all", method="jacobians")
-    assert_close(b.g, a.g, scale=10)
+    assert_close(b.g, a.g)
     direct = jax.grad(lambda s: unrolled_tail_loss(model, params, xs, targets, np.ones(6), 0, s))(
         s0)
-    assert_close(a.g[0], a.layout.ravel(direct), scale=10)
+    assert_close(a.g[0], a.layout.ravel(direct))
 
 
 @pytest.mark.parametrize("name", ["lstm", "rnn-relu"])
@@ -107,9 +107,9 @@ def test_param_gradients_split_by_step(name):
     full = jax.grad(model.sequence_loss)(params, xs, targets, weights, s0)
     for a, b in zip(jax.tree_util.tree_leaves(pg.total), jax.tree_util.tree_leaves(full.cell),
                     strict=True):
-        assert_close(a, b, scale=10)
+        assert_close(a, b)
     for a, b in zip(pg.readout, full.readout, strict=True):
-        assert_close(a, b, scale=10)
+        assert_close(a, b)
 
     # Independent split: one copy of the parameters per step, the gradient of each copy.
     def stacked_loss(stack):
@@ -125,7 +125,7 @@ def test_param_gradients_split_by_step(name):
     leaves = jax.tree_util.tree_leaves(per_step)
     for a, b in zip(jax.tree_util.tree_leaves(pg.per_step), leaves, strict=True):
         assert a.shape[0] == T
-        assert_close(a, b, scale=10)
+        assert_close(a, b)
     names = gp._gradients.leaf_names(params.cell)
     assert tuple(pg.norms) == names
     for nm, leaf in zip(names, leaves, strict=True):
@@ -156,15 +156,15 @@ def test_gradient_growth_observed_below_predicted():
     # The whole-horizon prediction is the growth curve's last value, and the exponent is the
     # library's top Lyapunov exponent.
     curve = gp.growth_curve(model.cell, params.cell, xs, s0)
-    assert_close(gg.predicted[-1], curve[-1], scale=1e3)
+    assert_close(gg.predicted[-1], curve[-1])
     lam = gp.lyapunov_exponents(model.cell, params.cell, xs, s0, k=1)
-    assert_close(gg.top_exponent, lam[0], scale=100)
+    assert_close(gg.top_exponent, lam[0])
     # predicted[tau] is the spectral norm of the last tau Jacobians' product.
     J = np.asarray(gp.step_jacobians(model.cell, params.cell, xs, s0).matrix)
     P = np.eye(J.shape[1])
     for tau in range(1, T + 1):
         P = P @ J[T - tau]
-        assert_close(gg.predicted[tau], np.log(np.linalg.norm(P, 2)), scale=1e3)
+        assert_close(gg.predicted[tau], np.log(np.linalg.norm(P, 2)))
 
 
 def test_float32_matches_float64():
@@ -174,7 +174,7 @@ def test_float32_matches_float64():
     out = gp.state_gradients(model, to32(params), to32(xs), to32(targets), to32(s0),
                              weights="all")
     assert out.g.dtype == jnp.float32
-    assert_close(out.g, ref.g, dtype=jnp.float32, scale=10)
+    assert_close(out.g, ref.g, dtype=jnp.float32)
 
 
 def test_jit_and_recompilation():
@@ -228,8 +228,8 @@ def test_custom_cell_without_closed_form():
     auto = gp.state_gradients(model, params, xs, targets, weights="all")
     jac = gp.state_gradients(model, params, xs, targets, weights="all", method="jacobians")
     assert auto.layout.names == ("x", "y")
-    assert_close(jac.g, auto.g, scale=10)
+    assert_close(jac.g, auto.g)
     s0 = Henon().initial_state()
     direct = jax.grad(lambda s: unrolled_tail_loss(model, params, xs, targets, np.ones(5), 0, s))(
         s0)
-    assert_close(auto.g[0], auto.layout.ravel(direct), scale=10)
+    assert_close(auto.g[0], auto.layout.ravel(direct))

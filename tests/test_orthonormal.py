@@ -27,17 +27,18 @@ def _random(shape, dtype, key=0):
     return jax.random.normal(jax.random.key(key), shape, dtype)
 
 
-def _check_factor(Z, Q, diag, dtype, scale=1.0):
+def _check_factor(Z, Q, diag, dtype):
     k = Z.shape[1]
-    assert_close(Q.T @ Q, np.eye(k), dtype, scale=scale * 10)
+    assert_close(Q.T @ Q, np.eye(k), dtype)
     Qh, dh = qr_reseeded(Z, 0, 0)
-    assert_close(diag, dh, dtype, scale=scale * 10)
+    assert_close(diag, dh, dtype)
     # Z = Q R with R upper triangular and diag R = diag >= 0
     R = np.asarray(Q.T @ Z)
+    # an exact zero compared in absolute terms: round-off relative to the size of Z
     big = float(jnp.max(jnp.abs(Z)))
-    assert_close(np.tril(R, -1), np.zeros((k, k)), dtype, scale=scale * 10 * big)
-    assert_close(np.diagonal(R), diag, dtype, scale=scale * 10)
-    assert_close(Q @ R, Z, dtype, scale=scale * 10)
+    assert_close(np.tril(R, -1), np.zeros((k, k)), dtype, scale=big)
+    assert_close(np.diagonal(R), diag, dtype)
+    assert_close(Q @ R, Z, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -54,7 +55,7 @@ def test_well_conditioned_frame_uses_cholesky_and_matches_householder(dtype, sha
         _check_factor(Z, Q, diag, dtype)
     Qh, dh = orthonormalise(Z, 0, 0, method="householder")
     Q, diag = orthonormalise(Z, 0, 0)
-    assert_close(Q, Qh, dtype, scale=10)
+    assert_close(Q, Qh, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -67,7 +68,7 @@ def test_graded_columns_are_not_ill_conditioned(dtype):
     Z = jnp.linalg.qr(_random((10, 3), dtype))[0] * lengths[None, :]
     assert bool(used_cholesky(Z))
     Q, diag = orthonormalise(Z, 0, 0)
-    assert_close(Q.T @ Q, np.eye(3), dtype, scale=10)
+    assert_close(Q.T @ Q, np.eye(3), dtype)
     np.testing.assert_allclose(diag, lengths, rtol=10 * float(jnp.finfo(dtype).eps))
 
 
@@ -81,7 +82,7 @@ def test_columns_below_round_off_fall_back_and_reseed(dtype):
     Qh, dh = qr_reseeded(Z, 0, 0)
     np.testing.assert_array_equal(Q, Qh)
     np.testing.assert_array_equal(diag, dh)
-    assert_close(Q.T @ Q, np.eye(3), dtype, scale=10)
+    assert_close(Q.T @ Q, np.eye(3), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -96,7 +97,7 @@ def test_ill_conditioned_frame_takes_the_fallback(dtype, angle):
     Qh, dh = qr_reseeded(Z, 0, 0)
     np.testing.assert_array_equal(Q, Qh)            # literally the Householder result
     np.testing.assert_array_equal(diag, dh)
-    assert_close(Q.T @ Q, np.eye(6), dtype, scale=10)
+    assert_close(Q.T @ Q, np.eye(6), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -110,7 +111,7 @@ def test_zero_and_rank_deficient_frames_reseed_like_householder(dtype):
         Q, diag = orthonormalise(Z, 3, 7)
         Qh, dh = qr_reseeded(Z, 3, 7)
         assert bool(jnp.all(jnp.isfinite(Q)))
-        assert_close(Q.T @ Q, np.eye(5), dtype, scale=10)
+        assert_close(Q.T @ Q, np.eye(5), dtype)
         np.testing.assert_array_equal(Q, Qh)
         np.testing.assert_array_equal(diag, dh)
     np.testing.assert_array_equal(orthonormalise(Z0, 3, 7)[1], np.zeros(5))
@@ -129,8 +130,8 @@ def test_vmap_mixes_branches():
     Q, diag = jax.vmap(lambda z: orthonormalise(z, 0, 5))(Z)
     for i in range(3):
         Qh, dh = qr_reseeded(Z[i], 0, 5)
-        assert_close(Q[i].T @ Q[i], np.eye(4), scale=10)
-        assert_close(diag[i], dh, scale=10)
+        assert_close(Q[i].T @ Q[i], np.eye(4))
+        assert_close(diag[i], dh)
     assert [bool(used_cholesky(z)) for z in Z] == [True, False, False]
 
 
@@ -237,7 +238,7 @@ def test_gradient_matches_finite_differences():
     exponent_sum = jax.jit(exponent_sum, static_argnums=1)
     g = jax.grad(exponent_sum)(A0, "auto")
     gh = jax.grad(exponent_sum)(A0, "householder")
-    assert_close(g, gh, scale=10)
+    assert_close(g, gh)
     h = 1e-6
     fd = np.zeros((4, 4))
     for i in range(4):
