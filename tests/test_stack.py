@@ -191,7 +191,7 @@ def test_spectrum_of_a_product_is_the_union_of_the_layers_own(three):
         return np.concatenate([z.real, z.imag])
 
     # eigenvalues of a non-normal product: round-off times its condition number
-    assert_close(ordered(got), ordered(want), scale=1e3)
+    assert_close(ordered(got), ordered(want))
 
 
 def test_lyapunov_exponents_of_linear_layers_are_the_union_of_the_layers():

@@ -226,7 +226,9 @@ def test_regulariser_gradient_matches_finite_differences():
                                                    jax.tree_util.tree_leaves(direction),
                                                    strict=True))
     assert abs(float(analytic)) > 1e-3
-    assert_close(analytic, fd, scale=1e4)              # central differences: O(h^2) error
+    # Central differences: the truncation h^2 |f'''| / 6 (measured 3e-8 relative at
+    # h = 1e-5) is far above the dtype's round-off tolerance.
+    assert_close(analytic, fd, scale=1e4)
 
 
 def test_regulariser_holds_the_o_route_while_the_task_is_learned():
@@ -282,7 +284,7 @@ def test_initialisation_diagnostics():
 
     for name, scheme in (("b_f=0", 0.0), ("b_f=1", 1.0), ("chrono", "chrono")):
         p = gp.forget_bias_init(cell, params, scheme, key=jax.random.key(4), t_max=T)
-        assert_close(diag[name].carousel_exponent, carousel(p), scale=100)
+        assert_close(diag[name].carousel_exponent, carousel(p))
         assert np.isfinite(diag[name].top_exponent)
     assert (diag["b_f=0"].carousel_exponent < diag["b_f=1"].carousel_exponent
             < diag["chrono"].carousel_exponent < 0)
