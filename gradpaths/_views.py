@@ -29,13 +29,16 @@ Array = jax.Array
 def default_sets(cell: Cell) -> tuple[str, ...]:
     """The route sets a growth-curve figure shows by default.
 
-    ``full``; with routes, ``carousel`` (when the cell has one) and ``all but r``
-    for each other route (cutting one route at a time shows which one the growth
-    needs). A cell without routes (or with one) gets ``full`` only.
+    ``full``; with routes, each carousel (``carousel``, or ``k:carousel`` per layer
+    of a stack) and ``all but r`` for each other route (cutting one route at a time
+    shows which one the growth needs). A cell without routes (or with one) gets
+    ``full`` only.
     """
     sets = _routesets.standard_sets(cell, kinds=("full", "alone", "all but"))
-    return tuple(s.name for s in sets if s.kind == "full" or s.name == "carousel"
-                 or (s.kind == "all but" and s.focus != "carousel"))
+    carousel = _routesets.is_carousel
+    return tuple(s.name for s in sets if s.kind == "full"
+                 or (s.kind == "alone" and carousel(s.name))
+                 or (s.kind == "all but" and not carousel(s.focus or "")))
 
 
 def _specs(cell: Cell, layout: Layout, sets: Any) -> tuple[tuple[str, ...], tuple[Spec, ...]]:

@@ -91,3 +91,16 @@ def test_input_events():
     np.testing.assert_array_equal(gp.input_events(xs, top=2), [2, 4])
     np.testing.assert_array_equal(gp.input_events(xs, top=5), [2, 4, 7])   # zeros never count
     assert gp.input_events(np.zeros((4, 0))).size == 0
+
+
+def test_default_sets_of_a_stack_name_each_layers_carousel():
+    """A stack's figure shows every layer's carousel and cuts every other route."""
+    from gradpaths._views import default_sets
+
+    stack = gp.Stack([gp.LSTM(2, 3), gp.GRU(3, 3)])
+    names = default_sets(stack)
+    assert names[:3] == ("full", "1:carousel", "2:carousel")
+    assert set(names[3:]) == {f"all but {r}" for r in stack.routes
+                              if not r.endswith("carousel")}
+    assert default_sets(gp.LSTM(2, 3)) == ("full", "carousel", "all but z", "all but i",
+                                           "all but f", "all but o")
