@@ -125,9 +125,12 @@ def test_corruption_elsewhere_is_refused_and_other_files_are_never_touched(tmp_p
                                                           "wrong.jsonl"]   # no temporary file
 
 
-def test_writers_at_the_same_time_never_interleave(tmp_path):
+@pytest.mark.parametrize("round_", range(5))
+def test_writers_at_the_same_time_never_interleave(tmp_path, round_):
     """Four threads append 50 records each to one file (``os.write`` releases the GIL):
-    every line is whole and every record is there once."""
+    every line is whole and every record is there once. Without the writers' lock, a
+    writer that reads the tail while another's line is half written takes it for a
+    torn line (measured: every one of 30 such files damaged; with the lock, none)."""
     import threading
 
     path = tmp_path / "run.jsonl"

@@ -30,6 +30,11 @@ from typing import Any
 
 import numpy as np
 
+try:                     # POSIX: writers lock the file while they check and append
+    import fcntl
+except ImportError:      # pragma: no cover - no flock on this platform
+    fcntl = None  # type: ignore[assignment]  # the module is optional here
+
 from gradpaths import _checks
 from gradpaths._checks import InputError, InputTypeError
 from gradpaths._train._events import Event
@@ -108,13 +113,14 @@ def append_record(path: str | os.PathLike, record: Any, *, fsync: bool = True) -
     JSON-safe values (numpy numbers are converted). A new file is created whole, with
     the header and the line (written under a temporary name, then linked to ``path``).
     Otherwise the line (with any repair) goes to the file in one ``os.write`` on a
-    descriptor opened with ``O_APPEND``, then ``fsync`` (unless ``fsync=False``):
-    the file is never truncated or rewritten, and lines from several processes never
-    interleave on a local file system. A crash mid-write leaves at most one torn last
-    line; :func:`read_records` skips it with a :class:`gradpaths.RecordWarning`, and
-    the next :func:`append_record` closes it with a newline and a ``torn`` marker
-    before its own line, so the torn bytes stay (skipped on every read) and the new
-    records follow.
+    descriptor opened with ``O_APPEND``, then ``fsync`` (unless ``fsync=False``),
+    under an exclusive ``flock`` taken for the check of the last line and the write:
+    the file is never truncated or rewritten, and lines from several threads or
+    processes never interleave on a local file system. A crash mid-write leaves at
+    most one torn last line; :func:`read_records` skips it with a
+    :class:`gradpaths.RecordWarning`, and the next :func:`append_record` closes it with
+    a newline and a ``torn`` marker before its own line, so the torn bytes stay
+    (skipped on every read) and the new records follow.
 
     Raises:
       TypeError, ValueError: ``record`` is not one of the above or not JSON-safe;
@@ -132,9 +138,13 @@ def _append(path: Any, line: bytes, fsync: bool) -> None:
         return
     fd = os.open(path, os.O_RDWR | os.O_APPEND)
     try:
+        # The tail check and the write are one step under an exclusive lock: a reader
+        # can see another writer's line half written, which would pass for a torn line.
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         _write(fd, _repair(fd, path) + line, fsync)
     finally:
-        os.close(fd)
+        os.close(fd)            # releases the lock
 
 
 def _write(fd: int, data: bytes, fsync: bool) -> None:
