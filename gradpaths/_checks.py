@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import math
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -216,3 +217,23 @@ def checked(fn: Callable) -> Callable:
         return out
 
     return wrapper
+
+
+def writable_file_path(path: Any, name: str) -> str:
+    """``path`` as a string naming a file that can be created in an existing, writable
+    folder (it may exist already: the caller decides what that means), or a clear
+    error naming ``name``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputTypeError(f"{name}: expected None or a file path, got {type(path).__name__}")
+    path = os.fsdecode(os.fspath(path))
+    if not path.strip():
+        raise InputError(f"{name}: expected a file path, got {path!r}")
+    if os.path.isdir(path):
+        raise InputError(f"{name}: {path!r} is a folder; expected a file path in it")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"{name}: the folder {folder!r} of {path!r} does not exist; "
+                         "create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{name}: cannot write in the folder {folder!r} of {path!r}")
+    return path

@@ -203,3 +203,11 @@ def setup_jax() -> None:
         return                      # no cache: slower, not wrong
     jax.config.update("jax_compilation_cache_dir", where)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def print_events(events: Sequence[Any], most: int = 5) -> None:
+    """The first ``most`` events' messages, indented, and how many more there are."""
+    for e in events[:most]:
+        print(f"  {e.message}")
+    if len(events) > most:
+        print(f"  ... and {len(events) - most} more")

@@ -86,10 +86,7 @@ def _print_summary(label: str, h: Any, explosion_window: int) -> None:
     note = unjudged_note(h, explosion_window)
     if note:
         print(f"  note: {note}")
-    for e in h.events[:5]:
-        print(f"  {e.message}")
-    if len(h.events) > 5:
-        print(f"  ... and {len(h.events) - 5} more")
+    _common.print_events(h.events)
 
 
 def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:

@@ -112,10 +112,7 @@ def _print_summary(args: argparse.Namespace, task: Any, cell: Any,
         note = unjudged_note(h)
         if note:
             print(f"  note: {note}")
-        for e in h.events[:5]:
-            print(f"  {e.message}")
-        if len(h.events) > 5:
-            print(f"  ... and {len(h.events) - 5} more")
+        _common.print_events(h.events)
 
 
 def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:

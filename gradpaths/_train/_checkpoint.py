@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradpaths._checks import InputError, InputTypeError
+from gradpaths import _checks
+from gradpaths._checks import InputError
 from gradpaths._train._history import History
 
 _CHECKPOINT_FORMAT = "gradpaths.train/1"
@@ -119,21 +120,7 @@ def load_checkpoint(path: str | os.PathLike, params: Any, opt_state: Any
 def check_checkpoint_path(path: Any, resume: bool) -> str:
     """``path`` as a string, or a clear error before any training: the folder must exist
     and be writable; an existing file is only continued (``resume=True``)."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise InputTypeError(f"checkpoint: expected None or a file path, got {type(path).__name__}")
-    path = os.fspath(path)
-    if not isinstance(path, str):
-        path = os.fsdecode(path)
-    if not path.strip():
-        raise InputError(f"checkpoint: expected a file path, got {path!r}")
-    if os.path.isdir(path):
-        raise InputError(f"checkpoint: {path!r} is a folder; expected a file path in it")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise InputError(f"checkpoint: the folder {folder!r} of {path!r} does not exist; "
-                         "create it first")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"checkpoint: cannot write in the folder {folder!r} of {path!r}")
+    path = _checks.writable_file_path(path, "checkpoint")
     if os.path.lexists(path) and not resume:
         raise FileExistsError(
             f"checkpoint: {path!r} exists; pass resume=True to continue from it "

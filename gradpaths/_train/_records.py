@@ -185,19 +185,7 @@ def check_records_path(path: Any, resume: bool) -> str:
     """``path`` as a string, or a clear error before any training: its folder must exist
     and be writable; an existing file is appended to only when resuming
     (``resume=True``), and only if it is a gradpaths records file."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise InputTypeError(f"records: expected None or a file path, got {type(path).__name__}")
-    path = os.fsdecode(os.fspath(path))
-    if not path.strip():
-        raise InputError(f"records: expected a file path, got {path!r}")
-    if os.path.isdir(path):
-        raise InputError(f"records: {path!r} is a folder; expected a file path in it")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise InputError(f"records: the folder {folder!r} of {path!r} does not exist; "
-                         "create it first")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"records: cannot write in the folder {folder!r} of {path!r}")
+    path = _checks.writable_file_path(path, "records")
     if os.path.lexists(path):
         if not resume:
             raise InputError(f"records: {path!r} exists; pass resume=True to continue it or "
