@@ -27,6 +27,7 @@ so finite-horizon exponents can serve as a training loss.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -71,8 +72,9 @@ class Growth(NamedTuple):
         direction entering step ``t``.
       units: (d,) mean over the steps after the warm-up of the squared components
         of the first spec's unit tangent ``v_t`` (where its perturbations live).
-      sweeps: () backward-forward sweep pairs the horizon took (the first forward
-        sweep is the exponents' scan); 0 for ``"exact"``.
+      sweeps: () backward sweeps the horizon took (each but possibly the last
+        followed by a forward sweep; the first forward sweep is the exponents' scan);
+        0 for ``"exact"``.
       converged: (S,) bool, whether each horizon met the tolerance within
         ``max_sweeps`` (True for ``"exact"``; False where not computed). An
         unconverged horizon is still a lower bound of the norm.
@@ -86,7 +88,20 @@ class Growth(NamedTuple):
     converged: Array
 
 
-HORIZONS = ("power", "exact")
+HORIZONS = ("lanczos", "exact")
+_RITZ_STEPS = 64    # power steps on the small bidiagonal per Ritz pair (warm-started)
+
+
+def check_horizon(horizon: Any) -> str:
+    """``horizon`` validated: one of :data:`HORIZONS`; ``"power"`` (the name of the
+    method before Lanczos replaced power iteration) is taken as ``"lanczos"`` with a
+    DeprecationWarning."""
+    if horizon == "power":
+        warnings.warn("horizon='power' is now computed by Lanczos bidiagonalisation: "
+                      "pass horizon='lanczos'", DeprecationWarning, stacklevel=3)
+        return "lanczos"
+    _checks.check_choice(horizon, "horizon", HORIZONS)
+    return horizon
 
 
 def _starts(layout, specs, key, dtype):
@@ -107,8 +122,8 @@ def _normalise_columns(V):
 
 
 def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[Any], *,
-                warmup: int = 0, key: Any = 0, horizon: str | None = "power",
-                tol: float | None = None, max_sweeps: int = 100,
+                warmup: int = 0, key: Any = 0, horizon: str | None = "lanczos",
+                tol: float | None = None, max_sweeps: int = 30,
                 readout: str | None = None) -> Growth:
     r"""Top exponent, horizon growth and local stretching of several specs, matrix-free.
 
@@ -124,19 +139,28 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
 
     The horizon growth ``log ||P^s||_2 / (T - w)`` of ``P^s = J^s_{T-1} ... J^s_w``:
 
-    * ``horizon="power"`` (default, matrix-free): power iteration on ``P^T P`` by
-      backward sweeps (``P^T u``, VJPs) and forward sweeps (``P v``, JVPs) over the
-      window, logs carried, started from the exponents' tangent at step ``w`` (so the
-      exponents' scan is the first forward sweep). The estimates ``||P v_w|| <=
-      ||P^T u_1|| <= ||P v_1|| <= ... <= ||P||_2`` never decrease and are lower bounds
-      of ``||P||_2``. The increments shrink geometrically (by ``(sigma_2 /
-      sigma_1)^2`` per half-sweep); iteration stops when the last increment and the
-      error it leaves, extrapolated from the last two (``delta r / (1 - r)``), are
-      below ``tol`` nats/step for every spec (default ``1e-9`` in float64, ``5e-5``
-      in float32), or after ``max_sweeps`` pairs. Over long windows ``sigma_2 /
-      sigma_1 ~ e^{-(T - w)(lambda_1 - lambda_2)}``: one pair of
-      sweeps reaches round-off. Cost per pair ``2 (T - w)`` applications to ``S``
-      tangents; the window's states are kept, ``O((T - w) d)`` memory.
+    * ``horizon="lanczos"`` (default, matrix-free): Golub-Kahan-Lanczos
+      bidiagonalisation of ``P`` by backward sweeps (``P^T u``, VJPs) and forward
+      sweeps (``P v``, JVPs) over the window, logs carried, started from the
+      exponents' tangent at step ``w`` (so the exponents' scan is the first forward
+      sweep); each new vector is orthogonalised twice against the earlier ones (kept
+      at the window's ends, ``O(max_sweeps d)`` per spec). The estimate ``theta``,
+      the top singular value of the small bidiagonal ``B = U^T P V`` (by warm-started
+      power steps on ``B``, whose own residual enters the test below), is a lower
+      bound of ``||P||_2``; a spec stops at a breakdown (the Krylov space is
+      invariant, or spans the spec's whole space) and once converged. It needs fewer
+      sweeps than power iteration when the top singular values of ``P`` lie close
+      together (a dense spectrum, large ``n``). Iteration stops when the residual of
+      the top Ritz pair, ``r`` (the entry
+      a half-sweep adds times the Ritz vector's last component: a singular value of
+      ``P`` lies within ``r`` of the estimate ``theta``), gives ``log(1 + r / theta)``
+      below ``tol`` nats/step for every spec (default ``1e-9`` in float64, ``5e-5`` in
+      float32), or after ``max_sweeps`` backward sweeps. That singular value is the
+      largest unless the start vector missed the top direction (probability zero for
+      a random start, but not a certificate: ``horizon="exact"`` certifies). Cost per
+      pair ``2 (T - w)`` applications to ``S`` tangents; the window's states are not
+      kept (a backward sweep rebuilds them segment by segment from ``sqrt(T - w)``
+      checkpoints), ``O(sqrt(T - w) d)`` memory.
     * ``horizon=None``: not computed (``horizon`` is NaN), for callers that need
       only the exponents.
     * ``horizon="exact"``: the product itself, carried as ``exp(c) M`` with
@@ -165,7 +189,7 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     if not specs:
         raise ValueError("specs: expected at least one (routes, block) pair, got none")
     if horizon is not None:
-        _checks.check_choice(horizon, "horizon", HORIZONS)
+        horizon = check_horizon(horizon)
     T = xs.shape[0]
     warmup = _checks.check_positive_int(warmup, "warmup", allow_zero=True)
     if warmup >= T:
@@ -180,35 +204,78 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     window = T - warmup
     zeros = jnp.zeros((S,), dtype)
 
+    # The window's states are never all kept: the window is cut into q segments of C
+    # steps (C ~ sqrt(window)) and a tail of r < C steps, the state entering each is
+    # kept, and a backward sweep rebuilds one segment's states at a time from its
+    # checkpoint: O((q + C) d) = O(sqrt(T) d) memory, for one more step of the cell
+    # per step of a backward sweep. Forward sweeps need no checkpoint.
+    C, q = _segments(window)
+    r = window - q * C
+    win_xs = xs[warmup:]
+    seg_xs = win_xs[:q * C].reshape((q, C) + xs.shape[1:])
+    tail_xs = win_xs[q * C:]
+
     def forward(carry, inp):
         state, V, total, total_c, units = carry
-        t, x = inp
+        x, counted = inp
         lin = op.at(state, x)
         V_new, local = _normalise_columns(lin.apply_many(specs, V))
         V = jnp.where(jnp.isfinite(local)[None, :], V_new, V)   # keep v where J v = 0
-        total, total_c = kahan_add(total, total_c, jnp.where(t >= warmup, local, 0))
-        units = units + jnp.where(t >= warmup, V[:, 0] ** 2, 0)
-        return (lin.next, V, total, total_c, units), (local, state)
+        total, total_c = kahan_add(total, total_c, jnp.where(counted, local, 0))
+        units = units + jnp.where(counted, V[:, 0] ** 2, 0)
+        return (lin.next, V, total, total_c, units), local
 
-    init = (state0, start, zeros, zeros, jnp.zeros((layout.size,), dtype))
-    (_, V, total, total_c, units), (local, states) = jax.lax.scan(
-        forward, init, (jnp.arange(T), xs))
+    carry = (state0, start, zeros, zeros, jnp.zeros((layout.size,), dtype))
+    local_warm = jnp.zeros((0, S), dtype)
+    if warmup:
+        carry, local_warm = jax.lax.scan(forward, carry,
+                                         (xs[:warmup], jnp.zeros((warmup,), bool)))
+    v_w = carry[1]       # the tangent entering the window: the Lanczos start v_1
+
+    def forward_segment(carry, seg):
+        out, local = jax.lax.scan(forward, carry, (seg, jnp.ones((C,), bool)))
+        return out, (carry[0], local)
+
+    carry, (checkpoints, local_win) = jax.lax.scan(forward_segment, carry, seg_xs)
+    tail_start = carry[0]
+    carry, local_tail = jax.lax.scan(forward, carry, (tail_xs, jnp.ones((r,), bool)))
+    _, V, total, total_c, units = carry
+    local = jnp.concatenate([local_warm, local_win.reshape(q * C, S), local_tail])
     exponent = (total - total_c) / window
     units = units / window
+    state_w = jax.tree_util.tree_map(lambda a: a[0], checkpoints)
 
-    win_states = jax.tree_util.tree_map(lambda a: a[warmup:], states)
-    win_xs = xs[warmup:]
+    def push(carry, x):
+        state, V, logs, comp = carry
+        lin = op.at(state, x)
+        V, step_logs = _normalise_columns(lin.apply_many(specs, V))
+        return (lin.next, V, *kahan_add(logs, comp, step_logs)), None
+
+    def pull_from(carry, checkpoint, seg):
+        """Pull ``carry``'s cotangents back through ``seg``'s steps, whose states are
+        rebuilt from the state entering them."""
+        def rebuild(state, x):
+            return op.at(state, x).next, state
+
+        def pull(carry, inp):
+            U, logs, comp = carry
+            U, step_logs = _normalise_columns(op.at(*inp).apply_T_many(specs, U))
+            return (U, *kahan_add(logs, comp, step_logs)), None
+
+        _, states = jax.lax.scan(rebuild, checkpoint, seg)
+        return jax.lax.scan(pull, carry, (states, seg), reverse=True)[0]
 
     def sweep(V, method):
-        def body(carry, inp):
-            V, logs, comp = carry
-            lin = op.at(*inp)
-            V, step_logs = _normalise_columns(getattr(lin, method)(specs, V))
-            logs, comp = kahan_add(logs, comp, step_logs)
-            return (V, logs, comp), None
-
-        (V, logs, comp), _ = jax.lax.scan(body, (V, zeros, zeros), (win_states, win_xs),
-                                          reverse=method == "apply_T_many")
+        """``P V`` (forward, from the window's first state) or ``P^T V`` (backward),
+        normalised, and the log norms."""
+        if method == "apply_many":
+            (_, V, logs, comp), _ = jax.lax.scan(push, (state_w, V, zeros, zeros), win_xs)
+        else:
+            carry = pull_from((V, zeros, zeros), tail_start, tail_xs) if r else (
+                V, zeros, zeros)
+            (V, logs, comp), _ = jax.lax.scan(
+                lambda c, inp: (pull_from(c, *inp), None), carry, (checkpoints, seg_xs),
+                reverse=True)
         return V, logs - comp
 
     if readout is None:
@@ -233,67 +300,140 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         return Growth(exponent, jnp.full((S,), jnp.nan, dtype), local.T, units,
                       jnp.zeros((), jnp.int32), jnp.zeros((S,), bool))
     if horizon == "exact":
-        log_norm = _exact_horizon(op, specs, layout, states, xs, warmup, dtype,
+        log_norm = _exact_horizon(op, specs, layout, state_w, xs[warmup:], dtype,
                                   None if readout is None else layout.slice(readout))
         return Growth(exponent, log_norm / window, local.T, units, jnp.zeros((), jnp.int32),
                       jnp.ones((S,), bool))
 
-    # Power iteration on P^T P, started from the exponents' tangent at step w (a
-    # generic vector): the exponents' scan is its first forward half-sweep, a_1 =
-    # log ||P v_w|| = the exponent's sum over the window. Then b_k = ||P^T u_k||
-    # (backward) and a_{k+1} = ||P v_k|| (forward): a_1 <= b_1 <= a_2 <= ... <= ||P||_2,
-    # all lower bounds. Stop when a forward half-sweep raises no estimate by more
-    # than tol over the backward one before it (the increments shrink geometrically).
-    # The increments shrink geometrically, by r per half-sweep: the error left after
-    # an increment delta is about delta r / (1 - r), with r estimated from the last two
-    # increments. Stop once that (and the increment itself) is below tol per step.
-    def left(delta_b, delta_a):
-        r = jnp.where(delta_b > 0, delta_a / jnp.where(delta_b > 0, delta_b, 1), 0.0)
-        return jnp.where(r < 1, delta_a * r / jnp.where(r < 1, 1 - r, 1), jnp.inf)
+    # Golub-Kahan-Lanczos bidiagonalisation of P (of H P with a readout), one column
+    # per spec, started from the exponents' tangent at step w (a generic vector): the
+    # exponents' scan is the first forward half-sweep. Forward half-sweeps give
+    # alpha_j u_j = P v_j - beta_{j-1} u_{j-1}, backward ones beta_j v_{j+1} = P^T u_j
+    # - alpha_j v_j, each vector orthogonalised twice against the earlier ones (kept at
+    # the window's ends: O(K d) memory per spec). The alphas and betas fill an upper
+    # bidiagonal matrix B, all relative to e^ref (ref = log ||P^T u_1||, about
+    # log ||P||_2, so nothing overflows however long the window). sigma_max(B) never
+    # decreases and is a lower bound of ||P||_2 (B = U^T P V with orthonormal U, V).
+    # The entry e a half-sweep adds, times the top singular vector's component in its
+    # row (or column), is the residual of the previous Ritz pair: a singular value of P
+    # lies within it. Stop once log(1 + residual / theta) <= tol per step.
+    K = max_sweeps + 1
+    sizes = np.asarray([spec_size(layout, sp) for sp in specs])
+    breakdown = 64 * float(jnp.finfo(dtype).eps)
 
-    # Increments at the round-off of a window's log sum are noise (their ratio says
-    # nothing): below that floor a spec has converged.
-    noise = 16 * float(jnp.finfo(dtype).eps)
+    def orthogonalise(R, basis):
+        """``R`` (d, S) minus its components on a stored (K + 1, d, S) basis, twice."""
+        for _ in range(2):
+            R = R - jnp.einsum("kds,ks->ds", basis, jnp.einsum("kds,ds->ks", basis, R))
+        return R
 
-    def remaining(delta_b, delta_a, a):
-        floor = noise * (window + jnp.abs(jnp.where(jnp.isfinite(a), a, 0.0)))
-        rest = jnp.maximum(delta_a, left(delta_b, delta_a))
-        return jnp.where(delta_a <= floor, delta_a, rest)
+    def ritz(B, y):
+        """Top singular triple ``(theta, x, y)`` of each (K + 1, K + 1) matrix, by power
+        iteration on ``B^T B`` warm-started at ``y`` (no LAPACK call: it runs inside
+        the loop on any device layout), and the pair's own residual
+        ``||B^T x - theta y||`` (``B y = theta x`` holds exactly)."""
+        def step(_, y):
+            z = jnp.einsum("sij,si->sj", B, jnp.einsum("sij,sj->si", B, y))
+            n = jnp.linalg.norm(z, axis=1, keepdims=True)
+            return jnp.where(n > 0, z / jnp.where(n > 0, n, 1), y)
 
-    def cond(c):
-        it, _, _, a, delta_b, delta_a = c
-        rest = remaining(delta_b, delta_a, a)
-        return (it < 1) | ((it < max_sweeps) & (jnp.max(rest) > tol * window))
+        y = jax.lax.fori_loop(0, _RITZ_STEPS, step, y)
+        Bx = jnp.einsum("sij,sj->si", B, y)
+        theta = jnp.linalg.norm(Bx, axis=1)
+        x = safe_normalise(Bx, theta[:, None])
+        own = jnp.linalg.norm(jnp.einsum("sij,si->sj", B, x) - theta[:, None] * y, axis=1)
+        return theta, x, y, own
 
-    def body(c):
-        it, V, _, a, _, _ = c
-        U, b = sweep(V, "apply_T_many")      # P^T u
-        V, a_new = observe(*sweep(U, "apply_many"))    # P v (H P v with a readout)
-        b = jnp.maximum(b, a)
-        a_new = jnp.maximum(a_new, b)
+    def half(state, method):
+        """One half-sweep. ``j`` counts the alphas so far: a backward half adds
+        beta_j at ``B[j-1, j]`` and v_{j+1}, a forward half alpha_{j+1} at ``B[j, j]``
+        and u_{j+1}."""
+        it, j, V, U, Vs, Us, B, y, ref, log_norm, rest = state
+        old = state
+        # a converged spec is frozen: past its invariant subspace the next vectors
+        # would be normalised round-off
+        done = zero | (rest <= tol * window)
+        if method == "apply_T_many":
+            W, s = sweep(U, method)
+            prev, basis, row, col, coeff = V, Vs, j - 1, j, B[:, j - 1, j - 1]
+        else:
+            W, s = observe(*sweep(V, method))
+            prev, basis, row, col, coeff = U, Us, j, j, B[:, j - 1, j]
+        # rescale so that the largest norm seen is e^ref: nothing overflows
+        new_ref = jnp.maximum(ref, jnp.where(jnp.isfinite(s), s, ref))
+        shrink = jnp.exp(ref - new_ref)
+        B, coeff, ref = B * shrink[:, None, None], coeff * shrink, new_ref
+        scale = jnp.where(jnp.isfinite(s), jnp.exp(jnp.where(jnp.isfinite(s), s, ref) - ref), 0)
+        R = orthogonalise(W * scale[None, :] - prev * coeff[None, :], basis)
+        theta, x, y, own = ritz(B, y)
+        # breakdown: the Krylov space is invariant (what is left is round-off) or
+        # already spans the spec's whole space; the entry is 0 and no vector is added
+        e = jnp.linalg.norm(R, axis=0)
+        e = jnp.where((e <= breakdown * jnp.maximum(theta, coeff)) | (j >= sizes), 0.0, e)
+        new = safe_normalise(R, e[None, :]) * (e > 0)[None, :]
+        residual = jnp.hypot(own, e * jnp.maximum(jnp.abs(x[:, row]), jnp.abs(y[:, col])))
+        rest = jnp.where(theta > 0, jnp.log1p(residual / jnp.where(theta > 0, theta, 1)),
+                         jnp.where(residual > 0, jnp.inf, 0.0))
+        B = B.at[:, row, col].set(e)
+        theta, _, y, _ = ritz(B, y)
+        log_norm = ref + safe_log(theta)
+        if method == "apply_T_many":
+            out = (it + 1, j, new, U, Vs.at[j].set(new), Us, B, y, ref, log_norm, rest)
+        else:
+            out = (it, j + 1, V, new, Vs, Us.at[j].set(new), B, y, ref, log_norm, rest)
+        # frozen specs keep everything (their next stored column stays 0)
+        def frozen(new, prev, last):     # the spec axis: last (vectors) or first
+            shape = (1,) * (new.ndim - 1) + (S,) if last else (S,) + (1,) * (new.ndim - 1)
+            return jnp.where(done.reshape(shape), prev, new)
 
-        def step(x, y):   # an increment; exact zeros (-inf) have converged
-            return jnp.where(jnp.isfinite(x) & jnp.isfinite(y), y - x, 0.0)
+        return out[:2] + tuple(frozen(a, b, k < 4)
+                               for k, (a, b) in enumerate(zip(out[2:], old[2:])))
 
-        return it + 1, V, b, a_new, step(a, b), step(b, a_new)
+    # v_1 (the tangent entering the window), u_1 = P v_1 / alpha_1, alpha_1 = ||P v_1||
+    U1, first = observe(V, total - total_c)
+    zero = ~jnp.isfinite(first)                # P v_1 = 0 exactly: the product is 0
+    ref = jnp.where(zero, 0.0, first)
+    B = jnp.zeros((S, K + 1, K + 1), dtype).at[:, 0, 0].set(jnp.where(zero, 0.0, 1.0))
+    state = (jnp.zeros((), jnp.int32), jnp.ones((), jnp.int32), v_w, U1,
+             jnp.zeros((K + 1, layout.size, S), dtype).at[0].set(v_w),
+             jnp.zeros((K + 1, layout.size, S), dtype).at[0].set(U1), B,
+             jnp.zeros((S, K + 1), dtype).at[:, 0].set(1), ref,
+             jnp.where(zero, -jnp.inf, first), jnp.full((S,), jnp.inf, dtype))
 
-    V, first = observe(V, total - total_c)   # a_1
-    zero = jnp.zeros_like(first)
-    sweeps, _, _, log_norm, delta_b, delta_a = jax.lax.while_loop(
-        cond, body, (jnp.zeros((), jnp.int32), V, first, first, zero, zero))
-    rest = remaining(delta_b, delta_a, log_norm)
-    return Growth(exponent, log_norm / window, local.T, units, sweeps, rest <= tol * window)
+    def unconverged(rest):
+        return jnp.max(jnp.where(zero, 0.0, rest)) > tol * window
+
+    def cond(state):
+        return (state[0] < max_sweeps) & unconverged(state[-1])
+
+    def body(state):
+        state = half(state, "apply_T_many")
+        return jax.lax.cond(unconverged(state[-1]), lambda st: half(st, "apply_many"),
+                            lambda st: st, state)
+
+    state = jax.lax.while_loop(cond, body, state)
+    sweeps, log_norm, rest = state[0], state[-2], state[-1]
+    log_norm = jnp.where(zero, -jnp.inf, log_norm)
+    return Growth(exponent, log_norm / window, local.T, units, sweeps,
+                  zero | (rest <= tol * window))
 
 
-def _exact_horizon(op, specs, layout, states, xs, warmup, dtype, readout=None):
+def _segments(window: int) -> tuple[int, int]:
+    """``(C, q)``: a window of ``window`` steps as ``q >= 1`` segments of ``C`` steps,
+    ``C = ceil(sqrt(window))``, and a tail of ``window - q C < C`` steps."""
+    C = max(1, int(np.ceil(np.sqrt(window))))
+    return C, window // C
+
+
+def _exact_horizon(op, specs, layout, state_w, win_xs, dtype, readout=None):
     """``log ||P^s||_2`` of each spec's window product, carried as ``exp(c) M``
-    (``readout``: rows ``H``; whole-state specs then give ``log ||H P^s||_2``)."""
-    win_states = jax.tree_util.tree_map(lambda a: a[warmup:], states)
+    (``readout``: rows ``H``; whole-state specs then give ``log ||H P^s||_2``); the
+    window's trajectory is rebuilt from its first state ``state_w``."""
     sizes = [spec_size(layout, s) for s in specs]
 
-    def body(carry, inp):
-        Ms, scales, comps = carry
-        lin = op.at(*inp)
+    def body(carry, x):
+        state, Ms, scales, comps = carry
+        lin = op.at(state, x)
         out = ([], [], [])
         for spec, M, c, k in zip(specs, Ms, scales, comps, strict=True):
             M = lin.apply(spec, M)
@@ -301,12 +441,12 @@ def _exact_horizon(op, specs, layout, states, xs, warmup, dtype, readout=None):
             c, k = kahan_add(c, k, safe_log(frob))
             for acc, v in zip(out, (safe_normalise(M, frob), c, k)):
                 acc.append(v)
-        return tuple(tuple(a) for a in out), None
+        return (lin.next, *(tuple(a) for a in out)), None
 
     zero = jnp.zeros((), dtype)
-    init = (tuple(jnp.eye(n, dtype=dtype) for n in sizes), (zero,) * len(specs),
+    init = (state_w, tuple(jnp.eye(n, dtype=dtype) for n in sizes), (zero,) * len(specs),
             (zero,) * len(specs))
-    (Ms, scales, comps), _ = jax.lax.scan(body, init, (win_states, xs[warmup:]))
+    (_, Ms, scales, comps), _ = jax.lax.scan(body, init, win_xs)
     return jnp.stack([c - k + safe_log(jnp.linalg.norm(
         M if readout is None or spec.block is not None else M[readout], 2))
         for spec, M, c, k in zip(specs, Ms, scales, comps, strict=True)])

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from cells import Henon, HenonState, Linear, setup
-from helpers import assert_close, finite_horizon
+from helpers import HORIZON_ATOL, assert_close, finite_horizon
 from hypothesis import given, settings, strategies as st
 
 import gradpaths as gp
-from gradpaths import _inputs, _lyapunov
+from gradpaths import _inputs, _lyapunov, _routesets
 
 
 def linear_case(eigs, seed=0):
@@ -184,6 +184,41 @@ def test_growth_many_custom_cell_and_exact_zero():
     g1 = _inputs.call(run, cell, p.params, p.xs, p.state0, specs=((("f",), None),), warmup=1)
     assert_close(g1.local, g.local)
     assert_close(g1.exponent[0], np.mean(np.asarray(g.local[0, 1:])))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn-tanh"])
+def test_lanczos_horizon_equals_the_dense_product(kind):
+    # float64 references from the dense product (horizon="exact") for every standard
+    # route set: small blocks (size 3: the Krylov space fills the block and breaks
+    # down), contracting and expanding gains, a window with a tail (197 = 13 * 15 + 2)
+    def run(cell, params, xs, s0, *, specs, horizon, warmup):
+        return _lyapunov.growth_many(cell, params, xs, s0, specs, horizon=horizon,
+                                     warmup=warmup)
+
+    for n, T, warmup, seed, gains in ((3, 30, 0, 0, (1.0,)), (8, 200, 3, 1, (0.5, 2.0))):
+        for gain in gains:
+            cell, params, xs, s0 = setup(kind, n=n, T=T, seed=seed, gain=gain)
+            p = _inputs.prepare(cell, params, xs, s0)
+            specs = tuple(r.spec for r in _routesets.standard_sets(cell, p.layout))
+            got, ref = (_inputs.call(run, cell, p.params, p.xs, p.state0, specs=specs,
+                                     horizon=h, warmup=warmup) for h in ("lanczos", "exact"))
+            assert np.all(np.asarray(got.converged))
+            h, e = np.asarray(got.horizon), np.asarray(ref.horizon)
+            assert np.array_equal(np.isfinite(h), np.isfinite(e))
+            ok = np.isfinite(e)
+            assert np.all(h[ok] <= e[ok] + 1e-12)          # a lower bound
+            assert np.all(e[ok] - h[ok] <= HORIZON_ATOL[jnp.dtype("float64")])
+
+
+def test_power_is_the_old_name_of_lanczos():
+    cell, params, xs, s0 = setup("lstm", n=3, T=40, seed=2)
+    with pytest.warns(DeprecationWarning, match="lanczos"):
+        old = gp.explain(cell, params, xs, s0, horizon="power")
+    new = gp.explain(cell, params, xs, s0)
+    assert old.horizon_method == new.horizon_method == "lanczos"
+    assert_close([r.horizon for r in old.rows], [r.horizon for r in new.rows])
+    with pytest.raises(ValueError, match="horizon"):
+        gp.explain(cell, params, xs, s0, horizon="qr")
 
 
 # --------------------------------------------------------------------------- grad, jit, dtype

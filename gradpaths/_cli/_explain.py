@@ -102,10 +102,11 @@ def add_parser(sub: Any) -> None:
     margin = _common.default_of(explain, "margin")
     a.add_argument("--margin", type=_common.non_negative_float, default=margin, metavar="X",
                    help=f"exponents within +/- margin nats/step count as neutral ({margin:g})")
-    a.add_argument("--horizon", choices=HORIZONS, default=_common.default_of(explain, "horizon"),
-                   help="horizon growth by matrix-free power iteration (power, the default; a "
-                   "lower bound converged to about 1e-9 nats/step) or from the dense product "
-                   "(exact, d^3 per step)")
+    a.add_argument("--horizon", choices=HORIZONS + ("power",),
+                   default=_common.default_of(explain, "horizon"),
+                   help="horizon growth by matrix-free Lanczos bidiagonalisation (lanczos, the "
+                   "default; a lower bound within about 1e-9 nats/step; power is its old, "
+                   "deprecated name) or from the dense product (exact, d^3 per step)")
     a.add_argument("--heatmap-step", type=_common.non_negative, default=None, metavar="T",
                    help="step of the Jacobian heatmaps (default: largest local stretching)")
     a.add_argument("--counts-route", default=None, metavar="ROUTE",
