@@ -348,7 +348,7 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         """One half-sweep. ``j`` counts the alphas so far: a backward half adds
         beta_j at ``B[j-1, j]`` and v_{j+1}, a forward half alpha_{j+1} at ``B[j, j]``
         and u_{j+1}."""
-        it, j, V, U, Vs, Us, B, y, ref, log_norm, rest = state
+        it, j, V, U, Vs, Us, B, y, theta, x, own, ref, log_norm, rest = state
         old = state
         # a converged spec is frozen: past its invariant subspace the next vectors
         # would be normalised round-off
@@ -363,9 +363,9 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         new_ref = jnp.maximum(ref, jnp.where(jnp.isfinite(s), s, ref))
         shrink = jnp.exp(ref - new_ref)
         B, coeff, ref = B * shrink[:, None, None], coeff * shrink, new_ref
+        theta, own = theta * shrink, own * shrink   # the Ritz pair of B, from the last half
         scale = jnp.where(jnp.isfinite(s), jnp.exp(jnp.where(jnp.isfinite(s), s, ref) - ref), 0)
         R = orthogonalise(W * scale[None, :] - prev * coeff[None, :], basis)
-        theta, x, y, own = ritz(B, y)
         # breakdown: the Krylov space is invariant (what is left is round-off) or
         # already spans the spec's whole space; the entry is 0 and no vector is added
         e = jnp.linalg.norm(R, axis=0)
@@ -375,12 +375,13 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         rest = jnp.where(theta > 0, jnp.log1p(residual / jnp.where(theta > 0, theta, 1)),
                          jnp.where(residual > 0, jnp.inf, 0.0))
         B = B.at[:, row, col].set(e)
-        theta, _, y, _ = ritz(B, y)
-        log_norm = ref + safe_log(theta)
+        pair = ritz(B, y)
+        log_norm = ref + safe_log(pair[0])
+        y, pair = pair[2], (pair[0], pair[1], pair[3])
         if method == "apply_T_many":
-            out = (it + 1, j, new, U, Vs.at[j].set(new), Us, B, y, ref, log_norm, rest)
+            out = (it + 1, j, new, U, Vs.at[j].set(new), Us, B, y, *pair, ref, log_norm, rest)
         else:
-            out = (it, j + 1, V, new, Vs, Us.at[j].set(new), B, y, ref, log_norm, rest)
+            out = (it, j + 1, V, new, Vs, Us.at[j].set(new), B, y, *pair, ref, log_norm, rest)
         # frozen specs keep everything (their next stored column stays 0)
         def frozen(new, prev, last):     # the spec axis: last (vectors) or first
             shape = (1,) * (new.ndim - 1) + (S,) if last else (S,) + (1,) * (new.ndim - 1)
@@ -397,7 +398,8 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     state = (jnp.zeros((), jnp.int32), jnp.ones((), jnp.int32), v_w, U1,
              jnp.zeros((K + 1, layout.size, S), dtype).at[0].set(v_w),
              jnp.zeros((K + 1, layout.size, S), dtype).at[0].set(U1), B,
-             jnp.zeros((S, K + 1), dtype).at[:, 0].set(1), ref,
+             jnp.zeros((S, K + 1), dtype).at[:, 0].set(1), jnp.where(zero, 0, 1).astype(dtype),
+             jnp.zeros((S, K + 1), dtype).at[:, 0].set(1), jnp.zeros((S,), dtype), ref,
              jnp.where(zero, -jnp.inf, first), jnp.full((S,), jnp.inf, dtype))
 
     def unconverged(rest):
