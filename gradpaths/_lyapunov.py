@@ -90,6 +90,9 @@ class Growth(NamedTuple):
 
 HORIZONS = ("lanczos", "exact")
 _RITZ_STEPS = 64    # power steps on the small bidiagonal per Ritz pair (warm-started)
+# growth_many keeps every state of the window when they take at most this many bytes
+# (one scan each way); above it, states are rebuilt from sqrt(T) checkpoints
+_FLAT_BYTES = 32 * 2**20
 
 
 def check_horizon(horizon: Any) -> str:
@@ -158,9 +161,10 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
       float32), or after ``max_sweeps`` backward sweeps. That singular value is the
       largest unless the start vector missed the top direction (probability zero for
       a random start, but not a certificate: ``horizon="exact"`` certifies). Cost per
-      pair ``2 (T - w)`` applications to ``S`` tangents; the window's states are not
-      kept (a backward sweep rebuilds them segment by segment from ``sqrt(T - w)``
-      checkpoints), ``O(sqrt(T - w) d)`` memory.
+      pair ``2 (T - w)`` applications to ``S`` tangents. The window's states are
+      kept while they take at most 32 MiB; beyond that a backward sweep rebuilds them
+      segment by segment from ``sqrt(T - w)`` checkpoints (``O(sqrt(T - w) d)``
+      memory, one more step of the cell per step of a backward sweep).
     * ``horizon=None``: not computed (``horizon`` is NaN), for callers that need
       only the exponents.
     * ``horizon="exact"``: the product itself, carried as ``exp(c) M`` with
@@ -204,12 +208,14 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     window = T - warmup
     zeros = jnp.zeros((S,), dtype)
 
-    # The window's states are never all kept: the window is cut into q segments of C
-    # steps (C ~ sqrt(window)) and a tail of r < C steps, the state entering each is
-    # kept, and a backward sweep rebuilds one segment's states at a time from its
-    # checkpoint: O((q + C) d) = O(sqrt(T) d) memory, for one more step of the cell
-    # per step of a backward sweep. Forward sweeps need no checkpoint.
-    C, q = _segments(window)
+    # Backward sweeps need the window's states. When they fit in _FLAT_BYTES they are
+    # all kept (one scan each way). Otherwise the window is cut into q segments of C
+    # steps (C ~ sqrt(window)) and a tail of r < C steps, only the state entering each
+    # is kept, and a backward sweep rebuilds one segment's states at a time from its
+    # checkpoint: O((q + C) d) = O(sqrt(T) d) memory, for one more step of the cell per
+    # step of a backward sweep. Forward sweeps need neither.
+    flat = window * layout.size * np.dtype(dtype).itemsize <= _FLAT_BYTES
+    C, q = (window, 1) if flat else _segments(window)
     r = window - q * C
     win_xs = xs[warmup:]
     seg_xs = win_xs[:q * C].reshape((q, C) + xs.shape[1:])
@@ -223,27 +229,28 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         V = jnp.where(jnp.isfinite(local)[None, :], V_new, V)   # keep v where J v = 0
         total, total_c = kahan_add(total, total_c, jnp.where(counted, local, 0))
         units = units + jnp.where(counted, V[:, 0] ** 2, 0)
-        return (lin.next, V, total, total_c, units), local
+        return (lin.next, V, total, total_c, units), (state, local)
 
     carry = (state0, start, zeros, zeros, jnp.zeros((layout.size,), dtype))
     local_warm = jnp.zeros((0, S), dtype)
     if warmup:
-        carry, local_warm = jax.lax.scan(forward, carry,
-                                         (xs[:warmup], jnp.zeros((warmup,), bool)))
+        carry, (_, local_warm) = jax.lax.scan(forward, carry,
+                                              (xs[:warmup], jnp.zeros((warmup,), bool)))
     v_w = carry[1]       # the tangent entering the window: the Lanczos start v_1
 
     def forward_segment(carry, seg):
-        out, local = jax.lax.scan(forward, carry, (seg, jnp.ones((C,), bool)))
-        return out, (carry[0], local)
+        out, (states, local) = jax.lax.scan(forward, carry, (seg, jnp.ones((C,), bool)))
+        return out, (states if flat else carry[0], local)
 
-    carry, (checkpoints, local_win) = jax.lax.scan(forward_segment, carry, seg_xs)
+    carry, (kept, local_win) = jax.lax.scan(forward_segment, carry, seg_xs)
     tail_start = carry[0]
-    carry, local_tail = jax.lax.scan(forward, carry, (tail_xs, jnp.ones((r,), bool)))
+    carry, (_, local_tail) = jax.lax.scan(forward, carry, (tail_xs, jnp.ones((r,), bool)))
     _, V, total, total_c, units = carry
     local = jnp.concatenate([local_warm, local_win.reshape(q * C, S), local_tail])
     exponent = (total - total_c) / window
     units = units / window
-    state_w = jax.tree_util.tree_map(lambda a: a[0], checkpoints)
+    # flat: kept[0] holds the window's states; else kept[i] enters segment i
+    state_w = jax.tree_util.tree_map(lambda a: a[0, 0] if flat else a[0], kept)
 
     def push(carry, x):
         state, V, logs, comp = carry
@@ -251,16 +258,16 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         V, step_logs = _normalise_columns(lin.apply_many(specs, V))
         return (lin.next, V, *kahan_add(logs, comp, step_logs)), None
 
+    def pull(carry, inp):
+        U, logs, comp = carry
+        U, step_logs = _normalise_columns(op.at(*inp).apply_T_many(specs, U))
+        return (U, *kahan_add(logs, comp, step_logs)), None
+
     def pull_from(carry, checkpoint, seg):
         """Pull ``carry``'s cotangents back through ``seg``'s steps, whose states are
         rebuilt from the state entering them."""
         def rebuild(state, x):
             return op.at(state, x).next, state
-
-        def pull(carry, inp):
-            U, logs, comp = carry
-            U, step_logs = _normalise_columns(op.at(*inp).apply_T_many(specs, U))
-            return (U, *kahan_add(logs, comp, step_logs)), None
 
         _, states = jax.lax.scan(rebuild, checkpoint, seg)
         return jax.lax.scan(pull, carry, (states, seg), reverse=True)[0]
@@ -270,11 +277,15 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         normalised, and the log norms."""
         if method == "apply_many":
             (_, V, logs, comp), _ = jax.lax.scan(push, (state_w, V, zeros, zeros), win_xs)
+        elif flat:
+            states = jax.tree_util.tree_map(lambda a: a[0], kept)
+            (V, logs, comp), _ = jax.lax.scan(pull, (V, zeros, zeros), (states, win_xs),
+                                              reverse=True)
         else:
             carry = pull_from((V, zeros, zeros), tail_start, tail_xs) if r else (
                 V, zeros, zeros)
             (V, logs, comp), _ = jax.lax.scan(
-                lambda c, inp: (pull_from(c, *inp), None), carry, (checkpoints, seg_xs),
+                lambda c, inp: (pull_from(c, *inp), None), carry, (kept, seg_xs),
                 reverse=True)
         return V, logs - comp
 

@@ -210,6 +210,32 @@ def test_lanczos_horizon_equals_the_dense_product(kind):
             assert np.all(e[ok] - h[ok] <= HORIZON_ATOL[jnp.dtype("float64")])
 
 
+def test_checkpointed_window_equals_the_kept_one(monkeypatch):
+    # above _FLAT_BYTES the window's states are rebuilt from checkpoints, segment by
+    # segment; the numbers are those of the kept states (a window with a tail: 194 =
+    # 14 * 13 + 12), with and without a readout
+    cell, params, xs, s0 = setup("lstm", n=4, T=197, seed=3, gain=1.5)
+    p = _inputs.prepare(cell, params, xs, s0)
+    specs = tuple(r.spec for r in _routesets.standard_sets(cell, p.layout))
+    assert _lyapunov._segments(194) == (14, 13)
+
+    def kept(cell, params, xs, s0, *, readout):
+        return _lyapunov.growth_many(cell, params, xs, s0, specs, warmup=3, readout=readout)
+
+    def rebuilt(cell, params, xs, s0, *, readout):      # its own function: its own trace
+        return _lyapunov.growth_many(cell, params, xs, s0, specs, warmup=3, readout=readout)
+
+    for readout in (None, "h"):
+        a = _inputs.call(kept, cell, p.params, p.xs, p.state0, readout=readout)
+        with monkeypatch.context() as m:
+            m.setattr(_lyapunov, "_FLAT_BYTES", 0)
+            b = _inputs.call(rebuilt, cell, p.params, p.xs, p.state0, readout=readout)
+        assert int(a.sweeps) == int(b.sweeps) > 0
+        assert np.array_equal(np.asarray(a.converged), np.asarray(b.converged))
+        for name in ("exponent", "horizon", "local", "units"):
+            assert_close(np.asarray(getattr(b, name)), np.asarray(getattr(a, name)))
+
+
 def test_power_is_the_old_name_of_lanczos():
     cell, params, xs, s0 = setup("lstm", n=3, T=40, seed=2)
     with pytest.warns(DeprecationWarning, match="lanczos"):
