@@ -244,6 +244,18 @@ def test_explain_memory_rows_skip_below_full(runner):
     assert all(r["status"] == "skipped" and "full" in r["note"] for r in rows)
 
 
+def test_floor_rows_follow_the_contract_and_pass_their_checks(runner):
+    floor = runner.load("floor")
+    rows = floor.main("tiny")
+    assert [r["what"] for r in rows] == list(floor.VARIANTS.values())
+    for row in rows:
+        for key in runner.REQUIRED_KEYS:
+            assert key in row
+        assert row["status"] == "ok" and row["check"] == "ok", row
+        assert math.isfinite(row["seconds"]) and math.isfinite(row["ratio"])
+    assert "Floors" in floor.report(rows)
+
+
 def test_predict_tables_from_synthetic_histories():
     """benchmarks/predict.py's analysis on known histories (no training)."""
     import gradpaths as gp
