@@ -44,9 +44,8 @@ import numpy as np
 
 from gradpaths import _checks, _inputs, _lyapunov, _render, _routesets
 from gradpaths._checks import InputError
-from gradpaths._jacobians import entering
 from gradpaths._operator import FULL, step_operator
-from gradpaths._products import safe_log
+from gradpaths._products import kahan_add, safe_log
 from gradpaths._protocols import Cell
 from gradpaths._routesets import DEFAULT_MARGIN, Driver
 from gradpaths._stack import Stack
@@ -66,7 +65,7 @@ def _analyse_one(cell, params, xs, state0, key, *, specs, warmup, horizon, reado
         units=growth.units,
         sweeps=growth.sweeps,
         converged=growth.converged,
-        activations=gate_fractions(cell, params, entering(cell, params, xs, state0), xs),
+        activations=gate_fractions(cell, params, xs, state0),
     )
     if diagonal:
         out["gates"] = _diagonal_gates(cell, params, xs, state0, warmup)
@@ -76,18 +75,28 @@ def _analyse_one(cell, params, xs, state0, key, *, specs, warmup, horizon, reado
 def _diagonal_gates(cell, params, xs, state0, warmup):
     """For a diagonal step Jacobian ``J_t = diag(a_t)``: ``a_t = J_t 1`` along the
     trajectory; per unit the mean of ``log |a_{t,j}|`` over the window (its exact
-    growth rate), and the smallest and largest ``a`` in the window."""
+    growth rate), and the smallest and largest ``a`` in the window. Reduced inside
+    the scan (memory ``O(d)``, not ``O(T d)``)."""
     layout = layout_of(state0)
+    dtype = layout.ravel(state0).dtype
     op = step_operator(cell, params, layout)
-    ones = jnp.ones((layout.size, 1), layout.ravel(state0).dtype)
+    ones = jnp.ones((layout.size, 1), dtype)
 
-    def body(state, x):
+    def body(carry, inp):
+        state, total, comp, low, high = carry
+        t, x = inp
         lin = op.at(state, x)
-        return lin.next, lin.apply(FULL, ones)[:, 0]
+        a = lin.apply(FULL, ones)[:, 0]
+        counted = t >= warmup
+        total, comp = kahan_add(total, comp, jnp.where(counted, safe_log(jnp.abs(a)), 0))
+        low = jnp.where(counted, jnp.minimum(low, jnp.min(a)), low)
+        high = jnp.where(counted, jnp.maximum(high, jnp.max(a)), high)
+        return (lin.next, total, comp, low, high), None
 
-    _, a = jax.lax.scan(body, state0, xs)
-    a = a[warmup:]
-    return dict(rates=jnp.mean(safe_log(jnp.abs(a)), axis=0), low=jnp.min(a), high=jnp.max(a))
+    zeros = jnp.zeros((layout.size,), dtype)
+    init = (state0, zeros, zeros, jnp.array(jnp.inf, dtype), jnp.array(-jnp.inf, dtype))
+    (_, total, comp, low, high), _ = jax.lax.scan(body, init, (jnp.arange(xs.shape[0]), xs))
+    return dict(rates=(total - comp) / (xs.shape[0] - warmup), low=low, high=high)
 
 
 def _analyse_batch(cell, params, xs, state0, key, **kw):

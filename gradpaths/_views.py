@@ -16,7 +16,6 @@ import numpy as np
 
 from gradpaths import _checks, _inputs, _products, _protocols, _routes, _routesets
 from gradpaths._checks import InputError, InputTypeError
-from gradpaths._jacobians import _unroll
 from gradpaths._operator import Spec
 from gradpaths._protocols import Cell, SaturatingCell
 from gradpaths._state import Layout
@@ -102,20 +101,21 @@ def growth_curves(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
 # --------------------------------------------------------------------------- saturation
 
 
-def gate_fractions(cell: SaturatingCell, params: Any, prev: Any, xs: Array) -> dict[str, tuple]:
+def gate_fractions(cell: SaturatingCell, params: Any, xs: Array, state0: Any) -> dict[str, tuple]:
     r"""Per step, the fraction of units saturated at each end of every activation.
 
     A unit is saturated where its activation's slope is below
     ``SATURATION_SLOPE = 0.1`` of its maximum (:class:`gradpaths.Activation`:
     a sigmoid below 0.0256 or above 0.9744, ``|tanh|`` above 0.9487, a ReLU at or
     below 0), at the low end where its pre-activation is ``<= 0``, else the high end.
-    Traceable.
+    One scan along the trajectory from ``state0``, reducing each step to its
+    fractions: memory ``O(T G)``, not ``O(T d)``. Traceable.
 
     Args:
       cell: a cell reporting its activations (``activation_names``, ``activations``).
       params: the cell's parameters.
-      prev: the states entering each step, leading axis T.
       xs: (T, m) inputs.
+      state0: the initial state.
 
     Returns:
       dict name -> ``(low, high)``, each (T,), in ``cell.activation_names`` order
@@ -124,17 +124,20 @@ def gate_fractions(cell: SaturatingCell, params: Any, prev: Any, xs: Array) -> d
     """
     if not _protocols.has_activations(cell):
         return {}
-    acts = jax.vmap(cell.activations, in_axes=(None, 0, 0))(params, prev, xs)
 
     def frac(mask: Array) -> Array:
         return jnp.mean(mask, axis=-1, dtype=xs.dtype)
 
-    out = {}
-    for name in cell.activation_names:
-        a = acts[name]
-        saturated = a.slope < _protocols.SATURATION_SLOPE
-        out[name] = (frac(saturated & (a.pre <= 0)), frac(saturated & (a.pre > 0)))
-    return out
+    def body(state, x):
+        acts = cell.activations(params, state, x)
+        out = {}
+        for name in cell.activation_names:
+            a = acts[name]
+            saturated = a.slope < _protocols.SATURATION_SLOPE
+            out[name] = (frac(saturated & (a.pre <= 0)), frac(saturated & (a.pre > 0)))
+        return cell.step(params, state, x), out
+
+    return jax.lax.scan(body, state0, xs)[1]
 
 
 class GateSaturation(NamedTuple):
@@ -157,9 +160,7 @@ class GateSaturation(NamedTuple):
 
 
 def _saturation(cell, params, xs, state0):
-    states = _unroll(cell, params, xs, state0)
-    prev = jax.tree_util.tree_map(lambda a: a[:-1], states)
-    return gate_fractions(cell, params, prev, xs)
+    return gate_fractions(cell, params, xs, state0)
 
 
 def gate_saturation(cell: SaturatingCell, params: Any, xs: Any, state0: Any = None
