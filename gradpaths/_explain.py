@@ -100,6 +100,11 @@ def _diagonal_gates(cell, params, xs, state0, warmup):
 
 
 def _analyse_batch(cell, params, xs, state0, key, **kw):
+    if xs.shape[0] == 1:
+        # one sequence: no vmap. Batched, the horizon's while loop would turn its
+        # per-sweep lax.cond into a select that runs both branches (one more sweep)
+        out = _analyse_one(cell, params, xs[0], state0, key, **kw)
+        return jax.tree_util.tree_map(lambda a: a[None], out)
     return jax.vmap(lambda x: _analyse_one(cell, params, x, state0, key, **kw))(xs)
 
 
