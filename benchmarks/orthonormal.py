@@ -8,6 +8,11 @@ be well behaved, times (AOT compile apart, one warm-up, block_until_ready, media
 * ``auto``:        ``Z = J_t Q; Q = orthonormalise(Z)`` (CholeskyQR2, Householder fallback)
 
 checks that the two QR scans give the same exponents, and prints a markdown table.
+
+A second table times the dense kernels one orthonormalisation is made of, each inside
+a scan of 100 steps (per step): the product ``J Q`` (XLA's own dot), and the LAPACK
+calls ``jnp.linalg.qr``, ``cholesky`` and ``triangular_solve``, so that the floor of
+any QR-based spectrum on this machine can be read against the matmul.
 Run with ``OPENBLAS_NUM_THREADS=1 python benchmarks/orthonormal.py [--dtype float32]``.
 """
 
@@ -75,6 +80,30 @@ def _time(compiled, J, repeats):
     return statistics.median(out)
 
 
+def _kernels(d, dtype, repeats):
+    """Microseconds per step of each kernel in a scan of 100 steps (median of repeats)."""
+    rng = np.random.default_rng(d)
+    Z = jnp.asarray(rng.standard_normal((d, d)), dtype)
+    W = jnp.asarray(rng.standard_normal((d, d)) / np.sqrt(d), dtype)
+    U = jnp.triu(W) + 4 * jnp.eye(d, dtype=dtype)
+    steps = 100
+    ops = {
+        "matmul J Q": lambda c: jnp.matmul(W, c, precision=_HI) / jnp.linalg.norm(c),
+        "qr": lambda c: jnp.linalg.qr(jnp.matmul(W, c, precision=_HI))[0],
+        "cholesky": lambda c: jnp.linalg.cholesky(
+            jnp.matmul(c.T, c, precision=_HI) + d * jnp.eye(d, dtype=dtype)) / d,
+        "triangular_solve": lambda c: jax.lax.linalg.triangular_solve(
+            U, c, left_side=False, lower=False),
+    }
+    out = {}
+    for name, op in ops.items():
+        def run(c, op=op):
+            return jax.lax.scan(lambda c, _: (op(c), None), c, None, length=steps)[0]
+        compiled = jax.jit(run).lower(Z).compile()
+        out[name] = _time(compiled, Z, repeats) / steps * 1e6
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtype", default="float64", choices=["float64", "float32"])
@@ -114,6 +143,14 @@ def main(argv=None):
         b = m["baseline"]
         print(f"| {d // 2} | {d} | {b:.3f} | {m['householder']:.3f} | {m['auto']:.3f} "
               f"| {m['householder'] / b:.2f} | {m['auto'] / b:.2f} | {frac:.0%} | {err:.1e} |")
+    print(f"\nDense kernels, microseconds per step (scan of 100 steps, {args.dtype})\n")
+    names = ("matmul J Q", "qr", "cholesky", "triangular_solve")
+    print("| d | " + " | ".join(names) + " | qr / matmul |")
+    print("|---" * (len(names) + 2) + "|")
+    for d, *_ in rows:
+        us = _kernels(d, dtype, args.repeats)
+        print(f"| {d} | " + " | ".join(f"{us[k]:.0f}" for k in names)
+              + f" | {us['qr'] / us['matmul J Q']:.1f} |")
 
 
 if __name__ == "__main__":

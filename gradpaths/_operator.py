@@ -35,9 +35,10 @@ The backend is chosen once per analysis (:func:`step_operator`):
   a batch of VJPs (the transposed linearisation), ``matrix`` pushes the identity
   (jacfwd) or pulls it (jacrev).
 
-Orientation: ``J[a, b] = d s'_a / d s_b``. Non-finite entering states make every
-output NaN, so a diverging trajectory surfaces as an error and never as a
-plausible number.
+Orientation: ``J[a, b] = d s'_a / d s_b``. A non-finite entering state makes every
+entry of the matrix, ``apply`` and ``apply_T`` NaN (entries that do not depend on the
+state included) and the next state non-finite, so a diverging trajectory surfaces as
+an error and never as a plausible number.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradpaths._protocols import has_routes
 from gradpaths._state import Layout
 
 Array = jax.Array
@@ -161,8 +163,13 @@ def reader(routes: tuple[str, ...] | None) -> Callable[[str, Array], Array]:
 
 def flat_step(cell: Any, params: Any, layout: Layout, routes: tuple[str, ...] | None
               ) -> Callable[[Array, Array], Array]:
-    """``(s, x) -> s'`` on raveled states, with the routes outside ``routes`` cut."""
-    if routes is None:
+    """``(s, x) -> s'`` on raveled states, with the routes outside ``routes`` cut.
+
+    A routed cell gets a reader even when every route is kept: a built-in cell then
+    forms each gate's recurrent product on its own, which a block of tangents
+    (``jacfwd``, a vmapped JVP) and its transpose (``jacrev``) run 1.3-2.5x faster than
+    the stacked product of the fused forward pass (n = 128-512)."""
+    if routes is None and not has_routes(cell):
         return lambda s, x: layout.ravel(cell.step(params, layout.unravel(s), x))
     read = reader(routes)
     return lambda s, x: layout.ravel(cell.step(params, layout.unravel(s), x, read))
@@ -497,24 +504,28 @@ class _Autodiff:
 
     def __init__(self, cell: Any, params: Any, layout: Layout, route_sets: Sequence[Any],
                  state: Any, x: Array, ok: Array, matrix_mode: str) -> None:
-        self.layout, self._ok, self._mode = layout, ok, matrix_mode
+        self.layout, self._mode = layout, matrix_mode
         s = layout.ravel(state)
         self._dtype = s.dtype
         self._lin: dict[Any, Callable] = {}
         self._lin_T: dict[Any, Callable] = {}
+        # NaN where the entering state is not finite (module docstring): the step is
+        # linearised as ``s' + p * sum(u)`` with ``p = 0`` (finite state: every output is
+        # unchanged, exactly) or ``NaN``, so each tangent gets ``p * sum(v)`` added, NaN
+        # in every entry (``NaN * 0`` included). XLA fuses this into the tangent's last
+        # operation; a ``where`` on the assembled (d, d) matrix was one more pass and a
+        # fresh buffer per step (a third of jacfwd's time at n = 512).
+        p = jnp.where(ok, 0, jnp.nan).astype(s.dtype)
         nxt = None
         for routes in route_sets:
             if routes in self._lin:
                 continue
             step = flat_step(cell, params, layout, routes)
-            nxt, lin = jax.linearize(lambda u, step=step: step(u, x), s)
+            nxt, lin = jax.linearize(lambda u, step=step: step(u, x) + p * jnp.sum(u), s)
             self._lin[routes] = lin
             self._lin_T[routes] = jax.linear_transpose(lin, s)
         assert nxt is not None, "route_sets is never empty (None stands for all routes)"
         self.next = layout.unravel(nxt)
-
-    def _poison(self, out: Array) -> Array:
-        return jnp.where(self._ok, out, jnp.nan)
 
     def _push(self, routes: Any, V: Array) -> Array:
         return jax.vmap(self._lin[routes], in_axes=1, out_axes=1)(V)
@@ -528,15 +539,15 @@ class _Autodiff:
             J = self._pull(spec.routes, eye).T
         else:
             J = self._push(spec.routes, eye)
-        return self._poison(_restrict_matrix(self.layout, spec, J))
+        return _restrict_matrix(self.layout, spec, J)
 
     def apply(self, spec: Spec, V: Array) -> Array:
         out = self._push(spec.routes, _embed(self.layout, spec, V))
-        return self._poison(_restrict(self.layout, spec, out))
+        return _restrict(self.layout, spec, out)
 
     def apply_T(self, spec: Spec, G: Array) -> Array:
         out = self._pull(spec.routes, _embed(self.layout, spec, G))
-        return self._poison(_restrict(self.layout, spec, out))
+        return _restrict(self.layout, spec, out)
 
     def _many(self, specs: Sequence[Spec], V: Array, fn: Callable) -> Array:
         mask = _columns_mask(self.layout, specs, V.dtype)
@@ -551,7 +562,7 @@ class _Autodiff:
             out = out.at[:, idx].set(fn(routes, V[:, idx]))
         if mask is not None:
             out = out * mask
-        return self._poison(out)
+        return out
 
     def apply_many(self, specs: Sequence[Spec], V: Array) -> Array:
         return self._many(specs, V, self._push)

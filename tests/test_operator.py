@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from cells import CONFIGS, Henon, HenonState, setup
+from cells import CONFIGS, Henon, HenonState, Linear, LinearState, setup
 from helpers import assert_close
 
 import gradpaths as gp
@@ -110,6 +110,32 @@ def test_custom_cell_operator():
         G = jnp.asarray([[1.0, 2.0], [-1.0, 0.5]])
         assert_close(lin.apply_T(specs[0], G), J_true.T @ G)
         assert_close(lin.apply(specs[0], G), J_true @ G)
+
+
+@pytest.mark.parametrize("case", ["linear-jacfwd", "linear-jacrev", "henon-jacfwd",
+                                  "lstm-jacfwd", "lstm-jacrev", "lstm-analytic"])
+def test_a_non_finite_state_makes_every_output_nan(case):
+    """Entries of J that do not depend on the state (all of a linear cell's, the Henon
+    map's dx'/dy and dy'/dx) are NaN too when the entering state is not finite."""
+    name, backend = case.split("-")
+    if name == "linear":
+        cell, params = Linear(3), jnp.diag(jnp.array([0.5, 2.0, -1.0]))
+        state, x = LinearState(jnp.array([1.0, jnp.inf, 0.0])), jnp.zeros(0)
+    elif name == "henon":
+        cell, params = Henon(), (1.4, 0.3)
+        state, x = HenonState(jnp.array([jnp.nan]), jnp.array([0.2])), jnp.zeros(0)
+    else:
+        cell, params, xs, s0 = setup("lstm", n=3, T=2, seed=0)
+        state, x = s0._replace(c=s0.c.at[1].set(-jnp.inf)), xs[0]
+    layout = layout_of(state)
+    specs = (_operator.FULL, _operator.Spec(None, (layout.names[0], layout.names[0])))
+    lin = _operator.step_operator(cell, params, layout, specs, backend).at(state, x)
+    V = jnp.ones((layout.size, 2))
+    outs = [lin.matrix(specs[0]), lin.matrix(specs[1]), lin.apply(specs[0], V),
+            lin.apply_T(specs[0], V), lin.apply_many(specs, V), lin.apply_T_many(specs, V)]
+    for out in outs:
+        assert np.all(np.isnan(np.asarray(out))), out
+    assert not np.all(np.isfinite(np.asarray(layout.ravel(lin.next))))
 
 
 @pytest.mark.parametrize("name", ["lstm", "lstm-peep-nof", "gru", "gru-reset-before",
