@@ -280,3 +280,19 @@ def test_predict_tables_from_synthetic_histories():
     assert top["leads"] == [5, 5] and top["base_rate"] == 3 / 20
     assert rows[("route", 3, 0)]["hits"] == 0
     assert "recall" in predict.render(list(rows.values())).splitlines()[0]
+
+
+def test_orthonormal_script_checks_and_prints_both_tables():
+    """orthonormal.py exits 0 only when Householder and "auto" give the same exponents."""
+    out = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "orthonormal.py"), "--dtype", "float32",
+         "--sizes", "8,16", "--T", "20", "--repeats", "1"],
+        capture_output=True, text=True, timeout=300, check=True).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| 8 |") or
+            line.startswith("| 16 |") or line.startswith("| 4 |")]
+    assert len(rows) == 4, out        # two sizes in each table
+    kernels = [r for r in rows if r.startswith(("| 8 |", "| 16 |")) and r.count("|") == 7]
+    assert len(kernels) == 2, out
+    for row in kernels:
+        us = [float(v) for v in row.strip("|").split("|")[1:]]
+        assert all(math.isfinite(v) and v > 0 for v in us), row
