@@ -149,7 +149,7 @@ def main(argv=None):
     print("|---" * (len(names) + 2) + "|")
     for d, *_ in rows:
         us = _kernels(d, dtype, args.repeats)
-        print(f"| {d} | " + " | ".join(f"{us[k]:.0f}" for k in names)
+        print(f"| {d} | " + " | ".join(f"{us[k]:.3g}" for k in names)
               + f" | {us['qr'] / us['matmul J Q']:.1f} |")
 
 
