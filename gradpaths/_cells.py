@@ -110,7 +110,7 @@ def _recurrent(R: Any, gates: tuple[str, ...], h: Array, read: Callable[[str, Ar
     ``vmap``) twice as slow."""
     if read is _keep and len(gates) > 1:
         stacked = jnp.concatenate([getattr(R, g) for g in gates])
-        parts = _mv(stacked, h).reshape(len(gates), -1)
+        parts = _mv(stacked, h).reshape((len(gates), -1) + h.shape[1:])
         return dict(zip(gates, parts, strict=True))
     return {g: _mv(getattr(R, g), read(g, h)) for g in gates}
 

@@ -510,18 +510,20 @@ class _Autodiff:
         self._lin: dict[Any, Callable] = {}
         self._lin_T: dict[Any, Callable] = {}
         # NaN where the entering state is not finite (module docstring): the step is
-        # linearised as ``s' + p * sum(u)`` with ``p = 0`` (finite state: every output is
-        # unchanged, exactly) or ``NaN``, so each tangent gets ``p * sum(v)`` added, NaN
-        # in every entry (``NaN * 0`` included). XLA fuses this into the tangent's last
-        # operation; a ``where`` on the assembled (d, d) matrix was one more pass and a
-        # fresh buffer per step (a third of jacfwd's time at n = 512).
+        # linearised as ``s' + p * sum(u - s)`` with ``p = 0`` (finite state: every
+        # output is unchanged, exactly; ``u - s`` is 0 at the point, so a large state
+        # cannot overflow the sum) or ``NaN``, so each tangent gets ``p * sum(v)`` added
+        # and each cotangent ``p * sum(g)``: NaN in every entry (``NaN * 0`` included).
+        # XLA fuses this into the tangent's last operation; a ``where`` on the assembled
+        # (d, d) matrix was one more pass and a fresh buffer per step (a third of
+        # jacfwd's time at n = 512).
         p = jnp.where(ok, 0, jnp.nan).astype(s.dtype)
         nxt = None
         for routes in route_sets:
             if routes in self._lin:
                 continue
             step = flat_step(cell, params, layout, routes)
-            nxt, lin = jax.linearize(lambda u, step=step: step(u, x) + p * jnp.sum(u), s)
+            nxt, lin = jax.linearize(lambda u, step=step: step(u, x) + p * jnp.sum(u - s), s)
             self._lin[routes] = lin
             self._lin_T[routes] = jax.linear_transpose(lin, s)
         assert nxt is not None, "route_sets is never empty (None stands for all routes)"

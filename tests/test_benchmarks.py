@@ -288,11 +288,12 @@ def test_orthonormal_script_checks_and_prints_both_tables():
         [sys.executable, os.path.join(BENCH, "orthonormal.py"), "--dtype", "float32",
          "--sizes", "8,16", "--T", "20", "--repeats", "1"],
         capture_output=True, text=True, timeout=300, check=True).stdout
-    rows = [line for line in out.splitlines() if line.startswith("| 8 |") or
-            line.startswith("| 16 |") or line.startswith("| 4 |")]
-    assert len(rows) == 4, out        # two sizes in each table
-    kernels = [r for r in rows if r.startswith(("| 8 |", "| 16 |")) and r.count("|") == 7]
-    assert len(kernels) == 2, out
-    for row in kernels:
-        us = [float(v) for v in row.strip("|").split("|")[1:]]
-        assert all(math.isfinite(v) and v > 0 for v in us), row
+    spectra, kernels = out.split("Dense kernels")
+
+    def numbers(table):   # the data rows of a markdown table, first column dropped
+        return [[float(v.strip("% ")) for v in line.strip("|").split("|")[1:]]
+                for line in table.splitlines() if line[:3] in ("| 4", "| 8", "| 1")]
+
+    assert len(numbers(spectra)) == 2 and len(numbers(kernels)) == 2, out
+    for row in numbers(kernels):                        # us per step and qr / matmul
+        assert len(row) == 5 and all(math.isfinite(v) and v > 0 for v in row), out

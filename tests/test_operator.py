@@ -138,6 +138,20 @@ def test_a_non_finite_state_makes_every_output_nan(case):
     assert not np.all(np.isfinite(np.asarray(layout.ravel(lin.next))))
 
 
+@pytest.mark.parametrize("backend", ["jacfwd", "jacrev"])
+def test_a_large_finite_state_keeps_its_exact_jacobian(backend):
+    """float32 entries of 3e37 sum past the largest float: the poison term must not see
+    that sum, the Jacobian of ``s' = A s`` stays ``A``."""
+    A = jnp.diag(jnp.linspace(0.25, 0.5, 16, dtype=jnp.float32))
+    state = LinearState(jnp.full((16,), 3e37, jnp.float32))
+    assert not jnp.isfinite(jnp.sum(state.s))
+    layout = layout_of(state)
+    lin = _operator.step_operator(Linear(16), A, layout, (_operator.FULL,), backend).at(
+        state, jnp.zeros(0, jnp.float32))
+    np.testing.assert_array_equal(np.asarray(lin.matrix(_operator.FULL)), np.asarray(A))
+    np.testing.assert_array_equal(np.asarray(layout.ravel(lin.next)), np.asarray(A @ state.s))
+
+
 @pytest.mark.parametrize("name", ["lstm", "lstm-peep-nof", "gru", "gru-reset-before",
                                   "rnn-tanh", "rnn-relu"])
 def test_fused_forward_equals_the_step_by_step_reference(name):
