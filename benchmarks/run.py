@@ -40,7 +40,7 @@ if HERE not in sys.path:
 import _common as C  # noqa: E402
 
 # Benchmark scripts, by file name without ".py", in the order they run.
-REGISTRY: list[str] = ["jacobians", "spectra", "scaling", "explain", "floor"]
+REGISTRY: list[str] = ["jacobians", "spectra", "scaling", "explain", "floor", "saturation"]
 SIZES = ("tiny", "small", "full")
 REQUIRED_KEYS = ("benchmark", "name", "status", "seconds")
 

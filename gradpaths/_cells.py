@@ -479,7 +479,16 @@ class LSTM:
                     ) -> dict[str, Activation]:
         """Each gate at its pre-activation (``zbar`` for the tanh block input, ``ibar``,
         ``fbar``, ``obar`` for the sigmoid gates) and ``tanh(c')`` at ``c'``."""
-        g = self.forward(params, state, x)
+        return self._activations(self.forward(params, state, x))
+
+    def activations_projected(self, params: LSTMParams, state: LSTMState, u: Array
+                              ) -> tuple[LSTMState, dict[str, Activation]]:
+        """The next state and :meth:`activations` from the projected input ``u``
+        (G, n) of :meth:`project`, one forward pass for both."""
+        g = self.forward_projected(params, state, u)
+        return LSTMState(g["c"], g["h"]), self._activations(g)
+
+    def _activations(self, g: dict[str, Array]) -> dict[str, Activation]:
         out = {"z": _tanh_activation(g["zbar"]), "i": _sigmoid_activation(g["ibar"])}
         if self.forget_gate:
             out["f"] = _sigmoid_activation(g["fbar"])
@@ -668,7 +677,17 @@ class GRU:
     def activations(self, params: GRUParams, state: GRUState, x: Array
                     ) -> dict[str, Activation]:
         """The gates ``r``, ``z`` and the candidate ``n`` at their pre-activations."""
-        g = self.forward(params, state, x)
+        return self._activations(self.forward(params, state, x))
+
+    def activations_projected(self, params: GRUParams, state: GRUState, u: Array
+                              ) -> tuple[GRUState, dict[str, Activation]]:
+        """The next state and :meth:`activations` from the projected input ``u``
+        (3, n) of :meth:`project`, one forward pass for both."""
+        g = self.forward_projected(params, state, u)
+        return GRUState(g["h"]), self._activations(g)
+
+    @staticmethod
+    def _activations(g: dict[str, Array]) -> dict[str, Activation]:
         return {"r": _sigmoid_activation(g["rbar"]), "z": _sigmoid_activation(g["zbar"]),
                 "n": _tanh_activation(g["nbar"])}
 
@@ -771,6 +790,14 @@ class RNN:
                 read: Callable[[str, Array], Array] = _keep) -> dict[str, Array]:
         """One step with intermediates ``pre = W x + R h + b``, ``dphi``, ``h``."""
         pre = _mv(params.W, x) + _mv(params.R, read("R", state.h)) + params.b
+        return self._after(pre)
+
+    def forward_projected(self, params: RNNParams, state: RNNState, u: Array
+                          ) -> dict[str, Array]:
+        """:meth:`forward` from the projected input ``u`` (n,) of :meth:`project`."""
+        return self._after(u + _mv(params.R, state.h))
+
+    def _after(self, pre: Array) -> dict[str, Array]:
         h, dphi = self._phi(pre)
         return dict(pre=pre, dphi=dphi, h=h)
 
@@ -783,7 +810,16 @@ class RNN:
                     ) -> dict[str, Activation]:
         """``phi`` at ``pre = W x + R h + b``; a ReLU's slope is ``1[pre > 0]`` (a dead
         unit is saturated at the low end)."""
-        g = self.forward(params, state, x)
+        return self._activations(self.forward(params, state, x))
+
+    def activations_projected(self, params: RNNParams, state: RNNState, u: Array
+                              ) -> tuple[RNNState, dict[str, Activation]]:
+        """The next state and :meth:`activations` from the projected input ``u`` (n,)
+        of :meth:`project`, one forward pass for both."""
+        g = self.forward_projected(params, state, u)
+        return RNNState(g["h"]), self._activations(g)
+
+    def _activations(self, g: dict[str, Array]) -> dict[str, Activation]:
         return {self.activation_names[0]: Activation(g["pre"], g["dphi"])}
 
     def fixed_matrices(self, params: RNNParams) -> dict[str, tuple[str, Array]]:
@@ -806,7 +842,7 @@ class RNN:
 
     def step_projected(self, params: RNNParams, state: RNNState, u: Array) -> RNNState:
         """:meth:`step` from the projected input ``u`` (n,) (the fused forward pass)."""
-        return RNNState(self._phi(u + _mv(params.R, state.h))[0])
+        return RNNState(self.forward_projected(params, state, u)["h"])
 
 
 BUILTIN_CELLS = (LSTM, GRU, RNN)

@@ -166,7 +166,16 @@ class _Diagonal(abc.ABC):
 
     def activations(self, params: Any, state: MinState, x: Array) -> dict[str, Activation]:
         """The sigmoid gates at their pre-activations (:attr:`activation_names`)."""
-        g = self.forward(params, state, x)
+        return self._activations(self.forward(params, state, x))
+
+    def activations_projected(self, params: Any, state: MinState, u: Array
+                              ) -> tuple[MinState, dict[str, Activation]]:
+        """The next state and :meth:`activations` from the projected input ``u``
+        (G, n) of :meth:`project`, one forward pass for both."""
+        g = self.forward_projected(params, state, u)
+        return MinState(g["h"]), self._activations(g)
+
+    def _activations(self, g: dict[str, Array]) -> dict[str, Activation]:
         return {name: _cells._sigmoid_activation(g[f"{name}bar"])
                 for name in self.activation_names}
 

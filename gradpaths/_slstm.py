@@ -245,7 +245,16 @@ class SLSTM:
     def activations(self, params: SLSTMParams, state: SLSTMState, x: Array
                     ) -> dict[str, Activation]:
         """Each saturating activation at its pre-activation (:attr:`activation_names`)."""
-        g = self.forward(params, state, x)
+        return self._activations(self.forward(params, state, x))
+
+    def activations_projected(self, params: SLSTMParams, state: SLSTMState, u: Array
+                              ) -> tuple[SLSTMState, dict[str, Activation]]:
+        """The next state and :meth:`activations` from the projected input ``u``
+        (4, n) of :meth:`project`, one forward pass for both."""
+        g = self.forward_projected(params, state, u)
+        return SLSTMState(g["c"], g["n"], g["m"], g["h"]), self._activations(g)
+
+    def _activations(self, g: dict[str, Array]) -> dict[str, Activation]:
         out = {"z": _cells._tanh_activation(g["zbar"])}
         if self.forget_activation == "sigmoid":
             out["f"] = _cells._sigmoid_activation(g["fbar"])

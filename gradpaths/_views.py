@@ -109,7 +109,10 @@ def gate_fractions(cell: SaturatingCell, params: Any, xs: Array, state0: Any) ->
     a sigmoid below 0.0256 or above 0.9744, ``|tanh|`` above 0.9487, a ReLU at or
     below 0), at the low end where its pre-activation is ``<= 0``, else the high end.
     One scan along the trajectory from ``state0``, reducing each step to its
-    fractions: memory ``O(T G)``, not ``O(T d)``. Traceable.
+    fractions: memory ``O(T G)``, not ``O(T d)``. A cell with ``project`` and
+    ``activations_projected`` (the built-in ones) takes the fused path: the input
+    products of all steps before the scan, and the next state and the activations
+    from one forward pass per step (XLA does not merge two). Traceable.
 
     Args:
       cell: a cell reporting its activations (``activation_names``, ``activations``).
@@ -128,16 +131,23 @@ def gate_fractions(cell: SaturatingCell, params: Any, xs: Array, state0: Any) ->
     def frac(mask: Array) -> Array:
         return jnp.mean(mask, axis=-1, dtype=xs.dtype)
 
-    def body(state, x):
-        acts = cell.activations(params, state, x)
+    project: Any = getattr(cell, "project", None)
+    fused_step: Any = getattr(cell, "activations_projected", None)
+    fused = callable(project) and callable(fused_step)
+
+    def body(state, u):
+        if fused:
+            new, acts = fused_step(params, state, u)
+        else:
+            new, acts = cell.step(params, state, u), cell.activations(params, state, u)
         out = {}
         for name in cell.activation_names:
             a = acts[name]
             saturated = a.slope < _protocols.SATURATION_SLOPE
             out[name] = (frac(saturated & (a.pre <= 0)), frac(saturated & (a.pre > 0)))
-        return cell.step(params, state, x), out
+        return new, out
 
-    return jax.lax.scan(body, state0, xs)[1]
+    return jax.lax.scan(body, state0, project(params, xs) if fused else xs)[1]
 
 
 class GateSaturation(NamedTuple):

@@ -256,6 +256,20 @@ def test_floor_rows_follow_the_contract_and_pass_their_checks(runner):
     assert "Floors" in floor.report(rows)
 
 
+def test_saturation_rows_follow_the_contract_and_pass_their_checks(runner):
+    saturation = runner.load("saturation")
+    rows = saturation.main("tiny")
+    assert [r["what"] for r in rows] == [saturation.PLAIN, saturation.STEPPING,
+                                         saturation.FUSED]
+    for row in rows:
+        for key in runner.REQUIRED_KEYS:
+            assert key in row
+        assert row["status"] == "ok" and row["check"] == "ok", row
+        assert math.isfinite(row["seconds"]) and math.isfinite(row["speedup"])
+    assert rows[2]["err_over_tol"] <= 1
+    assert "× stepping" in saturation.report(rows)
+
+
 def test_predict_tables_from_synthetic_histories():
     """benchmarks/predict.py's analysis on known histories (no training)."""
     import gradpaths as gp

@@ -210,6 +210,39 @@ def test_lanczos_horizon_equals_the_dense_product(kind):
             assert np.all(e[ok] - h[ok] <= HORIZON_ATOL[jnp.dtype("float64")])
 
 
+def test_a_converged_horizon_is_within_its_tolerance():
+    # the stopping rule's promise: a spec reported converged has a horizon within tol
+    # nats/step below the dense product's. Linear maps whose top singular values are
+    # clustered (slow Lanczos) or spread, every sweep budget from 1, three tolerances;
+    # both outcomes must occur, and a looser tolerance never needs more sweeps
+    def run(cell, params, xs, s0, *, horizon, tol, max_sweeps):
+        return _lyapunov.growth_many(cell, params, xs, s0, ((None, None),), horizon=horizon,
+                                     tol=tol, max_sweeps=max_sweeps)
+
+    outcomes = set()
+    for eigs, seed in (((1.0, 0.999, 0.99, 0.97, 0.5, -0.3, 0.2, 0.1), 0),
+                       ((1.1, 1.09, -1.08, 0.6, 0.4, 0.2), 1),
+                       ((1.2, 0.8, 0.5, 0.3, 0.1), 2)):
+        cell, A = linear_case(list(eigs), seed)
+        p = _inputs.prepare(cell, A, jnp.zeros((40, 0)), None)
+        exact = float(_inputs.call(run, cell, p.params, p.xs, p.state0, horizon="exact",
+                                   tol=None, max_sweeps=1).horizon[0])
+        for tol in (1e-2, 1e-4, 1e-6):
+            used = []
+            for max_sweeps in range(1, 7):
+                g = _inputs.call(run, cell, p.params, p.xs, p.state0, horizon="lanczos",
+                                 tol=tol, max_sweeps=max_sweeps)
+                h, converged = float(g.horizon[0]), bool(g.converged[0])
+                assert h <= exact + 1e-12                      # a lower bound
+                if converged:
+                    assert exact - h <= tol, (eigs, tol, max_sweeps, exact - h)
+                    used.append(int(g.sweeps))
+                outcomes.add(converged)
+            if used:
+                assert len(set(used)) == 1     # a converged run stops at the same sweep
+    assert outcomes == {True, False}
+
+
 def test_checkpointed_window_equals_the_kept_one(monkeypatch):
     # above _FLAT_BYTES the window's states are rebuilt from checkpoints, segment by
     # segment; the numbers are those of the kept states (a window with a tail: 194 =

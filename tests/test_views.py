@@ -3,6 +3,7 @@ saturation step by step, the steps of largest input."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 from cells import lstm_saturation_numpy
@@ -80,6 +81,57 @@ def test_gate_saturation_against_numpy(model):
         assert_close(ex.saturation[g]["high"], sat.high[:, k].mean())
     with pytest.raises(TypeError, match="reports its activations"):
         gp.gate_saturation(object(), params, xs)
+
+
+class _Unfused:
+    """A built-in cell seen as a custom one: ``step`` and ``activations`` only."""
+
+    def __init__(self, cell):
+        self.cell = cell
+        self.activation_names = cell.activation_names
+
+    def step(self, params, state, x):
+        return self.cell.step(params, state, x)
+
+    def activations(self, params, state, x):
+        return self.cell.activations(params, state, x)
+
+    def initial_state(self):
+        return self.cell.initial_state()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: gp.LSTM(3, 5, peepholes=True), lambda: gp.LSTM(3, 5, forget_gate=False),
+    lambda: gp.GRU(3, 5), lambda: gp.GRU(3, 5, reset_after=False),
+    lambda: gp.RNN(3, 5), lambda: gp.RNN(3, 5, nonlinearity="relu"),
+    lambda: gp.SLSTM(3, 5, forget_activation="sigmoid"), lambda: gp.MinGRU(3, 5),
+    lambda: gp.MinLSTM(3, 5)], ids=["lstm-peep", "lstm-nof", "gru", "gru-before", "rnn",
+                                     "rnn-relu", "slstm", "mingru", "minlstm"])
+def test_fused_saturation_equals_the_step_by_step_one(make):
+    """The built-in cells count saturation on the fused path (input products before the
+    scan, next state and activations from one forward pass); a custom cell steps and
+    asks for its activations separately. Same states, same activations, same counts."""
+    cell = make()
+    params = cell.init(jax.random.key(0), input_gain=3.0)
+    xs = 2.0 * jax.random.normal(jax.random.key(1), (40, 3))
+    state = cell.initial_state()
+    u = cell.project(params, xs)
+    for t in range(3):
+        new, acts = cell.activations_projected(params, state, u[t])
+        ref = cell.activations(params, state, xs[t])
+        assert tuple(acts) == tuple(ref) == cell.activation_names
+        for g in acts:
+            assert_close(acts[g].pre, ref[g].pre, err_msg=g)
+            assert_close(acts[g].slope, ref[g].slope, err_msg=g)
+        for a, b in zip(new, cell.step(params, state, xs[t]), strict=True):
+            assert_close(a, b)
+        state = new
+    fused = gp.gate_saturation(cell, params, xs)
+    plain = gp.gate_saturation(_Unfused(cell), params, xs)
+    assert fused.gates == plain.gates
+    assert_close(fused.low, plain.low)
+    assert_close(fused.high, plain.high)
+    assert fused.low.max() + fused.high.max() > 0      # something saturates
 
 
 # --------------------------------------------------------------------------- input events
