@@ -4,8 +4,8 @@
 step, the units of each activation whose slope is below a tenth of its maximum. A cell
 that only offers ``step`` and ``activations`` runs its forward pass twice per step (XLA
 does not merge the two); the built-in cells offer ``project`` and
-``activations_projected``: the input products of all steps before the scan, then the
-next state and the activations from one forward pass. This script times, on the
+``activations_projected``: the next state and the activations from one forward pass
+(the input projected inside the step). This script times, on the
 ``gp.LSTM(32, n)`` problem of ``explain.py`` (float32, T = 1000), in one process:
 
 * ``baseline: plain scan``: the forward pass of ``explain.plain_lstm``;

@@ -120,8 +120,8 @@ class ClosedFormCell(RoutedCell, Protocol):
 class SaturatingCell(Protocol):
     """A cell that reports its activations, for saturation counts.
 
-    Optional, for speed: with ``project(params, xs)`` (the input products of all
-    steps) and ``activations_projected(params, state, u) -> (next_state,
+    Optional, for speed: with ``project(params, xs)`` (the input products, applied
+    to one step's input) and ``activations_projected(params, state, u) -> (next_state,
     activations)`` (both from one forward pass), saturation is counted on that fused
     path, as the built-in cells do; otherwise each step calls ``step`` and
     ``activations`` (XLA does not merge their two forward passes).

@@ -110,9 +110,10 @@ def gate_fractions(cell: SaturatingCell, params: Any, xs: Array, state0: Any) ->
     below 0), at the low end where its pre-activation is ``<= 0``, else the high end.
     One scan along the trajectory from ``state0``, reducing each step to its
     fractions: memory ``O(T G)``, not ``O(T d)``. A cell with ``project`` and
-    ``activations_projected`` (the built-in ones) takes the fused path: the input
-    products of all steps before the scan, and the next state and the activations
-    from one forward pass per step (XLA does not merge two). Traceable.
+    ``activations_projected`` (the built-in ones) takes the next state and the
+    activations from one forward pass per step (XLA does not merge two); the input is
+    projected inside the step, as ``forward`` does (projecting all steps first would
+    hold ``O(T d)``). Traceable.
 
     Args:
       cell: a cell reporting its activations (``activation_names``, ``activations``).
@@ -135,11 +136,11 @@ def gate_fractions(cell: SaturatingCell, params: Any, xs: Array, state0: Any) ->
     fused_step: Any = getattr(cell, "activations_projected", None)
     fused = callable(project) and callable(fused_step)
 
-    def body(state, u):
+    def body(state, x):
         if fused:
-            new, acts = fused_step(params, state, u)
+            new, acts = fused_step(params, state, project(params, x[None])[0])
         else:
-            new, acts = cell.step(params, state, u), cell.activations(params, state, u)
+            new, acts = cell.step(params, state, x), cell.activations(params, state, x)
         out = {}
         for name in cell.activation_names:
             a = acts[name]
@@ -147,7 +148,7 @@ def gate_fractions(cell: SaturatingCell, params: Any, xs: Array, state0: Any) ->
             out[name] = (frac(saturated & (a.pre <= 0)), frac(saturated & (a.pre > 0)))
         return new, out
 
-    return jax.lax.scan(body, state0, project(params, xs) if fused else xs)[1]
+    return jax.lax.scan(body, state0, xs)[1]
 
 
 class GateSaturation(NamedTuple):

@@ -108,8 +108,8 @@ class _Unfused:
     lambda: gp.MinLSTM(3, 5)], ids=["lstm-peep", "lstm-nof", "gru", "gru-before", "rnn",
                                      "rnn-relu", "slstm", "mingru", "minlstm"])
 def test_fused_saturation_equals_the_step_by_step_one(make):
-    """The built-in cells count saturation on the fused path (input products before the
-    scan, next state and activations from one forward pass); a custom cell steps and
+    """The built-in cells count saturation on the fused path (next state and activations
+    from one forward pass); a custom cell steps and
     asks for its activations separately. Same states, same activations, same counts."""
     cell = make()
     params = cell.init(jax.random.key(0), input_gain=3.0)
