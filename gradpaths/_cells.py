@@ -515,7 +515,15 @@ class LSTM:
         s)``, ``tanh'(a) = 1 - tanh(a)^2`` in exact arithmetic), so it keeps its
         magnitude where the gate saturates.
         """
-        g = self.forward(params, state, x)
+        return self._linearised(params, state, self.forward(params, state, x))
+
+    def linearise_projected(self, params: LSTMParams, state: LSTMState, u: Array
+                            ) -> tuple[LSTMState, dict[str, Edge]]:
+        """:meth:`linearise` from the projected input ``u`` (G, n) of :meth:`project`."""
+        return self._linearised(params, state, self.forward_projected(params, state, u))
+
+    def _linearised(self, params: LSTMParams, state: LSTMState, g: dict[str, Array]
+                    ) -> tuple[LSTMState, dict[str, Edge]]:
         nxt = LSTMState(g["c"], g["h"])
         z, i, f, o, tc = g["z"], g["i"], g["f"], g["o"], g["tanh_c"]
         do = g["do"]
@@ -709,7 +717,15 @@ class GRU:
         ``reset_after=False`` r ``diag(dn) R_n diag(h sigmoid'(rbar)) R_r`` and n
         ``diag(dn) R_n diag(r)``. Derivatives are taken at the pre-activations
         (they keep their magnitude at saturation)."""
-        g = self.forward(params, state, x)
+        return self._linearised(params, state, self.forward(params, state, x))
+
+    def linearise_projected(self, params: GRUParams, state: GRUState, u: Array
+                            ) -> tuple[GRUState, dict[str, Edge]]:
+        """:meth:`linearise` from the projected input ``u`` (3, n) of :meth:`project`."""
+        return self._linearised(params, state, self.forward_projected(params, state, u))
+
+    def _linearised(self, params: GRUParams, state: GRUState, g: dict[str, Array]
+                    ) -> tuple[GRUState, dict[str, Edge]]:
         r, z, a, dr = g["r"], g["z"], g["a"], g["dr"]
         h = state.h
         dn = g["zc"] * g["dn"]
@@ -833,7 +849,15 @@ class RNN:
     def linearise(self, params: RNNParams, state: RNNState, x: Array
                   ) -> tuple[RNNState, dict[str, Edge]]:
         """The next state and the entry edge, from one forward pass."""
-        g = self.forward(params, state, x)
+        return self._linearised(params, self.forward(params, state, x))
+
+    def linearise_projected(self, params: RNNParams, state: RNNState, u: Array
+                            ) -> tuple[RNNState, dict[str, Edge]]:
+        """:meth:`linearise` from the projected input ``u`` (n,) of :meth:`project`."""
+        return self._linearised(params, self.forward_projected(params, state, u))
+
+    @staticmethod
+    def _linearised(params: RNNParams, g: dict[str, Array]) -> tuple[RNNState, dict[str, Edge]]:
         return RNNState(g["h"]), {"R": Edge("h", {"h": g["dphi"]}, params.R)}
 
     def project(self, params: RNNParams, xs: Array) -> Array:

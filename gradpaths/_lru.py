@@ -197,7 +197,15 @@ class LRU:
                   ) -> tuple[LRUState, dict[str, Edge]]:
         """The next state and the entry edges: ``re -> (re', im')`` with ``(a, b)`` and
         ``im -> (re', im')`` with ``(-b, a)``."""
-        g = self.forward(params, state, x)
+        return self._linearised(self.forward(params, state, x))
+
+    def linearise_projected(self, params: LRUParams, state: LRUState, u: Array
+                            ) -> tuple[LRUState, dict[str, Edge]]:
+        """:meth:`linearise` from the projected input ``u`` (2, N) of :meth:`project`."""
+        return self._linearised(self.forward_projected(params, state, u))
+
+    @staticmethod
+    def _linearised(g: dict[str, Array]) -> tuple[LRUState, dict[str, Edge]]:
         a, b = g["a"], g["b"]
         return LRUState(g["re"], g["im"]), {"re": Edge("re", {"re": a, "im": b}, None),
                                             "im": Edge("im", {"re": -b, "im": a}, None)}

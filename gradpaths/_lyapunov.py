@@ -37,7 +37,7 @@ import numpy as np
 
 from gradpaths import _checks, _inputs
 from gradpaths._checks import InputError
-from gradpaths._operator import block_rows, dot, step_operator
+from gradpaths._operator import block_rows, can_project, dot, step_operator
 from gradpaths._orthonormal import default_method, orthonormalise
 from gradpaths._products import (
     Spec,
@@ -203,7 +203,6 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     if tol is None:
         tol = 1e-9 if dtype == jnp.float64 else 5e-5
     S = len(specs)
-    op = step_operator(cell, params, layout, specs)
     start = _starts(layout, specs, key, dtype)
     window = T - warmup
     zeros = jnp.zeros((S,), dtype)
@@ -215,6 +214,12 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     # checkpoint: O((q + C) d) = O(sqrt(T) d) memory, for one more step of the cell per
     # step of a backward sweep. Forward sweeps need neither.
     flat = window * layout.size * np.dtype(dtype).itemsize <= _FLAT_BYTES
+    # kept states: the inputs' products of all steps are formed once too (one
+    # (T, m) x (m, G n) product, not one small product per step of every sweep) when
+    # they also fit in _FLAT_BYTES
+    op = step_operator(cell, params, layout, specs, projected=flat and can_project(cell)
+                       and _fits(lambda: cell.project(params, xs)))
+    xs = op.inputs(xs)
     C, q = (window, 1) if flat else _segments(window)
     r = window - q * C
     win_xs = xs[warmup:]
@@ -432,6 +437,13 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     log_norm = jnp.where(zero, -jnp.inf, log_norm)
     return Growth(exponent, log_norm / window, local.T, units, sweeps,
                   zero | (rest <= tol * window))
+
+
+def _fits(make: Any) -> bool:
+    """Whether the arrays ``make()`` would return take at most ``_FLAT_BYTES``
+    (shapes only: nothing is computed)."""
+    leaves = jax.tree_util.tree_leaves(jax.eval_shape(make))
+    return sum(a.size * np.dtype(a.dtype).itemsize for a in leaves) <= _FLAT_BYTES
 
 
 def _segments(window: int) -> tuple[int, int]:

@@ -191,7 +191,15 @@ class _Diagonal(abc.ABC):
     def linearise(self, params: Any, state: MinState, x: Array
                   ) -> tuple[MinState, dict[str, Edge]]:
         """The next state and the entry edge ``carousel``: ``J = diag(a)``, exactly."""
-        g = self.forward(params, state, x)
+        return self._linearised(self.forward(params, state, x))
+
+    def linearise_projected(self, params: Any, state: MinState, u: Array
+                            ) -> tuple[MinState, dict[str, Edge]]:
+        """:meth:`linearise` from the projected input ``u`` (G, n) of :meth:`project`."""
+        return self._linearised(self.forward_projected(params, state, u))
+
+    @staticmethod
+    def _linearised(g: dict[str, Array]) -> tuple[MinState, dict[str, Edge]]:
         return MinState(g["h"]), {"carousel": Edge("h", {"h": g["a"]}, None)}
 
 

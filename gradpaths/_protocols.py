@@ -101,6 +101,11 @@ class ClosedFormCell(RoutedCell, Protocol):
 
     Each edge ``r`` holds the source field and, per output field ``k``, the
     coefficient vector ``rows[k]``: ``J^r[k, source] = diag(rows[k]) M_r``.
+
+    Optional, for speed: with ``project(params, xs)`` (the input products of all steps
+    at once) and ``linearise_projected(params, state, u) -> (next_state, edges)`` (the
+    same as ``linearise`` from one step's projected input), analyses that sweep a
+    stored window several times (``gp.explain``) form the input products once.
     """
 
     def edges(self, params: Any, state: Any, x: Array) -> dict[str, Any]:

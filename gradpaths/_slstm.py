@@ -286,7 +286,15 @@ class SLSTM:
         f) move ``(c', n', m')`` by ``(k_c, k_n, sel)``, ``(-k_c, -k_n, 1 - sel)`` and
         ``l' (k_c, k_n, sel)`` per unit of their pre-activation (class docstring).
         """
-        g = self.forward(params, state, x)
+        return self._linearised(params, state, self.forward(params, state, x))
+
+    def linearise_projected(self, params: SLSTMParams, state: SLSTMState, u: Array
+                            ) -> tuple[SLSTMState, dict[str, Edge]]:
+        """:meth:`linearise` from the projected input ``u`` (4, n) of :meth:`project`."""
+        return self._linearised(params, state, self.forward_projected(params, state, u))
+
+    def _linearised(self, params: SLSTMParams, state: SLSTMState, g: dict[str, Array]
+                    ) -> tuple[SLSTMState, dict[str, Edge]]:
         nxt = SLSTMState(g["c"], g["n"], g["m"], g["h"])
         f_s, i_s, sel, z = g["f_s"], g["i_s"], g["sel"], g["z"]
         g_c = g["o"] / g["n"]                        # dh'/dc'

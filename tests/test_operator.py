@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from cells import CONFIGS, Henon, HenonState, Linear, LinearState, setup
+from cells import CONFIGS, MODERN, Henon, HenonState, Linear, LinearState, setup
 from helpers import assert_close
 
 import gradpaths as gp
@@ -94,6 +94,56 @@ def test_blocks_spanning_several_fields(backend):
         assert_close(many_T[rows, j:j + 1], J.T @ col, err_msg=str(spec))
         outside = np.setdiff1d(np.arange(layout.size), rows)
         assert np.all(many[outside, j] == 0) and np.all(many_T[outside, j] == 0)
+
+
+CLOSED = sorted(CONFIGS) + sorted(MODERN)
+
+
+@pytest.mark.parametrize("name", CLOSED)
+def test_projected_linearisation_equals_the_per_step_one(name):
+    # every built-in closed-form cell can take projected inputs; its linearisation from
+    # them is the one from x: next state, matrices, apply_many and apply_T_many
+    cell, params, xs, s0 = setup(name, n=4, T=3, seed=5)
+    layout = layout_of(s0)
+    specs = _specs(cell, layout)
+    assert _operator.can_project(cell)
+    plain = _operator.step_operator(cell, params, layout, specs)
+    fused = _operator.step_operator(cell, params, layout, specs, projected=True)
+    assert fused.projected and not plain.projected
+    assert plain.inputs(xs) is xs
+    us = fused.inputs(xs)
+    V = jax.random.normal(jax.random.key(1), (layout.size, len(specs)))
+    state = s0
+    for t in range(xs.shape[0]):
+        a, b = plain.at(state, xs[t]), fused.at(state, us[t])
+        assert_close(layout.ravel(b.next), layout.ravel(a.next))
+        for spec in specs:
+            assert_close(b.matrix(spec), a.matrix(spec), err_msg=str(spec))
+        assert_close(b.apply_many(specs, V), a.apply_many(specs, V))
+        assert_close(b.apply_T_many(specs, V), a.apply_T_many(specs, V))
+        state = a.next
+
+
+@pytest.mark.parametrize("name", ["lstm-peep", "gru-reset-before", "slstm"])
+@pytest.mark.parametrize("share", [0.0, np.inf])
+def test_split_and_stacked_products_agree(name, share, monkeypatch):
+    # apply_many / apply_T_many push each column through the edges its spec keeps:
+    # split (each edge's matrix on its own columns) or stacked (every column through
+    # the stack, zero weights for the others); both equal the per-spec apply
+    cell, params, xs, s0 = setup(name, n=4, T=2, seed=6)
+    layout = layout_of(s0)
+    specs = _specs(cell, layout)
+    split = _operator._Closed._split
+    monkeypatch.setattr(_operator._Closed, "_split",
+                        lambda self, w, K, _: split(self, w, K, share))
+    lin = _operator.step_operator(cell, params, layout, specs).at(s0, xs[0])
+    V = jax.random.normal(jax.random.key(2), (layout.size, len(specs)))
+    many, many_T = lin.apply_many(specs, V), lin.apply_T_many(specs, V)
+    for j, spec in enumerate(specs):
+        rows = slice(None) if spec.block is None else layout.slice(spec.block[0])
+        J = lin.matrix(spec)
+        assert_close(many[rows, j], J @ V[rows, j], err_msg=str(spec))
+        assert_close(many_T[rows, j], J.T @ V[rows, j], err_msg=str(spec))
 
 
 def test_custom_cell_operator():
