@@ -17,10 +17,17 @@ less than the forward pass plus these products. This script times, on the
   pre-activations taken from its first column (R read once per step);
 * ``+ 17 route-set tangents``: four ``R_g V_g`` products, ``V_g`` (n, 9) (the
   floor of one sweep of ``gp.explain``, which runs one forward scan and a pair of
-  sweeps per Lanczos step: 6 sweeps at n = 512).
+  sweeps per Lanczos step: 6 sweeps at n = 512);
+* ``gp forward sweep`` / ``gp backward sweep``: what ``gp.explain`` actually runs per
+  sweep, for comparison with that floor: the step operator of the 17 standard route
+  sets (``gradpaths._operator``, inputs projected before the scan) pushing one tangent
+  per set forward (``apply_many``) or pulling one cotangent per set back
+  (``apply_T_many``, over the forward pass's states, computed before timing),
+  normalised every step.
 
 Check before timing: every variant's final ``h`` equals the plain scan's (float32
-tolerance of ``_common.tol``) and its tangents are finite. The ratios (``× plain``)
+tolerance of ``_common.tol``; the backward sweep's: the last of the states it pulls
+through) and its tangents are finite. The ratios (``× plain``)
 are the least any implementation on this machine can reach: a target below a floor is
 not reachable here. No targets of its own.
 
@@ -45,6 +52,9 @@ if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402
 import explain as E  # noqa: E402
+
+import gradpaths as gp  # noqa: E402
+from gradpaths import _inputs, _operator, _routesets  # noqa: E402
 
 BENCHMARK = "floor"
 PLAIN = "baseline: plain scan"
@@ -107,9 +117,55 @@ def variant(kind: str, params: Any, xs: jax.Array, V0: jax.Array) -> tuple[jax.A
     return h, V
 
 
+def _sweep_operator(params: Any, xs: jax.Array) -> tuple[Any, Any, tuple[Any, ...], jax.Array]:
+    """``(op, state0, specs, inputs)``: the step operator ``gp.explain`` sweeps with."""
+    cell = gp.LSTM(xs.shape[1], params.R.z.shape[0])
+    p = _inputs.prepare(cell, params, xs, None)
+    specs = tuple(s.spec for s in _routesets.standard_sets(cell, p.layout))
+    op = _operator.step_operator(cell, p.params, p.layout, specs, projected=True)
+    return op, p.state0, specs, op.inputs(p.xs)
+
+
+def _renormalised(W: jax.Array, V: jax.Array) -> jax.Array:
+    """``W`` with unit columns, keeping ``V``'s column where ``W``'s is exactly 0 (as
+    ``gp.explain`` does: a route whose step Jacobian is 0, e.g. the f route at c = 0)."""
+    norm = jnp.linalg.norm(W, axis=0, keepdims=True)
+    return jnp.where(norm > 0, W / jnp.where(norm > 0, norm, 1), V)
+
+
+def sweep(kind: str, params: Any, xs: jax.Array, V0: Any) -> tuple[jax.Array, jax.Array]:
+    """``(h, V)`` of one sweep of ``gp.explain``'s step operator: ``"push"`` from the
+    zero state, ``"pull"`` back over the states ``V0[0]`` (``V0 = (states, G)``)."""
+    op, state0, specs, us = _sweep_operator(params, xs)
+
+    if kind == "push":
+        def push(carry, u):
+            state, V = carry
+            lin = op.at(state, u)
+            return (lin.next, _renormalised(lin.apply_many(specs, V), V)), None
+
+        (state, V), _ = jax.lax.scan(push, (state0, V0), us)
+        return state.h, V
+    states, G = V0
+
+    def pull(G, inp):
+        return _renormalised(op.at(*inp).apply_T_many(specs, G), G), None
+
+    G, _ = jax.lax.scan(pull, G, (states, us), reverse=True)
+    return states.h[-1], G
+
+
+def _states(params: Any, xs: jax.Array) -> Any:
+    """The states entering each step (what a backward sweep pulls through)."""
+    op, state0, _, us = _sweep_operator(params, xs)
+    return jax.lax.scan(lambda s, u: (op.at(s, u).next,) * 2, state0, us)[1]
+
+
 VARIANTS = {"plain": PLAIN, "top": f"+ {K_TOP} tangents",
             "fused": f"+ {K_TOP} tangents, one product",
-            "routes": f"+ 17 route-set tangents ({K_GATE} per gate matrix)"}
+            "routes": f"+ 17 route-set tangents ({K_GATE} per gate matrix)",
+            "push": "gp forward sweep (17 route sets)",
+            "pull": "gp backward sweep (17 route sets)"}
 
 
 def main(size: str = "small") -> list[dict[str, Any]]:
@@ -123,10 +179,17 @@ def main(size: str = "small") -> list[dict[str, Any]]:
         del cell
         calls, firsts, base = {}, {}, {}
         for kind, what in VARIANTS.items():
-            k = {"plain": 1, "top": K_TOP, "fused": K_TOP, "routes": K_GATE}[kind]
-            V0 = _normalised(jax.random.normal(jax.random.key(2), (n, k), "float32"))
+            if kind in ("push", "pull"):
+                V0 = _normalised(jax.random.normal(jax.random.key(2), (2 * n, 17), "float32"))
+                if kind == "pull":
+                    V0 = (jax.jit(_states)(params, xs), V0)
+                fn = sweep
+            else:
+                k = {"plain": 1, "top": K_TOP, "fused": K_TOP, "routes": K_GATE}[kind]
+                V0 = _normalised(jax.random.normal(jax.random.key(2), (n, k), "float32"))
+                fn = variant
             compiled, compile_s = C.compile_jax(
-                lambda p, x, v, kind=kind: variant(kind, p, x, v), params, xs, V0)
+                lambda p, x, v, kind=kind, fn=fn: fn(kind, p, x, v), params, xs, V0)
             (h, V), first_s = C.first_call(lambda c=compiled, v=V0, p=params, x=xs: c(p, x, v))
             row = {"benchmark": BENCHMARK, "name": f"n={n} T={T} {what}", "n": n, "T": T,
                    "what": what, "compile_s": compile_s, "status": "ok", "seconds": None}
@@ -169,9 +232,16 @@ def report(rows: list[dict[str, Any]]) -> str:
     lines = [f"**{BENCHMARK}** (float32, gp.LSTM(32, n); seconds for all T steps; × plain = "
              "median / the plain scan's median, same run)\n", C.markdown_table(rows, COLUMNS),
              "\nFloors (no implementation of these analyses runs faster than its products):"]
+    ours = (VARIANTS["push"], VARIANTS["pull"])
     for r in rows:
-        if r["what"] != PLAIN and r.get("ratio") is not None:
+        if r["what"] not in (PLAIN,) + ours and r.get("ratio") is not None:
             lines.append(f"- n={r['n']}: {r['what']}: {r['ratio']:.2f}x the plain scan")
+    lines.append("\ngp.explain's sweeps against the floor of one sweep (17 route-set tangents):")
+    floor = {r["n"]: r.get("ratio") for r in rows if r["what"] == VARIANTS["routes"]}
+    for r in rows:
+        if r["what"] in ours and r.get("ratio") is not None and floor.get(r["n"]):
+            lines.append(f"- n={r['n']}: {r['what']}: {r['ratio']:.2f}x the plain scan, "
+                         f"{r['ratio'] / floor[r['n']]:.2f}x the floor")
     return "\n".join(lines)
 
 

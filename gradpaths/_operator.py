@@ -289,11 +289,12 @@ class _Closed:
 
         ``apply_many`` with many specs is the case: an LSTM's 17 route sets use each
         gate's matrix in 9 of the 17 columns, 36 column products split against 68
-        stacked. Measured on CPU (float32, n = 128-2048, T = 1000): ``apply_T_many``
-        runs 1.1-1.2x faster split (``share`` 0.6); ``apply_many`` runs 1.25-1.7x
-        faster stacked at n = 128-512 and equally fast at n = 2048 (the column gathers
-        and scatters cost more than the products they save), so it splits only past
-        a 4x saving (``share`` 0.25)."""
+        stacked. Measured on CPU (float32, those 17 sets, sweeps of T steps):
+        ``apply_many`` runs 1.7x faster stacked at n = 128, 1.07x at n = 512 and as fast
+        at n = 2048 (the column gathers and scatters cost more than the products they
+        save), so it splits only past a 4x saving (``share`` 0.25); ``apply_T_many``
+        runs 1.2x faster split at n = 512 and as fast at n = 128 and 2048 (``share``
+        0.6)."""
         plan: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         stacked = split = 0
         for r, w in weights.items():
@@ -327,9 +328,8 @@ class _Closed:
 
     def _joined(self, out: dict[str, Any], extra: list[Array], K: int, dtype: Any) -> Array:
         """The per-field sums as one (d, K) array (zeros for empty fields), plus the
-        (d, K) results of matrix-free edges. Summing per field and joining once keeps
-        each step's elementwise work in a few fused loops: every edge spread into its
-        own zero-padded (d, K) array cost as much as the matrix products at n = 128-512."""
+        (d, K) results of matrix-free edges: one join per step, not one zero-padded
+        (d, K) array per edge."""
         acc = jnp.concatenate([jnp.zeros((size, K), dtype) if out[f] is None else out[f]
                                for f, size in zip(self.layout.names, self.layout.sizes)])
         for term in extra:
@@ -374,52 +374,45 @@ class _Closed:
 
     def _pull(self, G: Array, weights: dict[str, Any], fmask: Any) -> Array:
         """``sum_r w_r (J^r)^T G`` column-wise; ``G`` (d, K) full coordinates."""
-        lay, K = self.layout, G.shape[1]
-        split = self._split(weights, K, 0.6)
+        lay = self.layout
+        split = self._split(weights, G.shape[1], 0.6)
         if split is None:
             weights = self._widen(weights)
         if fmask is not None:
             G = G * fmask
-        rows_of = {f: G[lay.slice(f)] for f in lay.names}
-        out: dict[str, Any] = dict.fromkeys(lay.names)
+        acc = jnp.zeros_like(G)
 
-        def gathered(name: str, cols: Any = None) -> Array:
-            """``sum_k diag(rows[k]) G_k``, weighted (on ``cols`` only when given)."""
+        def gathered(name: str) -> Array:
+            edge = self.edges[name]
             total = None
-            for field, coeff in self.edges[name].rows.items():
+            for out in lay.names:
+                coeff = edge.rows.get(out)
                 if coeff is None:
                     continue
-                Gk = rows_of[field] if cols is None else rows_of[field][:, cols]
-                term = coeff[:, None] * Gk
+                term = coeff[:, None] * G[lay.slice(out)]
                 total = term if total is None else total + term
-            w = weights[name]
-            if cols is not None and np.ndim(w) != 0:
-                w = w[:, cols]
-            return total * w
-
-        def add(field: str, term: Array) -> None:
-            out[field] = term if out[field] is None else out[field] + term
+            return total * weights[name]
 
         chosen = tuple(weights)
         for r in chosen:
-            edge = self.edges[r]
-            if not _free(edge) and edge.matrix is None:
-                add(edge.source, gathered(r))
-        extra = [edge.pull(G, w) for edge, w in _free_parts(self.edges, chosen, weights)]
+            if not _free(self.edges[r]) and self.edges[r].matrix is None:
+                acc = acc.at[lay.slice(self.edges[r].source)].add(gathered(r))
+        for edge, w in _free_parts(self.edges, chosen, weights):
+            acc = acc + edge.pull(G, w)
         if split is not None:
             for r, (cols, inverse) in split.items():
                 if cols.size == 0:
                     continue
-                U = gathered(r, cols)
+                U = gathered(r)[:, cols]
                 fixed = self._fixed.get((r,))
                 part = (dot(fixed[1], U) if fixed is not None
                         else dot_T(self.edges[r].matrix, U))
-                add(self.edges[r].source, self._scatter(part, inverse))
+                acc = acc.at[lay.slice(self.edges[r].source)].add(self._scatter(part, inverse))
             chosen = ()
         for g in self._grouped(chosen):
             U = jnp.concatenate([gathered(r) for r in g.names])
-            add(g.source, self._stack_T(g, U))
-        acc = self._joined(out, extra, K, G.dtype)
+            src = lay.slice(g.source)
+            acc = acc.at[src].add(self._stack_T(g, U))
         if fmask is not None:
             acc = acc * fmask
         return self._poison(acc)
