@@ -27,6 +27,7 @@ so finite-horizon exponents can serve as a training loss.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
@@ -93,6 +94,23 @@ _RITZ_STEPS = 64    # power steps on the small bidiagonal per Ritz pair (warm-st
 # growth_many keeps every state of the window when they take at most this many bytes
 # (one scan each way); above it, states are rebuilt from sqrt(T) checkpoints
 _FLAT_BYTES = 32 * 2**20
+
+
+def default_tol(dtype: Any) -> float:
+    """The horizon's default tolerance, nats/step: ``1e-9`` in float64, ``5e-5`` in
+    float32 (half the last of the 4 decimals the tables print)."""
+    return 1e-9 if jnp.dtype(dtype) == jnp.float64 else 5e-5
+
+
+def check_tol(tol: Any) -> float | None:
+    """``tol`` validated: None (the dtype's default) or a finite number > 0."""
+    if tol is None:
+        return None
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating, np.integer)) \
+            or not (math.isfinite(tol) and tol > 0):
+        raise InputError(f"horizon_tol: expected None or a finite number > 0 (nats/step), "
+                         f"got {tol!r}")
+    return float(tol)
 
 
 def check_horizon(horizon: Any) -> str:
@@ -201,7 +219,7 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     layout = layout_of(state0)
     dtype = layout.ravel(state0).dtype
     if tol is None:
-        tol = 1e-9 if dtype == jnp.float64 else 5e-5
+        tol = default_tol(dtype)
     S = len(specs)
     start = _starts(layout, specs, key, dtype)
     window = T - warmup

@@ -175,6 +175,33 @@ def test_bad_input():
         gp.explain(cell, params, jnp.stack([xs, xs.at[3, 1].set(jnp.nan)]))
 
 
+def test_horizon_tol_trades_sweeps_for_a_stated_accuracy():
+    # a looser tolerance: every converged horizon is still a lower bound within it of the
+    # dense product's; the tolerance used is reported (the dtype's default when None)
+    cell, params, xs, s0 = setup("lstm", n=6, T=80, seed=3, gain=1.5)
+    exact = gp.explain(cell, params, xs, s0, warmup=10, horizon="exact")
+    default = gp.explain(cell, params, xs, s0, warmup=10)
+    assert default.horizon_tol == 1e-9 and exact.horizon_tol is None
+    for tol in (1e-2, 1e-4):
+        loose = gp.explain(cell, params, xs, s0, warmup=10, horizon_tol=tol)
+        assert loose.horizon_tol == tol and loose.to_dict()["horizon_tol"] == tol
+        assert f"{tol:g} nats/step" in loose.horizon_note and f"{tol:g} nats/step" in str(loose)
+        for r, e in zip(loose.rows, exact.rows, strict=True):
+            assert r.exponent == pytest.approx(e.exponent, abs=1e-12)    # untouched
+            if np.isfinite(e.horizon) and r.horizon_converged:
+                assert e.horizon - tol <= r.horizon <= e.horizon + 1e-12, (r.name, tol)
+        # it took effect: 1 and 2 backward sweeps here instead of the default's 3
+        assert any(r.horizon != d.horizon for r, d in zip(loose.rows, default.rows, strict=True)
+                   if np.isfinite(d.horizon))
+    bad = {0: ValueError, -1e-3: ValueError, float("nan"): ValueError, float("inf"): ValueError,
+           True: ValueError, "1e-3": ValueError}
+    for tol, error in bad.items():
+        with pytest.raises(error, match="horizon_tol: expected None or a finite number > 0"):
+            gp.explain(cell, params, xs, s0, horizon_tol=tol)
+    with pytest.raises(ValueError, match="horizon_tol: applies to horizon='lanczos'"):
+        gp.explain(cell, params, xs, s0, horizon="exact", horizon_tol=1e-3)
+
+
 def test_verdict_wording():
     # R_o stays R_o (str.capitalize lowercased it), one step is "the step", and an
     # exactly zero product is said in words, never as "-inf nats/step".
