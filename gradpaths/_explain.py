@@ -682,7 +682,7 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
         horizon_method=horizon, layers=layer_drivers, notes=notes,
         horizon_tol=(None if horizon != "lanczos" else
                      horizon_tol if horizon_tol is not None else
-                     _lyapunov.default_tol(p.xs.dtype)),
+                     _lyapunov.default_tol(p.layout.ravel(p.state0).dtype)),
     )
 
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from gradpaths import _inputs, _operator
-from gradpaths._protocols import Cell
+from gradpaths._protocols import Cell, projected_method
 from gradpaths._state import Layout, layout_of
 
 
@@ -22,12 +22,8 @@ def run(cell: Any, params: Any, xs: jax.Array, state0: Any, keep: bool = True) -
     else the last state. Cells with ``project``/``step_projected`` take the fused
     path: the input products of all steps in one ``(T, m) x (m, G n)`` product before
     the scan, then one stacked recurrent product per step."""
-    if callable(getattr(cell, "project", None)) and callable(
-            getattr(cell, "step_projected", None)):
-        inputs = cell.project(params, xs)
-        step = cell.step_projected
-    else:
-        inputs, step = xs, cell.step
+    fused = projected_method(cell, "step_projected")
+    inputs, step = (xs, cell.step) if fused is None else (cell.project(params, xs), fused)
 
     def body(state, u):
         new = step(params, state, u)

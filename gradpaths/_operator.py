@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradpaths._protocols import has_routes
+from gradpaths._protocols import has_routes, projected_method
 from gradpaths._state import Layout
 
 Array = jax.Array
@@ -642,8 +642,7 @@ def linearise(cell: Any, params: Any, state: Any, x: Array) -> tuple[Any, dict[s
 def can_project(cell: Any) -> bool:
     """Whether ``cell`` linearises a step from its projected input (``project`` and
     ``linearise_projected``: the built-in closed-form cells)."""
-    return (callable(getattr(cell, "project", None))
-            and callable(getattr(cell, "linearise_projected", None)))
+    return projected_method(cell, "linearise_projected") is not None
 
 
 def step_operator(cell: Any, params: Any, layout: Layout, specs: Sequence[Spec] = (FULL,),

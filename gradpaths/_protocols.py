@@ -147,6 +147,14 @@ def has_routes(cell: Any) -> TypeGuard[RoutedCell]:
     return isinstance(getattr(cell, "routes", None), tuple) and len(cell.routes) > 0
 
 
+def projected_method(cell: Any, method: str) -> Callable[..., Any] | None:
+    """``cell``'s ``method`` (e.g. ``"step_projected"``) when the cell also has
+    ``project`` (its input products of all steps at once), else None: the one test of
+    whether a step can take a projected input."""
+    fn = getattr(cell, method, None)
+    return fn if callable(getattr(cell, "project", None)) and callable(fn) else None
+
+
 def has_activations(cell: Any) -> TypeGuard[SaturatingCell]:
     """True when ``cell`` reports its activations (:class:`SaturatingCell`)."""
     return (isinstance(getattr(cell, "activation_names", None), tuple)

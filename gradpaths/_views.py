@@ -132,13 +132,11 @@ def gate_fractions(cell: SaturatingCell, params: Any, xs: Array, state0: Any) ->
     def frac(mask: Array) -> Array:
         return jnp.mean(mask, axis=-1, dtype=xs.dtype)
 
-    project: Any = getattr(cell, "project", None)
-    fused_step: Any = getattr(cell, "activations_projected", None)
-    fused = callable(project) and callable(fused_step)
+    fused_step = _protocols.projected_method(cell, "activations_projected")
 
     def body(state, x):
-        if fused:
-            new, acts = fused_step(params, state, project(params, x[None])[0])
+        if fused_step is not None:
+            new, acts = fused_step(params, state, cell.project(params, x[None])[0])
         else:
             new, acts = cell.step(params, state, x), cell.activations(params, state, x)
         out = {}

@@ -366,9 +366,9 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         raise InputError(f"--counts-window: expected at most the {after} steps after the "
                          f"warm-up ({T} steps, warm-up {warmup}), got {args.counts_window}")
     window = min(COUNTS_WINDOW, after) if args.counts_window is None else args.counts_window
-    # gp.explain, looked up when called, so that tests can stand in for the library.
     if args.horizon_tol is not None and args.horizon == "exact":
         raise InputError("--horizon-tol: applies to --horizon lanczos, got --horizon exact")
+    # gp.explain, looked up when called, so that tests can stand in for the library.
     ex = gp.explain(cell, params, xs, warmup=warmup, margin=args.margin, key=args.seed,
                     horizon=args.horizon, horizon_tol=args.horizon_tol)
     if not args.json:
