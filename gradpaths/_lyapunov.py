@@ -145,7 +145,7 @@ def _normalise_columns(V):
 def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[Any], *,
                 warmup: int = 0, key: Any = 0, horizon: str | None = "lanczos",
                 tol: float | None = None, max_sweeps: int = 30,
-                readout: str | None = None) -> Growth:
+                readout: str | None = None, compact: bool = False) -> Growth:
     r"""Top exponent, horizon growth and local stretching of several specs, matrix-free.
 
     For each spec ``s = (routes, block)`` (validated: ``routes`` a tuple of route
@@ -180,7 +180,11 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
       largest unless the start vector missed the top direction (probability zero for
       a random start, but not a certificate: ``horizon="exact"`` certifies). Cost per
       pair ``2 (T - w)`` applications to ``S`` tangents. The window's states are
-      kept while they take at most 32 MiB; beyond that a backward sweep rebuilds them
+      kept while they take at most 32 MiB, and with them, where the step operator can
+      rebuild a step from its edges' row coefficients
+      (:meth:`~gradpaths._operator.StepOperator.reusable`) and those fit in 32 MiB
+      too, the coefficients of every step, so that sweeps skip the forward pass;
+      beyond that a backward sweep rebuilds the states
       segment by segment from ``sqrt(T - w)`` checkpoints (``O(sqrt(T - w) d)``
       memory, one more step of the cell per step of a backward sweep).
     * ``horizon=None``: not computed (``horizon`` is NaN), for callers that need
@@ -198,6 +202,13 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     ``H`` at the last step. Block specs and ``local``/``units`` are unchanged. For a
     cell with directions no later output depends on (the sLSTM's stabiliser gauge),
     this leaves them out.
+
+    ``compact`` (closed-form cells): each Lanczos half-sweep pushes only the specs not
+    yet converged, in the narrowest of the widths ``S``, ``S // 2``, ``S // 8`` that
+    holds them (``lax.switch``; the results are those of the full sweep, to round-off).
+    The last sweeps often certify one or two specs of 17, which then cost a narrow
+    product instead of all 17 columns. Off by default: under ``vmap`` the switch runs
+    every width, so only an unbatched caller should ask for it.
 
     Traceable: call it on inputs from ``_inputs.prepare``, inside ``_inputs.call``
     (``specs``, ``warmup`` and the options static; ``key`` a PRNG key, an int or
@@ -243,8 +254,16 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     win_xs = xs[warmup:]
     seg_xs = win_xs[:q * C].reshape((q, C) + xs.shape[1:])
     tail_xs = win_xs[q * C:]
+    # kept states: when each step can be rebuilt from its edges' row coefficients (a
+    # closed-form cell whose matrices are parameters) and those of the whole window
+    # fit in _FLAT_BYTES too, the exponents' scan keeps them, and no later sweep runs
+    # the forward pass again (its products and nonlinearities were 1.5-2x the plain
+    # scan per sweep at n = 512)
+    like = op.at(state0, xs[0])
+    keep = flat and op.reusable(like) and _fits(lambda: jax.tree_util.tree_map(
+        lambda a: jnp.zeros((window,) + a.shape, a.dtype), op.coefficients(like)))
 
-    def forward(carry, inp):
+    def forward(carry, inp, keeping=False):
         state, V, total, total_c, units = carry
         x, counted = inp
         lin = op.at(state, x)
@@ -252,7 +271,8 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         V = jnp.where(jnp.isfinite(local)[None, :], V_new, V)   # keep v where J v = 0
         total, total_c = kahan_add(total, total_c, jnp.where(counted, local, 0))
         units = units + jnp.where(counted, V[:, 0] ** 2, 0)
-        return (lin.next, V, total, total_c, units), (state, local)
+        kept = (state, op.coefficients(lin)) if keeping else state
+        return (lin.next, V, total, total_c, units), (kept, local)
 
     carry = (state0, start, zeros, zeros, jnp.zeros((layout.size,), dtype))
     local_warm = jnp.zeros((0, S), dtype)
@@ -262,7 +282,8 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     v_w = carry[1]       # the tangent entering the window: the Lanczos start v_1
 
     def forward_segment(carry, seg):
-        out, (states, local) = jax.lax.scan(forward, carry, (seg, jnp.ones((C,), bool)))
+        out, (states, local) = jax.lax.scan(
+            lambda c, inp: forward(c, inp, keep), carry, (seg, jnp.ones((C,), bool)))
         return out, (states if flat else carry[0], local)
 
     carry, (kept, local_win) = jax.lax.scan(forward_segment, carry, seg_xs)
@@ -272,45 +293,89 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     local = jnp.concatenate([local_warm, local_win.reshape(q * C, S), local_tail])
     exponent = (total - total_c) / window
     units = units / window
+    # with ``keep``, the window's steps as row coefficients (leading axis: the step)
+    coefficients = None
+    if keep:
+        kept, coefficients = kept
+        coefficients = jax.tree_util.tree_map(lambda a: a[0], coefficients)
     # flat: kept[0] holds the window's states; else kept[i] enters segment i
     state_w = jax.tree_util.tree_map(lambda a: a[0, 0] if flat else a[0], kept)
 
-    def push(carry, x):
-        state, V, logs, comp = carry
-        lin = op.at(state, x)
-        V, step_logs = _normalise_columns(lin.apply_many(specs, V))
-        return (lin.next, V, *kahan_add(logs, comp, step_logs)), None
-
-    def pull(carry, inp):
-        U, logs, comp = carry
-        U, step_logs = _normalise_columns(op.at(*inp).apply_T_many(specs, U))
-        return (U, *kahan_add(logs, comp, step_logs)), None
-
-    def pull_from(carry, checkpoint, seg):
-        """Pull ``carry``'s cotangents back through ``seg``'s steps, whose states are
-        rebuilt from the state entering them."""
-        def rebuild(state, x):
-            return op.at(state, x).next, state
-
-        _, states = jax.lax.scan(rebuild, checkpoint, seg)
-        return jax.lax.scan(pull, carry, (states, seg), reverse=True)[0]
-
-    def sweep(V, method):
+    def sweep(V, method, which=None):
         """``P V`` (forward, from the window's first state) or ``P^T V`` (backward),
-        normalised, and the log norms."""
-        if method == "apply_many":
-            (_, V, logs, comp), _ = jax.lax.scan(push, (state_w, V, zeros, zeros), win_xs)
+        normalised, and the log norms; column ``j`` of ``V`` belongs to spec
+        ``which[j]`` (every spec in order when None)."""
+        none = jnp.zeros((V.shape[1],), dtype)
+
+        def push(carry, x):
+            state, V, logs, comp = carry
+            lin = op.at(state, x)
+            V, step_logs = _normalise_columns(lin.apply_many(specs, V, which))
+            return (lin.next, V, *kahan_add(logs, comp, step_logs)), None
+
+        def pull(carry, inp):
+            U, logs, comp = carry
+            U, step_logs = _normalise_columns(op.at(*inp).apply_T_many(specs, U, which))
+            return (U, *kahan_add(logs, comp, step_logs)), None
+
+        def pull_from(carry, checkpoint, seg):
+            """Pull ``carry``'s cotangents back through ``seg``'s steps, whose states
+            are rebuilt from the state entering them."""
+            def rebuild(state, x):
+                return op.at(state, x).next, state
+
+            _, states = jax.lax.scan(rebuild, checkpoint, seg)
+            return jax.lax.scan(pull, carry, (states, seg), reverse=True)[0]
+
+        def rebuilt(carry, coeffs):
+            V, logs, comp = carry
+            step = op.from_coefficients(like, coeffs)
+            apply = step.apply_many if method == "apply_many" else step.apply_T_many
+            V, step_logs = _normalise_columns(apply(specs, V, which))
+            return (V, *kahan_add(logs, comp, step_logs)), None
+
+        if coefficients is not None:
+            (V, logs, comp), _ = jax.lax.scan(rebuilt, (V, none, none), coefficients,
+                                              reverse=method == "apply_T_many")
+        elif method == "apply_many":
+            (_, V, logs, comp), _ = jax.lax.scan(push, (state_w, V, none, none), win_xs)
         elif flat:
             states = jax.tree_util.tree_map(lambda a: a[0], kept)
-            (V, logs, comp), _ = jax.lax.scan(pull, (V, zeros, zeros), (states, win_xs),
+            (V, logs, comp), _ = jax.lax.scan(pull, (V, none, none), (states, win_xs),
                                               reverse=True)
         else:
-            carry = pull_from((V, zeros, zeros), tail_start, tail_xs) if r else (
-                V, zeros, zeros)
+            carry = pull_from((V, none, none), tail_start, tail_xs) if r else (
+                V, none, none)
             (V, logs, comp), _ = jax.lax.scan(
                 lambda c, inp: (pull_from(c, *inp), None), carry, (kept, seg_xs),
                 reverse=True)
         return V, logs - comp
+
+    # Compaction: a half-sweep pushes only the specs not yet converged, in the
+    # narrowest of a few fixed widths that holds them (columns chosen at run time),
+    # so that the last sweeps, which often certify one or two specs, do not pay for
+    # all S. Each width is one more compiled sweep, chosen by lax.switch.
+    widths = _widths(S) if compact and op.backend == "analytic" else ()
+
+    def swept(X, method, done):
+        """``sweep`` of the specs not ``done``; the others' columns come back as they
+        went in, with log norm -inf (the caller keeps them frozen)."""
+        if not widths:
+            return sweep(X, method)
+        order = jnp.argsort(done, stable=True)          # specs not done first
+
+        def narrow(X, c):
+            idx = order[:c]
+            W, s = sweep(X[:, idx], method, idx)
+            return (X.at[:, idx].set(W),
+                    jnp.full((S,), -jnp.inf, dtype).at[idx].set(s))
+
+        branches = [lambda X: sweep(X, method)] + [
+            lambda X, c=c: narrow(X, c) for c in widths]
+        left = S - jnp.sum(done)
+        # widths descend: the branch is 1 + the number of widths holding ``left``
+        level = jnp.sum(jnp.asarray(widths) >= left)
+        return jax.lax.switch(level, branches, X)
 
     if readout is None:
         def observe(V, a):
@@ -388,10 +453,10 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         # would be normalised round-off
         done = zero | (rest <= tol * window)
         if method == "apply_T_many":
-            W, s = sweep(U, method)
+            W, s = swept(U, method, done)
             prev, basis, row, col, coeff = V, Vs, j - 1, j, B[:, j - 1, j - 1]
         else:
-            W, s = observe(*sweep(V, method))
+            W, s = observe(*swept(V, method, done))
             prev, basis, row, col, coeff = U, Us, j, j, B[:, j - 1, j]
         # rescale so that the largest norm seen is e^ref: nothing overflows
         new_ref = jnp.maximum(ref, jnp.where(jnp.isfinite(s), s, ref))
@@ -455,6 +520,12 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     log_norm = jnp.where(zero, -jnp.inf, log_norm)
     return Growth(exponent, log_norm / window, local.T, units, sweeps,
                   zero | (rest <= tol * window))
+
+
+def _widths(S: int) -> tuple[int, ...]:
+    """The narrower widths a compacting half-sweep may take for ``S`` specs, descending:
+    ``S // 2`` and ``S // 8`` (17 specs: 8 and 2), each at least 2 and below ``S``."""
+    return tuple(sorted({w for w in (3 * S // 4, S // 2, S // 8) if 2 <= w < S}, reverse=True))
 
 
 def _fits(make: Any) -> bool:

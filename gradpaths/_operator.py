@@ -9,7 +9,9 @@ Every analysis of gradpaths stands on the linearisation of one step,
 * ``apply_many(specs, V)`` / ``apply_T_many``: one column per spec, all specs of
   an analysis pushed together, so that each recurrent matrix is read once per step
   (one matrix-matrix product per stacked group of edges, not one matrix-vector
-  product per spec and route);
+  product per spec and route); with ``which`` (an int array, traced or not) column
+  ``j`` belongs to ``specs[which[j]]`` instead, so that an analysis can push only
+  some of its specs (those not yet converged) through a narrower product;
 * ``next``: the state ``s'``.
 
 A *spec* chooses the Jacobian sequence: ``routes`` None for the full ``J``, or a
@@ -279,6 +281,18 @@ class _Closed:
                 out[r] = np.asarray(w, np.dtype(dtype))[None, :]
         return out
 
+    @staticmethod
+    def _select(weights: dict[str, Any], fmask: Any, which: Any
+                ) -> tuple[dict[str, Any], Any]:
+        """The route weights and field masks of the columns ``which`` (indices into the
+        specs' columns; traced or not), for :meth:`apply_many` with ``which``."""
+        if which is None:
+            return weights, fmask
+        which = jnp.asarray(which)
+        picked = {r: w if np.ndim(w) == 0 else jnp.take(jnp.asarray(w), which, axis=1)
+                  for r, w in weights.items()}
+        return picked, None if fmask is None else jnp.take(jnp.asarray(fmask), which, axis=1)
+
     def _split(self, weights: dict[str, Any], K: int, share: float
                ) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
         """Per matrix edge, the columns whose weight is not 0, when pushing each edge
@@ -295,6 +309,8 @@ class _Closed:
         save), so it splits only past a 4x saving (``share`` 0.25); ``apply_T_many``
         runs 1.2x faster split at n = 512 and as fast at n = 128 and 2048 (``share``
         0.6)."""
+        if any(isinstance(w, jax.Array) for w in weights.values()):
+            return None         # columns chosen at run time (``which``): stacked
         plan: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         stacked = split = 0
         for r, w in weights.items():
@@ -437,13 +453,13 @@ class _Closed:
                          else _field_mask(self.layout, spec, G.dtype)[:, None])
         return _restrict(self.layout, spec, out)
 
-    def apply_many(self, specs: Sequence[Spec], V: Array) -> Array:
-        return self._push(V, self._route_weights(specs, V.dtype),
-                          _columns_mask(self.layout, specs, V.dtype))
+    def apply_many(self, specs: Sequence[Spec], V: Array, which: Any = None) -> Array:
+        return self._push(V, *self._select(self._route_weights(specs, V.dtype),
+                                           _columns_mask(self.layout, specs, V.dtype), which))
 
-    def apply_T_many(self, specs: Sequence[Spec], G: Array) -> Array:
-        return self._pull(G, self._route_weights(specs, G.dtype),
-                          _columns_mask(self.layout, specs, G.dtype))
+    def apply_T_many(self, specs: Sequence[Spec], G: Array, which: Any = None) -> Array:
+        return self._pull(G, *self._select(self._route_weights(specs, G.dtype),
+                                           _columns_mask(self.layout, specs, G.dtype), which))
 
 
 def _restrict_matrix(layout: Layout, spec: Spec, J: Array) -> Array:
@@ -567,26 +583,38 @@ class _Autodiff:
         out = self._pull(spec.routes, _embed(self.layout, spec, G))
         return _restrict(self.layout, spec, out)
 
-    def _many(self, specs: Sequence[Spec], V: Array, fn: Callable) -> Array:
-        mask = _columns_mask(self.layout, specs, V.dtype)
+    def _many(self, specs: Sequence[Spec], V: Array, fn: Callable, which: Any) -> Array:
+        mask: Any = _columns_mask(self.layout, specs, V.dtype)
+        if which is not None and mask is not None:
+            mask = jnp.take(jnp.asarray(mask), jnp.asarray(which), axis=1)
         if mask is not None:
             V = V * mask
         out = jnp.zeros_like(V)
         by_routes: dict[Any, list[int]] = {}
         for j, s in enumerate(specs):
             by_routes.setdefault(s.routes, []).append(j)
-        for routes, cols in by_routes.items():
-            idx = np.asarray(cols)
-            out = out.at[:, idx].set(fn(routes, V[:, idx]))
+        if which is not None:
+            # columns chosen at run time: every route set pushes every column, and
+            # each column keeps its own spec's (a batch of JVPs per route set)
+            group = np.zeros((len(specs),), int)
+            for k, cols in enumerate(by_routes.values()):
+                group[cols] = k
+            mine = jnp.take(jnp.asarray(group), jnp.asarray(which))
+            for k, routes in enumerate(by_routes):
+                out = jnp.where((mine == k)[None, :], fn(routes, V), out)
+        else:
+            for routes, cols in by_routes.items():
+                idx = np.asarray(cols)
+                out = out.at[:, idx].set(fn(routes, V[:, idx]))
         if mask is not None:
             out = out * mask
         return out
 
-    def apply_many(self, specs: Sequence[Spec], V: Array) -> Array:
-        return self._many(specs, V, self._push)
+    def apply_many(self, specs: Sequence[Spec], V: Array, which: Any = None) -> Array:
+        return self._many(specs, V, self._push, which)
 
-    def apply_T_many(self, specs: Sequence[Spec], G: Array) -> Array:
-        return self._many(specs, G, self._pull)
+    def apply_T_many(self, specs: Sequence[Spec], G: Array, which: Any = None) -> Array:
+        return self._many(specs, G, self._pull, which)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -597,7 +625,8 @@ class StepOperator(NamedTuple):
 
     ``op.at(state, x)`` linearises one step and returns an object with ``next``
     (the state ``s'``), ``matrix(spec)``, ``apply(spec, V)``, ``apply_T(spec, G)``,
-    ``apply_many(specs, V)`` and ``apply_T_many(specs, G)`` (module docstring).
+    ``apply_many(specs, V, which=None)`` and ``apply_T_many(specs, G, which=None)``
+    (module docstring).
     The edges (closed form) or linearisations (autodiff) of the step are formed
     once and serve every spec.
     """
@@ -629,6 +658,36 @@ class StepOperator(NamedTuple):
         route_sets = tuple(dict.fromkeys(s.routes for s in self.specs)) or (None,)
         return _Autodiff(self.cell, self.params, self.layout, route_sets, state, x, ok,
                          self.backend)
+
+
+    def coefficients(self, lin: Any) -> Any:
+        """The part of a closed-form step ``lin`` (from :meth:`at`) that changes from
+        step to step: each edge's row coefficients, and whether the entering state was
+        finite. A scan can keep them for every step (``O(T n)`` numbers) and
+        :meth:`from_coefficients` rebuilds each step from them without the forward
+        pass; only when :meth:`reusable` says so."""
+        return {r: e.rows for r, e in lin.edges.items()}, jnp.asarray(lin._ok)
+
+    def reusable(self, lin: Any) -> bool:
+        """Whether a step like ``lin`` is rebuilt from its :meth:`coefficients` alone:
+        closed form, and every edge diagonal or with a parameter-only matrix
+        (``cell.fixed_matrices``; not a :class:`MatrixFreeEdge`)."""
+        if not isinstance(lin, _Closed):
+            return False
+        fixed_of = getattr(self.cell, "fixed_matrices", None)
+        fixed = fixed_of(self.params) if callable(fixed_of) else {}
+        return all(not _free(e) and (e.matrix is None or (r in fixed and fixed[r][0] == e.source))
+                   for r, e in lin.edges.items())
+
+    def from_coefficients(self, like: Any, coefficients: Any) -> Any:
+        """The step whose :meth:`coefficients` are ``coefficients``, with the edges'
+        sources and parameter-only matrices of ``like`` (any step of the same cell;
+        :meth:`reusable`). Its ``next`` is None: the forward pass is not run."""
+        rows, ok = coefficients
+        fixed = self.cell.fixed_matrices(self.params)
+        edges = {r: e._replace(rows=rows[r], matrix=None if e.matrix is None else fixed[r][1])
+                 for r, e in like.edges.items()}
+        return _Closed(self.layout, edges, None, ok, self.fixed)
 
 
 def linearise(cell: Any, params: Any, state: Any, x: Array) -> tuple[Any, dict[str, Any]]:

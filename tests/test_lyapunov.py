@@ -269,6 +269,44 @@ def test_checkpointed_window_equals_the_kept_one(monkeypatch):
             assert_close(np.asarray(getattr(b, name)), np.asarray(getattr(a, name)))
 
 
+@pytest.mark.parametrize(("name", "n", "T", "gain"), [("lstm", 4, 120, 1.5),
+                                                      ("gru-reset-before", 8, 150, 1.0)])
+def test_compacted_sweeps_equal_the_full_ones(name, n, T, gain, monkeypatch):
+    # compact=True: each half-sweep pushes only the specs not yet converged, in a
+    # narrower width (17 LSTM / 12 GRU sets: widths 12, 8, 2 / 9, 6); the numbers are
+    # the full sweeps', with the window's steps kept as coefficients (LSTM), as states
+    # (the GRU with reset before: its matrices change every step) or rebuilt from
+    # checkpoints (LSTM, with a readout). Both problems converge at different sweeps
+    # per spec, so the narrow widths run (a wrong scatter in them fails both)
+    cell, params, xs, s0 = setup(name, n=n, T=T, seed=4, gain=gain)
+    p = _inputs.prepare(cell, params, xs, s0)
+    specs = tuple(r.spec for r in _routesets.standard_sets(cell, p.layout))
+
+    def growth(cell, params, xs, s0, *, readout, compact):
+        return _lyapunov.growth_many(cell, params, xs, s0, specs, warmup=2, readout=readout,
+                                     compact=compact)
+
+    def checkpointed(cell, params, xs, s0, *, readout, compact):    # its own trace
+        return _lyapunov.growth_many(cell, params, xs, s0, specs, warmup=2, readout=readout,
+                                     compact=compact)
+
+    runs = [(None, False), (None, True)] if name != "lstm" else [("h", False), ("h", True)]
+    a, b = (_inputs.call(growth, cell, p.params, p.xs, p.state0, readout=r, compact=c)
+            for r, c in runs)
+    outs = [b]
+    if name == "lstm":
+        with monkeypatch.context() as m:
+            m.setattr(_lyapunov, "_FLAT_BYTES", 0)
+            outs.append(_inputs.call(checkpointed, cell, p.params, p.xs, p.state0,
+                                     readout="h", compact=True))
+    assert np.asarray(a.converged).all() and int(a.sweeps) > 1
+    for out in outs:
+        assert int(out.sweeps) == int(a.sweeps)
+        assert np.array_equal(np.asarray(out.converged), np.asarray(a.converged))
+        for what in ("exponent", "horizon", "local", "units"):
+            assert_close(np.asarray(getattr(out, what)), np.asarray(getattr(a, what)))
+
+
 def test_power_is_the_old_name_of_lanczos():
     cell, params, xs, s0 = setup("lstm", n=3, T=40, seed=2)
     with pytest.warns(DeprecationWarning, match="lanczos"):

@@ -276,3 +276,85 @@ def test_growth_many_does_not_recompile():
     before = _inputs.cache_size(run_growth, "specs")
     _inputs.call(run_growth, cell, p.params, p.xs * 2, p.state0, specs=specs)
     assert _inputs.cache_size(run_growth, "specs") == before == 1
+
+
+@pytest.mark.parametrize(("name", "backend"), [
+    ("lstm-peep", "analytic"), ("gru-reset-before", "analytic"), ("slstm", "analytic"),
+    ("lstm", "jacfwd"), ("gru", "jacrev")])
+def test_columns_chosen_at_run_time(name, backend):
+    # apply_many(specs, V, which): column j belongs to specs[which[j]]; equal to the
+    # columns of the full apply_many, for any choice (repeats included), with which
+    # traced under jit or concrete
+    cell, params, xs, s0 = setup(name, n=4, T=2, seed=7)
+    layout = layout_of(s0)
+    specs = _specs(cell, layout)
+    op = _operator.step_operator(cell, params, layout, specs, backend)
+
+    def lin():          # one per trace: a step caches its stacked matrices
+        return op.at(s0, xs[0])
+
+    V = jax.random.normal(jax.random.key(3), (layout.size, len(specs)))
+    many, many_T = jax.jit(lambda V: (lin().apply_many(specs, V), lin().apply_T_many(specs, V)))(V)
+    push = jax.jit(lambda W, k: lin().apply_many(specs, W, k))
+    pull = jax.jit(lambda W, k: lin().apply_T_many(specs, W, k))
+    rng = np.random.default_rng(0)
+    last = len(specs) - 1
+    for which in (rng.permutation(len(specs))[:5], rng.integers(0, last + 1, 5),
+                  np.asarray([last, 0, 0, last, 1])):
+        W = V[:, which]
+        outs = [(push(W, which), many), (pull(W, which), many_T)]
+        for out, ref in outs:
+            assert out.shape == (layout.size, which.size)
+            assert_close(out, ref[:, which])
+    idx = np.asarray([2, 0])                            # concrete, outside jit
+    assert_close(lin().apply_T_many(specs, V[:, idx], idx), many_T[:, idx])
+
+
+@pytest.mark.parametrize("name", CLOSED)
+def test_a_step_rebuilt_from_its_coefficients(name):
+    # a closed-form step whose matrices are parameters is rebuilt from its edges' row
+    # coefficients alone (what growth_many keeps for the window): same matrices,
+    # apply_many and apply_T_many; a non-finite state still poisons the rebuilt step
+    cell, params, xs, s0 = setup(name, n=4, T=3, seed=8)
+    layout = layout_of(s0)
+    specs = _specs(cell, layout)
+    op = _operator.step_operator(cell, params, layout, specs)
+    like = op.at(s0, xs[0])
+    if name == "gru-reset-before":          # its r and n matrices carry the reset
+        assert not op.reusable(like)
+        return
+    assert op.reusable(like)
+    V = jax.random.normal(jax.random.key(4), (layout.size, len(specs)))
+    state = layout.unravel(layout.ravel(s0) + 0.1)
+    lin = op.at(state, xs[1])
+    again = op.from_coefficients(like, op.coefficients(lin))
+    assert again.next is None
+    for spec in specs:
+        assert_close(again.matrix(spec), lin.matrix(spec), err_msg=str(spec))
+    assert_close(again.apply_many(specs, V), lin.apply_many(specs, V))
+    assert_close(again.apply_T_many(specs, V), lin.apply_T_many(specs, V))
+    bad = layout.unravel(layout.ravel(state).at[0].set(jnp.nan))
+    poisoned = op.from_coefficients(like, op.coefficients(op.at(bad, xs[1])))
+    assert np.all(np.isnan(np.asarray(poisoned.apply_many(specs, V))))
+
+
+def test_autodiff_and_matrix_free_steps_are_not_rebuilt():
+    def reusable(op, state, x):
+        found = []
+
+        def trace(state, x):
+            found.append(op.reusable(op.at(state, x)))
+            return state
+
+        jax.eval_shape(trace, state, x)             # traced only: nothing is computed
+        return found[0]
+
+    cell, params, xs, s0 = setup("lstm", n=3, T=2, seed=1)
+    layout = layout_of(s0)
+    assert reusable(_operator.step_operator(cell, params, layout), s0, xs[0])
+    assert not reusable(_operator.step_operator(cell, params, layout, backend="jacfwd"),
+                        s0, xs[0])
+    stack = gp.Stack([gp.LSTM(2, 3), gp.GRU(3, 2)])
+    state = stack.initial_state(jnp.float32)
+    op = _operator.step_operator(stack, stack.init(jax.random.key(0)), layout_of(state))
+    assert not reusable(op, state, jnp.ones((2,)))     # its inter-layer edges
