@@ -204,11 +204,11 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     this leaves them out.
 
     ``compact`` (closed-form cells): each Lanczos half-sweep pushes only the specs not
-    yet converged, in the narrowest of the widths ``S``, ``S // 2``, ``S // 8`` that
-    holds them (``lax.switch``; the results are those of the full sweep, to round-off).
-    The last sweeps often certify one or two specs of 17, which then cost a narrow
-    product instead of all 17 columns. Off by default: under ``vmap`` the switch runs
-    every width, so only an unbatched caller should ask for it.
+    yet converged, in the narrowest of the widths ``S``, ``3 S // 4``, ``S // 2``,
+    ``S // 8`` that holds them (``lax.switch``; the results are those of the full
+    sweep, to round-off). The last sweeps often certify one or two specs of 17, which
+    then cost a narrow product instead of all 17 columns. Off by default: under
+    ``vmap`` the switch runs every width, so only an unbatched caller should ask for it.
 
     Traceable: call it on inputs from ``_inputs.prepare``, inside ``_inputs.call``
     (``specs``, ``warmup`` and the options static; ``key`` a PRNG key, an int or
@@ -524,7 +524,8 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
 
 def _widths(S: int) -> tuple[int, ...]:
     """The narrower widths a compacting half-sweep may take for ``S`` specs, descending:
-    ``S // 2`` and ``S // 8`` (17 specs: 8 and 2), each at least 2 and below ``S``."""
+    ``3 S // 4``, ``S // 2`` and ``S // 8`` (17 specs: 12, 8 and 2), each at least 2
+    and below ``S``."""
     return tuple(sorted({w for w in (3 * S // 4, S // 2, S // 8) if 2 <= w < S}, reverse=True))
 
 
