@@ -259,8 +259,8 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     # fit in _FLAT_BYTES too, the exponents' scan keeps them, and no later sweep runs
     # the forward pass again (its products and nonlinearities were 1.5-2x the plain
     # scan per sweep at n = 512)
-    like = op.at(state0, xs[0])
-    keep = flat and op.reusable(like) and _fits(lambda: jax.tree_util.tree_map(
+    like = op.at(state0, xs[0]) if flat and op.backend == "analytic" else None
+    keep = like is not None and op.reusable(like) and _fits(lambda: jax.tree_util.tree_map(
         lambda a: jnp.zeros((window,) + a.shape, a.dtype), op.coefficients(like)))
 
     def forward(carry, inp, keeping=False):
