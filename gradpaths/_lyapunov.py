@@ -307,16 +307,20 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         ``which[j]`` (every spec in order when None)."""
         none = jnp.zeros((V.shape[1],), dtype)
 
+        def advance(V, logs, comp, lin):
+            """One step of the sweep through the linearised step ``lin``: ``V`` moved and
+            normalised, its log norms added."""
+            apply = lin.apply_many if method == "apply_many" else lin.apply_T_many
+            V, step_logs = _normalise_columns(apply(specs, V, which))
+            return (V, *kahan_add(logs, comp, step_logs))
+
         def push(carry, x):
-            state, V, logs, comp = carry
+            state, *rest = carry
             lin = op.at(state, x)
-            V, step_logs = _normalise_columns(lin.apply_many(specs, V, which))
-            return (lin.next, V, *kahan_add(logs, comp, step_logs)), None
+            return (lin.next, *advance(*rest, lin)), None
 
         def pull(carry, inp):
-            U, logs, comp = carry
-            U, step_logs = _normalise_columns(op.at(*inp).apply_T_many(specs, U, which))
-            return (U, *kahan_add(logs, comp, step_logs)), None
+            return advance(*carry, op.at(*inp)), None
 
         def pull_from(carry, checkpoint, seg):
             """Pull ``carry``'s cotangents back through ``seg``'s steps, whose states
@@ -328,11 +332,7 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
             return jax.lax.scan(pull, carry, (states, seg), reverse=True)[0]
 
         def rebuilt(carry, coeffs):
-            V, logs, comp = carry
-            step = op.from_coefficients(like, coeffs)
-            apply = step.apply_many if method == "apply_many" else step.apply_T_many
-            V, step_logs = _normalise_columns(apply(specs, V, which))
-            return (V, *kahan_add(logs, comp, step_logs)), None
+            return advance(*carry, op.from_coefficients(like, coeffs)), None
 
         if coefficients is not None:
             (V, logs, comp), _ = jax.lax.scan(rebuilt, (V, none, none), coefficients,

@@ -138,6 +138,18 @@ def _free(edge: Any) -> bool:
     return isinstance(edge, MatrixFreeEdge)
 
 
+def _fixed_matrices(cell: Any, params: Any) -> dict[str, tuple[str, Array]]:
+    """``cell.fixed_matrices(params)`` (route -> (source field, parameter-only matrix)),
+    or ``{}`` for a cell without it."""
+    fixed_of = getattr(cell, "fixed_matrices", None)
+    return fixed_of(params) if callable(fixed_of) else {}
+
+
+def _columns(a: Any, which: Any) -> Array:
+    """The columns ``which`` (traced or not) of ``a``, along its last axis."""
+    return jnp.take(jnp.asarray(a), jnp.asarray(which), axis=-1)
+
+
 def _free_parts(edges: dict[str, Any], chosen: Iterable[str], weights: Any = None
                 ) -> list[tuple[MatrixFreeEdge, dict[str, Any]]]:
     """The distinct matrix-free edges among ``chosen`` (in order), each with the
@@ -288,10 +300,8 @@ class _Closed:
         specs' columns; traced or not), for :meth:`apply_many` with ``which``."""
         if which is None:
             return weights, fmask
-        which = jnp.asarray(which)
-        picked = {r: w if np.ndim(w) == 0 else jnp.take(jnp.asarray(w), which, axis=1)
-                  for r, w in weights.items()}
-        return picked, None if fmask is None else jnp.take(jnp.asarray(fmask), which, axis=1)
+        picked = {r: w if np.ndim(w) == 0 else _columns(w, which) for r, w in weights.items()}
+        return picked, None if fmask is None else _columns(fmask, which)
 
     def _split(self, weights: dict[str, Any], K: int, share: float
                ) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
@@ -586,7 +596,7 @@ class _Autodiff:
     def _many(self, specs: Sequence[Spec], V: Array, fn: Callable, which: Any) -> Array:
         mask: Any = _columns_mask(self.layout, specs, V.dtype)
         if which is not None and mask is not None:
-            mask = jnp.take(jnp.asarray(mask), jnp.asarray(which), axis=1)
+            mask = _columns(mask, which)
         if mask is not None:
             V = V * mask
         out = jnp.zeros_like(V)
@@ -599,7 +609,7 @@ class _Autodiff:
             group = np.zeros((len(specs),), int)
             for k, cols in enumerate(by_routes.values()):
                 group[cols] = k
-            mine = jnp.take(jnp.asarray(group), jnp.asarray(which))
+            mine = _columns(group, which)
             for k, routes in enumerate(by_routes):
                 out = jnp.where((mine == k)[None, :], fn(routes, V), out)
         else:
@@ -674,8 +684,7 @@ class StepOperator(NamedTuple):
         (``cell.fixed_matrices``; not a :class:`MatrixFreeEdge`)."""
         if not isinstance(lin, _Closed):
             return False
-        fixed_of = getattr(self.cell, "fixed_matrices", None)
-        fixed = fixed_of(self.params) if callable(fixed_of) else {}
+        fixed = _fixed_matrices(self.cell, self.params)
         return all(not _free(e) and (e.matrix is None or (r in fixed and fixed[r][0] == e.source))
                    for r, e in lin.edges.items())
 
@@ -684,7 +693,7 @@ class StepOperator(NamedTuple):
         sources and parameter-only matrices of ``like`` (any step of the same cell;
         :meth:`reusable`). Its ``next`` is None: the forward pass is not run."""
         rows, ok = coefficients
-        fixed = self.cell.fixed_matrices(self.params)
+        fixed = _fixed_matrices(self.cell, self.params)
         edges = {r: e._replace(rows=rows[r], matrix=None if e.matrix is None else fixed[r][1])
                  for r, e in like.edges.items()}
         return _Closed(self.layout, edges, None, ok, self.fixed)
@@ -730,10 +739,9 @@ def _fixed_stacks(cell: Any, params: Any, specs: tuple[Spec, ...]
     (``_Closed._split``). The transpose is materialised (an optimisation barrier
     keeps XLA from folding it back into every step's product, where a transposed
     thin product runs an order of magnitude slower on CPU)."""
-    fixed_of = getattr(cell, "fixed_matrices", None)
-    if not callable(fixed_of):
+    fixed = _fixed_matrices(cell, params)       # route -> (source field, matrix)
+    if not fixed:
         return {}
-    fixed = fixed_of(params)            # route -> (source field, matrix)
     every = tuple(getattr(cell, "routes", ())) or tuple(fixed)
     wanted = [tuple(r for r in every if any(s.routes is None or r in s.routes for s in specs))]
     if len(specs) == 1 and specs[0].routes is not None:
