@@ -17,6 +17,7 @@ import contextvars
 import functools
 import math
 import os
+import stat
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -237,3 +238,25 @@ def writable_file_path(path: Any, name: str) -> str:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"{name}: cannot write in the folder {folder!r} of {path!r}")
     return path
+
+
+def readable_file_path(path: str | os.PathLike[str], name: str = "") -> str:
+    """``path`` as a string naming an existing regular file, or a clear error (prefixed
+    ``name: `` when given): no such file, a folder, or a FIFO, socket or device, which
+    is refused before it is opened (reading a FIFO would wait for a writer)."""
+    shown = os.fsdecode(os.fspath(path))
+    head = f"{name}: " if name else ""
+    try:
+        mode = os.stat(shown).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputError(f"{head}no such file {shown!r}") from None
+    except (OSError, ValueError) as err:    # ValueError: a NUL byte in the path
+        reason = getattr(err, "strerror", None) or str(err)
+        raise InputError(f"{head}cannot read {shown!r}: {reason}") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{head}{shown!r} is a folder; expected a file")
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
+                "a socket" if stat.S_ISSOCK(mode) else "a device")
+        raise InputError(f"{head}{shown!r} is {kind}, not a regular file; expected a file")
+    return shown

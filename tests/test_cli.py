@@ -40,7 +40,7 @@ def _bad_inputs(tmp_path):
         "wrong format": (["explain", "--weights", str(torch_path), "--format", "keras"],
                          "--weights: " + repr(str(torch_path)) + " as keras weights: "),
         "not an npz": (["explain", "--weights", str(text), "--format", "torch"],
-                       "cannot read"),
+                       "is not an .npz archive"),
         "not a weights file": (["explain", "--weights", str(bad_xs), "--format", "torch"],
                                "expected a .npz"),
         "option of another format": (["explain", "--weights", str(torch_path), "--format",

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import pickle
 import sys
 
 import jax
@@ -280,3 +281,67 @@ def test_explain_whole_torch_stack(tmp_path, capsys):
     assert_close(data["rows"][0]["exponent"], ex.exponent)
     names = {row["name"] for row in data["rows"]}
     assert {"3:o", "all but 2>3", "ds^3/ds^3"} <= names and "2>3" not in names   # nilpotent alone
+
+
+def test_hostile_files_exit_2_saying_what_is_wrong(tmp_path, capsys):
+    """Weights and input files that are not what they claim, folders, FIFOs, H = 0, a bool
+    input array: exit 2, one line that says what is wrong (issue 24, item 10); numpy's
+    advice to load pickled data unsafely is never repeated."""
+    weights, _ = torch_npz(tmp_path)
+    npy = tmp_path / "xs.npy"
+    np.save(npy, np.zeros((10, 4)))
+    renamed = tmp_path / "renamed.npz"
+    renamed.write_bytes(npy.read_bytes())
+    pickled = tmp_path / "pickled.npz"
+    pickled.write_bytes(pickle.dumps({"weight_ih_l0": np.zeros((16, 4))}))
+    folder = tmp_path / "folder.npz"
+    folder.mkdir()
+    fifo = tmp_path / "pipe.npz"
+    os.mkfifo(fifo)
+    empty_layer = tmp_path / "h0.npz"
+    np.savez(empty_layer, weight_ih=np.zeros((0, 4)), weight_hh=np.zeros((0, 0)))
+    flags = tmp_path / "flags.npy"
+    np.save(flags, np.ones((10, 4), bool))
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([[None] * 4] * 10, dtype=object), allow_pickle=True)
+    pickled_xs = tmp_path / "pickled.npy"
+    pickled_xs.write_bytes(pickle.dumps(np.zeros((10, 4))))
+    cases = {
+        "renamed": (["--weights", str(renamed)], "it is a single .npy array (np.save)"),
+        "pickle": (["--weights", str(pickled)], "it is a Python pickle, which gradpaths "
+                                                "never loads"),
+        "folder": (["--weights", str(folder)], f"--weights: {str(folder)!r} is a folder"),
+        "fifo": (["--weights", str(fifo)], f"--weights: {str(fifo)!r} is a FIFO"),
+        "H = 0": (["--weights", str(empty_layer)], "weight_hh: shape (0, 0) has hidden size "
+                                                   "H = 0"),
+        "bool inputs": (["--weights", str(weights), "--layer", "0", "--input-file",
+                         str(flags)], "--input-file: expected real numbers (a floating or "
+                                      "integer array), got dtype bool"),
+        "object inputs": (["--input-file", str(objects)], "holds Python objects (dtype "
+                                                          "object)"),
+        "pickled inputs": (["--input-file", str(pickled_xs)], "is not a .npy array (np.save "
+                                                              "writes one): it is a Python "
+                                                              "pickle"),
+        "npz inputs": (["--input-file", str(weights)], "is not a .npy array (np.save writes "
+                                                       "one): it is a zip archive"),
+        "folder inputs": (["--input-file", str(tmp_path)], "--input-file: "
+                                                           f"{str(tmp_path)!r} is a folder"),
+        "fifo inputs": (["--input-file", str(fifo)], "is a FIFO (named pipe), not a regular "
+                                                     "file"),
+    }
+    for name, (argv, needle) in cases.items():
+        fmt = ["--format", "torch"] if "--weights" in argv else []
+        code, out, err = run(["explain", *argv, *fmt], capsys)
+        assert_one_line_error(code, out, err, "explain")
+        assert needle in err, (name, err)
+        assert "allow_pickle" not in err and "unsafe" not in err, (name, err)
+
+
+def test_meta_tensors_exit_2(tmp_path, capsys):
+    """A .pt of meta tensors (a model built on device='meta'): exit 2, not 70."""
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "meta.pt"
+    torch.save(torch.nn.LSTM(4, 8, device="meta").state_dict(), path)
+    code, out, err = run(["explain", "--weights", str(path)], capsys)
+    assert_one_line_error(code, out, err, "explain")
+    assert "weight_hh_l0: is a meta tensor (a shape (32, 8) without values" in err, err

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from gradpaths._cells import _NONLINEARITIES, BUILTIN_CELLS, GRU, RNN
-from gradpaths._checks import InputError
+from gradpaths._checks import InputError, readable_file_path
 from gradpaths._cli import _common
 from gradpaths._examples import exploding_lstm
 from gradpaths._explain import explain
 from gradpaths._lyapunov import HORIZONS
 from gradpaths._stack import Bidirectional, Stack
 from gradpaths.interop._load import FORMATS, TORCH_SUFFIXES, options_of
+from gradpaths.interop._npz import read_npy
 from gradpaths.interop._torch import DIRECTIONS
 
 CELLS = {cls.__name__.lower(): cls for cls in BUILTIN_CELLS}
@@ -274,18 +275,17 @@ def _inputs(args: argparse.Namespace, width: int, what: str, default_xs: Any,
         if args.input_scale is not None:
             raise InputError("--input-scale: applies to the random inputs, not to --input-file "
                              "(its arrays are used as they are; scale them in the file)")
-        path = Path(args.input_file)
-        if not path.is_file():
-            raise InputError(f"--input-file: no such file {args.input_file!r}")
+        path = Path(readable_file_path(args.input_file, "--input-file"))
         try:
-            xs = np.load(path, allow_pickle=False)
-        except Exception as err:    # numpy raises several kinds for a file it cannot read
-            raise InputError(f"--input-file: cannot read {args.input_file!r} as .npy: "
-                             f"{err}") from None
-        if not isinstance(xs, np.ndarray) or xs.ndim not in (2, 3) or not np.issubdtype(
-                xs.dtype, np.number):
-            raise InputError(f"--input-file: expected a numeric .npy array of shape (T, m) or "
-                             f"(B, T, m), got {getattr(xs, 'shape', type(xs).__name__)}")
+            xs = read_npy(path, args.input_file, "save the inputs with np.save(path, xs)")
+        except InputError as err:
+            raise InputError(f"--input-file: {err}") from None
+        if not (np.issubdtype(xs.dtype, np.floating) or np.issubdtype(xs.dtype, np.integer)):
+            raise InputError(f"--input-file: expected real numbers (a floating or integer "
+                             f"array), got dtype {xs.dtype} in {args.input_file!r}")
+        if xs.ndim not in (2, 3):
+            raise InputError(f"--input-file: expected a .npy array of shape (T, m) or "
+                             f"(B, T, m), got shape {xs.shape}")
         if xs.ndim == 3 and xs.shape[0] == 0:
             raise InputError(f"--input-file: {args.input_file!r} holds no sequences (shape "
                              f"{xs.shape})")

@@ -21,6 +21,7 @@ import numpy as np
 from gradpaths import _checks
 from gradpaths._cells import GRU, LSTM, RNN, Gates, GRUGates, GRUParams, LSTMParams, RNNParams
 from gradpaths._checks import InputError, InputTypeError
+from gradpaths.interop._npz import StoredArray
 
 Flat = dict[str, Any]
 """A source flattened to one level: path (joined by the framework's separator) -> array."""
@@ -50,18 +51,17 @@ def class_names(obj: Any) -> list[str]:
 def to_numpy(value: Any, name: str) -> np.ndarray:
     """A framework array (NumPy, JAX, torch tensor, Keras or NNX variable) -> ndarray.
 
-    Raises InputError unless the result is a finite floating array.
+    Raises InputError unless the result is a finite floating array. An array of an
+    ``.npz`` file (:class:`~gradpaths.interop._npz.StoredArray`) is read here, when used.
     """
+    if isinstance(value, StoredArray):
+        value = value.read()
     if callable(getattr(value, "get_value", None)) and framework_of(value) == "flax":
         value = value.get_value()  # an NNX Variable
     elif framework_of(value) == "keras" and hasattr(value, "path"):
         value = value.value  # a Keras Variable (np.asarray(variable) is deprecated)
     if callable(getattr(value, "detach", None)) and framework_of(value) == "torch":
-        value = value.detach().cpu()
-        try:
-            value = value.numpy()
-        except TypeError as err:  # e.g. bfloat16 has no NumPy twin in torch
-            raise InputError(f"{name}: cannot read a torch tensor of dtype {value.dtype}") from err
+        value = _torch_to_numpy(value, name)
     if isinstance(value, (Mapping, str, bytes)) or value is None:
         raise InputError(f"{name}: expected an array, got {type(value).__name__}")
     try:
@@ -73,6 +73,29 @@ def to_numpy(value: Any, name: str) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise _checks.NonFiniteError(f"{name}: expected finite values, got NaN or inf")
     return arr
+
+
+def _torch_to_numpy(tensor: Any, name: str) -> np.ndarray:
+    """A dense torch tensor's values; InputError naming what else it is (a meta tensor,
+    which has a shape but no values; a sparse or quantized one; a dtype NumPy lacks)."""
+    if getattr(tensor, "is_meta", False):
+        raise InputError(f"{name}: is a meta tensor (a shape {tuple(tensor.shape)} without "
+                         "values, as from a model built on device='meta' or saved before "
+                         "its weights were loaded); save the state dict of a model that "
+                         "holds its weights")
+    layout = str(getattr(tensor, "layout", "torch.strided"))
+    if layout != "torch.strided":
+        raise InputError(f"{name}: is a {layout.removeprefix('torch.')} tensor (layout "
+                         f"{layout}); expected a dense one: save tensor.to_dense()")
+    if getattr(tensor, "is_quantized", False):
+        raise InputError(f"{name}: is a quantized tensor (dtype {tensor.dtype}); expected "
+                         "floating values: save tensor.dequantize()")
+    try:
+        return tensor.detach().cpu().numpy()
+    except (TypeError, RuntimeError) as err:  # e.g. bfloat16 has no NumPy twin in torch
+        raise InputError(f"{name}: cannot read a torch tensor of dtype {tensor.dtype} "
+                         f"({type(err).__name__}); expected float16, float32 or float64"
+                         ) from None
 
 
 def flatten(source: Any, sep: str, what: str) -> Flat:
@@ -196,7 +219,10 @@ def gate_count(shape: tuple[int, int], stacked: int, name: str, allowed: dict[in
     InputError unless the count is a whole number in ``allowed`` (count -> kind).
     """
     H, total = shape[1 - stacked], shape[stacked]
-    if H <= 0 or total % H or total // H not in allowed:
+    if H == 0:
+        raise InputError(f"{name}: shape {tuple(shape)} has hidden size H = 0; expected at "
+                         "least one hidden unit")
+    if total % H or total // H not in allowed:
         def fit(k: int) -> tuple[int, int]:
             return (k * H, H) if stacked == 0 else (H, k * H)
 

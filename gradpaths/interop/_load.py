@@ -14,13 +14,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from gradpaths._checks import InputError, InputTypeError, check_choice
+from gradpaths._checks import InputError, InputTypeError, check_choice, readable_file_path
 from gradpaths.interop._equinox import from_equinox
 from gradpaths.interop._flax import from_flax
 from gradpaths.interop._haiku import from_haiku
 from gradpaths.interop._keras import from_keras
+from gradpaths.interop._npz import read_npz
 from gradpaths.interop._torch import from_torch
 
 IMPORTERS: dict[str, Callable[..., Any]] = {
@@ -68,7 +67,9 @@ def load(path: str | os.PathLike[str], format: str | None = None, **options: Any
     Args:
       path: a ``.npz`` file of named arrays (any format: a state dict saved with
         ``np.savez(path, **state_dict)``, Keras weights by path, Flax or Haiku params
-        flattened with ``/`` in their keys), or a ``.pt``/``.pth`` state dict written
+        flattened with ``/`` in their keys; only the arrays the importer reads are
+        decompressed, each after its declared size is checked, so arrays outside
+        ``prefix`` cost nothing), or a ``.pt``/``.pth`` state dict written
         by ``torch.save`` (format torch; needs torch, and is read with
         ``weights_only=True``). A torch checkpoint ``{"state_dict": {...}}`` is
         unwrapped when no ``prefix`` is given.
@@ -82,17 +83,17 @@ def load(path: str | os.PathLike[str], format: str | None = None, **options: Any
       What the importer returns: ``(cell, params)``.
 
     Raises:
-      InputError: no such file, a suffix or format gradpaths cannot read, a file that
-        cannot be read or holds no arrays, an option the importer does not take, or
-        weights that do not fit the format (the importer's message, after the path).
+      InputError: no such file, a folder or FIFO, a suffix or format gradpaths cannot
+        read, a file that is not what its suffix says (a ``.npy`` array, a pickle or
+        text named ``.npz``; never unpickled), damaged or truncated, or holds no
+        arrays, an option the importer does not take, or weights that do not fit the
+        format (the importer's message, after the path).
       InputTypeError: ``path`` is not a path.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise InputTypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
-    file = Path(path)
-    shown = os.fspath(path)
-    if not file.is_file():
-        raise InputError(f"no such file {shown!r}")
+    shown = readable_file_path(path)
+    file = Path(shown)
     suffix = file.suffix.lower()
     if suffix not in SUFFIXES:
         raise InputError(f"{shown!r}: expected a {' or '.join(SUFFIXES)} file, got suffix "
@@ -127,12 +128,9 @@ def _in_context(err: InputError, message: str) -> InputError:
         return InputError(message)
 
 
-def _read_npz(file: Path, shown: str) -> dict[str, np.ndarray]:
-    try:
-        with np.load(file, allow_pickle=False) as data:
-            source = {key: data[key] for key in data.files}
-    except Exception as err:        # numpy raises several kinds for a file it cannot read
-        raise InputError(f"cannot read {shown!r} as .npz: {err}") from None
+def _read_npz(file: Path, shown: str) -> Mapping[str, Any]:
+    """The file's arrays, each decompressed only when the importer reads it."""
+    source = read_npz(file, shown)
     if not source:
         raise InputError(f"{shown!r} holds no arrays")
     return source
