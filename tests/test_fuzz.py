@@ -54,6 +54,15 @@ parameter leaves; float16/bfloat16 parameters and int/float16 inputs; and malfor
 calls (wrong shapes, wrong types, NaN/inf, bad options, custom cells returning another
 dtype). Each case calls one public function with options drawn for it.
 
+Since issue 24 (the last sections): stacks of 1-3 layers of every cell kind (the newer
+sLSTM, minGRU, minLSTM and LRU too; step Jacobians checked against ``jacfwd``),
+bidirectional layers (outputs and each direction's ``explain`` against the cell's own),
+records files (arbitrary JSON lines and bytes: records or an ``InputError``) and
+``gp.interop.load`` on hostile files (random bytes, truncated or corrupted zips, a
+``.npy`` or pickle, any suffix: a layer or an ``InputError`` that never advises an
+unsafe load). Properties that fail because of a bug still open are separate tests
+marked ``xfail(strict=False)`` naming it.
+
 Known defect classes have their own ``test_defect_*`` tests (each with the reproducer
 from the issue as an ``@example``) so they can be re-run by name after the fixes. Set
 ``HYPOTHESIS_PROFILE=fuzz-long`` for a deeper run (more examples, with shrinking).
@@ -62,8 +71,13 @@ from the issue as an ``@example``) so they can be re-run by name after the fixes
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 import math
 import os
+import pickle
+import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -71,7 +85,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from cells import CONFIGS
+from cells import CONFIGS, MODERN
 from hypothesis import HealthCheck, Phase, example, given, settings, strategies as st
 
 import gradpaths as gp
@@ -828,3 +842,426 @@ def test_defect_custom_cell_changes_state_dtype(how, fn):
     case = Case(fn=fn)
     bad = malformed_violations(case, how, 0)
     assert not bad, "\n".join([f"{how} with gp.{fn}", *bad])
+
+
+# --------------------------------------------------------------------------- issue 24
+# What landed after the properties above were written: stacks of every cell kind,
+# bidirectional layers, the newer cells (sLSTM, minGRU, minLSTM, LRU), records files and
+# weights files. The invariant is the same (a clear error, or a finite result where the
+# exact one is finite), and where two public routes compute one number they must agree.
+# Properties that fail because of a known open bug are in their own tests, marked xfail
+# (strict=False) with the bug named, so that they turn green when it is fixed.
+
+ALL_KINDS = {**CONFIGS, **MODERN}
+"""Every built-in cell configuration: LSTM, GRU, RNN variants and the newer cells."""
+
+_NO_H = tuple(k for k, make in ALL_KINDS.items() if not hasattr(make(1, 1).initial_state(), "h"))
+"""Kinds whose state has no output field ``h`` (the LRU): a Stack cannot feed a layer
+above from them (a clear error), and one on top is issue 24 item 8."""
+
+_WITH_H = tuple(k for k in ALL_KINDS if k not in _NO_H)
+_GAINS = {"recurrent_gain": 1.5}
+
+
+def _init(cell, key, dtype):
+    """Default init; a recurrent gain where the cell takes one (not minGRU/minLSTM/LRU)."""
+    try:
+        return cell.init(key, dtype=dtype, **_GAINS)
+    except TypeError:
+        return cell.init(key, dtype=dtype)
+
+
+class StackCase(NamedTuple):
+    """A stack of ``kinds`` (hidden sizes ``sizes``) over m inputs, T steps, one call."""
+
+    kinds: tuple[str, ...]
+    sizes: tuple[int, ...]
+    m: int
+    T: int
+    dtype: str
+    seed: int
+    fn: str
+    warmup: int
+
+    def build(self):
+        layers, m = [], self.m
+        for kind, n in zip(self.kinds, self.sizes):
+            layers.append(ALL_KINDS[kind](m, n))
+            m = n
+        cell = layers[0] if len(layers) == 1 else gp.Stack(layers)
+        key = jax.random.key(self.seed)
+        params = _init(cell, key, self.dtype) if len(layers) == 1 else tuple(
+            _init(c, k, self.dtype) for c, k in zip(layers, jax.random.split(key, len(layers))))
+        xs = jax.random.normal(jax.random.fold_in(key, 1), (self.T, self.m), self.dtype)
+        return cell, params, xs
+
+
+_STACK_FUNCTIONS = ("unroll", "step_jacobians", "lyapunov_exponents", "explain")
+
+
+@st.composite
+def stack_cases(draw, *, top=_WITH_H, below=tuple(ALL_KINDS), depth=(1, 2, 3),
+                functions=_STACK_FUNCTIONS) -> StackCase:
+    layers = draw(st.sampled_from(depth))
+    kinds = tuple(draw(st.sampled_from(below)) for _ in range(layers - 1))
+    T = draw(st.sampled_from((3, 12)))
+    return StackCase(kinds=(*kinds, draw(st.sampled_from(top))),
+                     sizes=tuple(draw(st.sampled_from((2, 3))) for _ in range(layers)),
+                     m=draw(st.sampled_from((2, 1))), T=T,
+                     dtype=draw(st.sampled_from(("float64", "float32"))),
+                     seed=draw(st.integers(0, 2**16)), fn=draw(st.sampled_from(functions)),
+                     warmup=draw(st.integers(0, T - 1)))
+
+
+def _finite_where_generic(case: StackCase, value, what: str) -> list[str]:
+    """NaN and +inf never; -inf only where a ReLU layer can make the product exactly 0."""
+    a = np.asarray(value, np.float64)
+    if not _no_nan_or_posinf(a):
+        return [f"{what}: NaN or +inf in {_fmt(a)}"]
+    if "rnn-relu" not in case.kinds and not np.all(np.isfinite(a)):
+        return [f"{what}: {_fmt(a)} not finite (default init, no ReLU: the exact one is)"]
+    return []
+
+
+def stack_violations(case: StackCase) -> list[str]:
+    """Run ``case``; what breaks the invariant (a clear error, or a finite result that
+    agrees with the other route to the same number)."""
+    def call():
+        cell, params, xs = case.build()
+        if case.fn == "unroll":
+            return cell, params, xs, gp.unroll(cell, params, xs)
+        if case.fn == "step_jacobians":
+            return cell, params, xs, (gp.step_jacobians(cell, params, xs),
+                                      gp.step_jacobians(cell, params, xs, method="jacfwd"))
+        if case.fn == "lyapunov_exponents":
+            return cell, params, xs, gp.lyapunov_exponents(cell, params, xs, k=1,
+                                                           warmup=case.warmup)
+        return cell, params, xs, gp.explain(cell, params, xs, warmup=case.warmup)
+
+    try:
+        cell, params, xs, out = unfiltered(lambda: jax.block_until_ready(call()))
+    except Exception as err:   # noqa: BLE001 - every exception is judged
+        problem = clear_error_problem(err, non_finite_ok=False)
+        return [] if problem is None else [problem]
+    if case.fn == "unroll":
+        return [f"unroll: non-finite states {_fmt(leaf)}"
+                for leaf in jax.tree_util.tree_leaves(out) if _nonfinite(leaf)][:1]
+    if case.fn == "step_jacobians":
+        analytic, autodiff = (np.asarray(J.matrix, np.float64) for J in out)
+        tol = 1e-9 if case.dtype == "float64" else 2e-4
+        scale = max(1.0, float(np.max(np.abs(autodiff), initial=0)))
+        if _nonfinite(analytic) or not np.allclose(analytic, autodiff, atol=tol * scale,
+                                                   rtol=tol):
+            err = np.max(np.abs(analytic - autodiff), initial=0)
+            return [f"step_jacobians: analytic and jacfwd differ by {err:.3g}"]
+        return []
+    if case.fn == "lyapunov_exponents":
+        return _finite_where_generic(case, out, "lyapunov_exponents")
+    bad = []
+    for row in out.rows:
+        if math.isnan(row.exponent) or row.exponent == math.inf or math.isnan(row.horizon):
+            bad.append(f"explain row {row.name!r}: exponent {row.exponent}, horizon "
+                       f"{row.horizon}")
+    bad += _finite_where_generic(case, out.exponent, "explain exponent")
+    return bad
+
+
+def _check_stack(case: StackCase) -> None:
+    bad = stack_violations(case)
+    assert not bad, "\n".join([repr(case), *bad])
+
+
+@_fuzz_settings(ci=6, long=200)
+@given(case=stack_cases(functions=("unroll", "step_jacobians", "lyapunov_exponents")))
+def test_fuzz_stacks_of_every_cell(case):
+    """Stacks of 1-3 layers of every cell kind (an LRU below another layer must be refused
+    at construction): a clear error, or finite states, step Jacobians equal to jacfwd's,
+    and a finite top exponent."""
+    _check_stack(case)
+
+
+@_fuzz_settings(ci=3, long=100)
+@given(case=stack_cases(functions=("explain",)))
+def test_fuzz_explain_stacks_of_every_cell(case):
+    """``explain`` of stacks of every cell kind: a clear error, or rows without NaN/+inf
+    and a finite exponent (default init: the exact one is finite)."""
+    _check_stack(case)
+
+
+@pytest.mark.xfail(strict=False, reason="issue 24 item 8 (helper h3): a Stack whose top "
+                   "layer has no h (LRU) is accepted, then raises a raw AttributeError")
+@_fuzz_settings(ci=1, long=40)
+@example(case=StackCase(("lstm", "lru"), (4, 3), 3, 12, "float64", 0, "explain", 2))
+@given(case=stack_cases(top=_NO_H, depth=(2, 3)))
+def test_fuzz_stack_top_without_h(case):
+    """A stack topped by a layer without ``h`` (the LRU): refused at construction, or
+    analysed like any other stack (its output is what the readout reads)."""
+    _check_stack(case)
+
+
+# --------------------------------------------------------------------------- bidirectional
+
+
+class BiCase(NamedTuple):
+    forward: str
+    reverse: str
+    n: int
+    m: int
+    T: int
+    batch: int          # 0: one sequence (T, m)
+    seed: int
+
+    def build(self):
+        model = gp.Bidirectional(ALL_KINDS[self.forward](self.m, self.n),
+                                 ALL_KINDS[self.reverse](self.m, self.n + 1))
+        key = jax.random.key(self.seed)
+        kf, kr = jax.random.split(key)
+        params = (_init(model.forward, kf, "float64"), _init(model.reverse, kr, "float64"))
+        shape = (self.T, self.m) if not self.batch else (self.batch, self.T, self.m)
+        return model, params, jax.random.normal(jax.random.fold_in(key, 1), shape,
+                                                jnp.float64)
+
+
+@st.composite
+def bi_cases(draw, batches=(0,)) -> BiCase:
+    return BiCase(forward=draw(st.sampled_from(_WITH_H)),
+                  reverse=draw(st.sampled_from(_WITH_H)), n=draw(st.sampled_from((2, 3))),
+                  m=draw(st.sampled_from((1, 2))), T=draw(st.sampled_from((8, 16))),
+                  batch=draw(st.sampled_from(batches)), seed=draw(st.integers(0, 2**16)))
+
+
+def bidirectional_violations(case: BiCase) -> list[str]:
+    """The layer's outputs are the two unrolls, the reverse one read backwards, and each
+    direction's explanation is ``explain`` of that cell over its own input order (one
+    sequence or each sequence of a batch)."""
+    model, params, xs = case.build()
+    try:
+        ex = unfiltered(lambda: gp.explain_bidirectional(model, params, xs, warmup=2))
+    except Exception as err:   # noqa: BLE001 - every exception is judged
+        problem = clear_error_problem(err, non_finite_ok=False)
+        return [] if problem is None else [problem]
+    bad = []
+    seqs = [xs] if not case.batch else list(xs)
+    for b, x in enumerate(seqs):
+        out = np.asarray(model.outputs(params, x))
+        h_f = np.asarray(gp.unroll(model.forward, params[0], x).h[1:])
+        h_r = np.asarray(gp.unroll(model.reverse, params[1], x[::-1]).h[1:])[::-1]
+        if not np.allclose(out, np.concatenate([h_f, h_r], axis=1), atol=1e-12):
+            bad.append(f"sequence {b}: outputs are not [h_f; h_r read backwards]")
+    for name, cell, p, got in (("forward", model.forward, params[0], ex.forward),
+                               ("reverse", model.reverse, params[1], ex.reverse)):
+        if case.batch:
+            want = [gp.explain(cell, p, x if name == "forward" else x[::-1], warmup=2)
+                    for x in seqs]
+            full = next(r for r in got.rows if r.name == "full")
+            mine = np.asarray(full.per_sequence, np.float64)
+            ref = np.array([w.exponent for w in want])
+        else:
+            want = gp.explain(cell, p, xs if name == "forward" else xs[::-1], warmup=2)
+            mine, ref = np.asarray(got.exponent), np.asarray(want.exponent)
+        if not np.allclose(mine, ref, atol=1e-9):
+            bad.append(f"{name}: explain_bidirectional gives {_fmt(mine)}, explain of the "
+                       f"{name} cell over its own order gives {_fmt(ref)}")
+    return bad
+
+
+@_fuzz_settings(ci=3, long=60)
+@given(case=bi_cases())
+def test_fuzz_bidirectional(case):
+    """One sequence through a bidirectional layer of any two cell kinds."""
+    bad = bidirectional_violations(case)
+    assert not bad, "\n".join([repr(case), *bad])
+
+
+@pytest.mark.xfail(strict=False, reason="issue 24 item 3 (helper h3): explain_bidirectional "
+                   "of a batch reverses the batch (xs[::-1]), not time")
+@_fuzz_settings(ci=1, long=30)
+@example(case=BiCase("lstm", "lstm", 3, 3, 16, 2, 0))
+@given(case=bi_cases(batches=(2, 3)))
+def test_fuzz_bidirectional_batch(case):
+    """A batch through a bidirectional layer: each sequence's reverse direction reads
+    that sequence backwards."""
+    bad = bidirectional_violations(case)
+    assert not bad, "\n".join([repr(case), *bad])
+
+
+# --------------------------------------------------------------------------- records files
+
+_RECORD_TYPES = ("probe", "event", "data", "resume", "torn", "header", "other")
+_RECORD_FIELDS = ("type", "step", "data", "length", "format", "routes", "exponent",
+                  "exponents", "grad_norm", "loss", "route", "kind", "message", "value",
+                  "threshold", "rows", "name", "horizon", "per_sequence", "units")
+
+
+_SAFE_INTS = st.integers(-2**53, 2**53)
+"""Integers a float64 holds exactly (larger ones are their own, xfail, test)."""
+
+
+def _json_values(ints):
+    """Arbitrary JSON values (nested lists and objects, a few levels deep)."""
+    leaves = (st.none() | st.booleans() | ints | st.floats(allow_nan=True)
+              | st.text(max_size=8) | st.sampled_from(("nan", "inf", "-inf", "")))
+    return st.recursive(leaves, lambda kids: st.lists(kids, max_size=3)
+                        | st.dictionaries(st.text(max_size=6), kids, max_size=3),
+                        max_leaves=8)
+
+
+@st.composite
+def record_lines(draw, ints=_SAFE_INTS) -> list[bytes]:
+    """Lines after a valid header: JSON objects with the records' own field names and
+    arbitrary values (NaN as Python's json writes it), and arbitrary bytes."""
+    lines = []
+    for _ in range(draw(st.integers(1, 4))):
+        if draw(st.booleans()):
+            obj = draw(st.dictionaries(st.sampled_from(_RECORD_FIELDS), _json_values(ints),
+                                       max_size=5))
+            obj["type"] = draw(st.sampled_from(_RECORD_TYPES) | _json_values(ints))
+            lines.append(json.dumps(obj).encode())
+        else:
+            lines.append(draw(st.binary(max_size=40)))
+    return lines
+
+
+def records_violations(lines: list[bytes], *, newline: bool = True) -> list[str]:
+    """Read a records file of ``lines``: a list of records, or an InputError."""
+    import warnings
+
+    header = json.dumps({"type": "header", "format": "gradpaths.records/1"}).encode()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "records.jsonl"
+        path.write_bytes(b"\n".join([header, *lines]) + (b"\n" if newline else b""))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", gp.RecordWarning)
+                records = gp.read_records(path)
+        except gp.InputError as err:
+            return [] if str(err).strip() else ["InputError with an empty message"]
+        except Exception as err:   # noqa: BLE001 - every exception is judged
+            return [f"raised {type(err).__name__}: {str(err)[:200]} (expected an InputError)"]
+    return [] if isinstance(records, list) else [f"returned {type(records).__name__}"]
+
+
+@_fuzz_settings(ci=30, long=500)
+@given(lines=record_lines(), newline=st.booleans())
+def test_fuzz_records_files(lines, newline):
+    """Arbitrary JSON lines and bytes after a valid header: records, or an InputError
+    naming the line; never another exception."""
+    bad = records_violations(lines, newline=newline)
+    assert not bad, "\n".join([repr(lines), *bad])
+
+
+@pytest.mark.xfail(strict=False, reason="issue 24 item 9 (helper h4): a step of 2**70 "
+                   "(OverflowError) and a line nested 100 000 deep (RecursionError) escape "
+                   "as raw errors")
+@_fuzz_settings(ci=3, long=60)
+@example(lines=[b'{"type": "probe", "step": ' + str(2**70).encode() + b"}"])
+@example(lines=[b"[" * 100_000 + b"]" * 100_000])
+@given(lines=record_lines(ints=st.integers(2**63, 2**80) | st.integers(-2**80, -2**63))
+       | st.integers(1_000, 100_000).map(lambda d: [b'{"data": ' + b"[" * d + b"]" * d
+                                                    + b"}"]))
+def test_fuzz_records_huge_numbers_and_deep_nesting(lines):
+    """Integers beyond int64 and deeply nested lines: an InputError naming the line."""
+    bad = records_violations(lines)
+    assert not bad, "\n".join([repr(lines)[:300], *bad])
+
+
+# --------------------------------------------------------------------------- weights files
+
+
+def _npz_bytes(arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+_GOOD_WEIGHTS = {"weight_ih": np.full((8, 3), 0.1), "weight_hh": np.full((8, 2), -0.2),
+                 "bias_ih": np.zeros(8), "bias_hh": np.ones(8)}
+"""A torch nn.LSTMCell(3, 2) state dict (4 gates x H = 2 rows)."""
+
+
+@st.composite
+def hostile_files(draw) -> tuple[bytes, str, str | None]:
+    """(content, suffix, format): random bytes, a valid .npz truncated or with bytes
+    flipped, a .npy or pickle, a zip of arbitrary members, under any suffix."""
+    good = _npz_bytes(_GOOD_WEIGHTS)
+    how = draw(st.sampled_from(("bytes", "truncated", "flipped", "npy", "pickle", "zip",
+                                "good")))
+    if how == "bytes":
+        content = draw(st.binary(max_size=200))
+    elif how == "truncated":
+        content = good[:draw(st.integers(0, len(good) - 1))]
+    elif how == "flipped":
+        raw = bytearray(good)
+        for _ in range(draw(st.integers(1, 4))):
+            raw[draw(st.integers(0, len(raw) - 1))] ^= draw(st.integers(1, 255))
+        content = bytes(raw)
+    elif how == "npy":
+        buffer = io.BytesIO()
+        np.save(buffer, _GOOD_WEIGHTS["weight_ih"])
+        content = buffer.getvalue()
+    elif how == "pickle":
+        content = pickle.dumps(_GOOD_WEIGHTS, protocol=draw(st.integers(0, 5)))
+    elif how == "zip":
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for name in draw(st.sets(st.sampled_from(
+                    ("weight_ih.npy", "weight_hh.npy", "bias_ih", "data.pkl", "a/b.npy")),
+                    max_size=3)):
+                archive.writestr(name, draw(st.binary(max_size=60)))
+        content = buffer.getvalue()
+    else:
+        content = good
+    suffix = draw(st.sampled_from((".npz", ".npz", ".pt", ".pth", ".npy", "")))
+    fmt = draw(st.sampled_from((None, "torch", "torch", "keras", "flax", "equinox",
+                                "haiku")))
+    return content, suffix, fmt
+
+
+def load_violations(content: bytes, suffix: str, fmt: str | None) -> list[str]:
+    """``gp.interop.load`` of the file: a (cell, params) pair, or an InputError that
+    never repeats numpy's or torch's advice to load unsafely."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"weights{suffix}"
+        path.write_bytes(content)
+        try:
+            cell, params = gp.interop.load(path, fmt)
+        except gp.InputError as err:
+            message = str(err)
+            if not message.strip() or "allow_pickle" in message or "weights_only" in message:
+                return [f"unclear or unsafe message: {message[:300]}"]
+            return []
+        except Exception as err:   # noqa: BLE001 - every exception is judged
+            return [f"raised {type(err).__name__}: {str(err)[:200]} (expected an InputError)"]
+    return [] if cell.hidden_size == 2 else [f"loaded {cell!r}"]
+
+
+@_fuzz_settings(ci=40, long=500)
+@example(file=(_npz_bytes(_GOOD_WEIGHTS), ".npz", "torch"))
+@given(file=hostile_files())
+def test_fuzz_load_hostile_files(file):
+    """Random bytes, truncated or corrupted zips, a .npy, a pickle or a zip of anything,
+    under any suffix: ``gp.interop.load`` returns a layer or raises an InputError."""
+    bad = load_violations(*file)
+    assert not bad, "\n".join([f"{file[1]!r} as {file[2]!r}: {file[0][:80]!r}", *bad])
+
+
+# --------------------------------------------------------------------------- sLSTM gauge
+
+
+@pytest.mark.xfail(strict=False, reason="issue 24 item 2 (helper h2): the sLSTM's gauge "
+                   "correction exists only in explain of a bare SLSTM, not of a Stack of it")
+@_fuzz_settings(ci=1, long=20)
+@example(n=8, T=160, seed=0)
+@given(n=st.sampled_from((3, 6)), T=st.sampled_from((80, 160)), seed=st.integers(0, 2**16))
+def test_fuzz_slstm_alone_and_in_a_stack(n, T, seed):
+    """One sLSTM explained alone and as a one-layer Stack: the same growth (one mechanism
+    for what a gradient from the readout sees)."""
+    cell = gp.SLSTM(4, n)
+    key = jax.random.key(seed)
+    params = cell.init(key, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.fold_in(key, 1), (T, 4), jnp.float64)
+    alone = gp.explain(cell, params, xs, warmup=T // 4)
+    stacked = gp.explain(gp.Stack([cell]), (params,), xs, warmup=T // 4)
+    assert abs(alone.exponent - stacked.exponent) < 1e-6, (
+        f"SLSTM(4, {n}), T = {T}, seed {seed}: alone {alone.exponent:+.4f}, in a Stack "
+        f"{stacked.exponent:+.4f}")
