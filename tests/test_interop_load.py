@@ -199,6 +199,10 @@ def test_load_says_what_a_file_that_is_no_npz_is(tmp_path):
     zipped = tmp_path / "notes.zip"
     with zipfile.ZipFile(zipped, "w") as archive:
         archive.writestr("readme.txt", "hello")
+    torch_zip = tmp_path / "model.zip"      # how torch.save lays out its zip
+    with zipfile.ZipFile(torch_zip, "w") as archive:
+        archive.writestr("model/data.pkl", pickle.dumps({}))
+        archive.writestr("model/version", "3\n")
     fifo = tmp_path / "pipe.npz"
     os.mkfifo(fifo)
     (tmp_path / "folder.npz").mkdir()
@@ -214,6 +218,8 @@ def test_load_says_what_a_file_that_is_no_npz_is(tmp_path):
         named("binary.npz", bytes(range(256))): "its first bytes .* are no known format",
         named("zipped.npz", zipped.read_bytes()): r"holds no \.npy arrays \(its members: "
                                                    "'readme.txt'\\)",
+        named("torch.npz", torch_zip.read_bytes()): "holds no .npy arrays: it is a file "
+                                                     r"written by torch.save; name it \.pt",
         tmp_path / "folder.npz": "folder.npz' is a folder; expected a file",
         fifo: r"pipe.npz' is a FIFO \(named pipe\), not a regular file",
     }
