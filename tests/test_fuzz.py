@@ -1165,6 +1165,44 @@ def test_fuzz_records_huge_numbers_and_deep_nesting(lines):
     assert not bad, "\n".join([repr(lines)[:300], *bad])
 
 
+_RECORD_TEMPLATES = (
+    {"type": "probe", "step": 3, "loss": 1.0, "grad_norm": 2.0, "top_exponent": 0.1,
+     "routes": ["a", "b"], "route_exponents": [0.1, 0.2], "cut_exponents": [0.0, 0.1],
+     "gates": ["f"], "saturation": [0.5]},
+    {"type": "event", "step": 4, "kind": "explosion", "grad_norm": 9.0, "median": 1.0,
+     "dominant_route": "a", "route_drop": {"a": 0.5}, "message": "step 4: ..."},
+    {"type": "resume", "step": 2},
+    {"type": "data", "data": {"x": 1}},
+)
+"""Valid records of each type (what append_record writes), to be mutated field by field."""
+
+
+@st.composite
+def mutated_records(draw, ints=_SAFE_INTS) -> list[bytes]:
+    """Valid records with one or two fields replaced by arbitrary JSON values."""
+    lines = []
+    for _ in range(draw(st.integers(1, 3))):
+        record = dict(draw(st.sampled_from(_RECORD_TEMPLATES)))
+        for _ in range(draw(st.integers(1, 2))):
+            field = draw(st.sampled_from(sorted(set(record) - {"type"})))
+            record[field] = draw(_json_values(ints))
+        lines.append(json.dumps(record).encode())
+    return lines
+
+
+@pytest.mark.xfail(strict=False, reason="records reader (found by this fuzz, not in issue "
+                   "24's list; helper h4's area): a field of the wrong JSON type, e.g. an "
+                   "event's route_drop as a list, raises a raw AttributeError/TypeError, and "
+                   "a number beyond float range (10**400) a raw OverflowError")
+@_fuzz_settings(ci=10, long=300)
+@example(lines=[json.dumps({**_RECORD_TEMPLATES[1], "route_drop": [1]}).encode()])
+@given(lines=mutated_records())
+def test_fuzz_records_fields_of_the_wrong_type(lines):
+    """Valid records with fields of another JSON type: an InputError naming the line."""
+    bad = records_violations(lines)
+    assert not bad, "\n".join([repr(lines), *bad])
+
+
 # --------------------------------------------------------------------------- weights files
 
 
