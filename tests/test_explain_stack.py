@@ -166,3 +166,28 @@ def test_layer_blocks_by_name_and_bad_blocks(xs):
         gp.growth_curve(stack, params, xs[:5], block=(("2:c", "9:h"), ("2:c", "9:h")))
     with pytest.raises(ValueError, match="square diagonal block"):
         gp.growth_curve(stack, params, xs[:5], block=(fields(1), fields(2)))
+
+
+def test_stack_of_an_slstm_is_explained_as_the_bare_cell():
+    # The sLSTM's full state carries neutral gauge directions that no loss of h sees;
+    # explain measures the bare cell through its h rows. A stack of it declares the same
+    # gauge directions (its layers'), so its rows are the bare cell's, to round-off:
+    # the whole state and the layer's block through 1:h, each route row through 1:h
+    # (measured on the whole state, the gauge's neutral exponents showed instead)
+    cell = gp.SLSTM(3, 6)
+    params = cell.init(jax.random.key(0))
+    xs = jax.random.normal(jax.random.key(1), (80, 3))
+    bare = gp.explain(cell, params, xs, warmup=20)
+    stack = gp.explain(gp.Stack([cell]), (params,), xs, warmup=20)
+    rows = {r.name: r for r in bare.rows}
+    named = {"full": "full", "ds^1/ds^1": "full"}
+    compared = 0
+    for r in stack.rows:
+        own = rows[named.get(r.name, r.name.replace("1:", ""))]
+        assert r.exponent == pytest.approx(own.exponent, rel=1e-9, abs=1e-12)
+        assert r.horizon == pytest.approx(own.horizon, rel=1e-9, abs=1e-12)
+        compared += 1
+    assert compared == len(stack.rows) == 1 + 1 + 7 + 6 + 7
+    assert stack.driver.growth == bare.driver.growth == "vanishes"
+    assert stack.exponent < -0.01
+    assert any("what a loss of 1:h sees" in note for note in stack.notes)
