@@ -703,15 +703,14 @@ def _readout_notes(sets: Any, fields: tuple[str | None, ...]) -> tuple[str, ...]
     none when every row is measured on its whole state (block)."""
     whole = sorted({f for rs, f in zip(sets, fields, strict=True)
                     if f is not None and rs.block is None})
-    blocks = [f"{rs.name} of {f}" for rs, f in zip(sets, fields, strict=True)
+    blocks = [f"{rs.name}: a loss of {f}" for rs, f in zip(sets, fields, strict=True)
               if f is not None and rs.block is not None]
     if not whole and not blocks:
         return ()
     which = (f"rows other than blocks measure what a loss of {' and '.join(whole)} sees"
-             if whole else "")
+             if whole else "the blocks named measure what a loss of an output sees")
     if blocks:
-        which += (", and " if which else "") + "the block" + ("s " if len(blocks) > 1 else " ") \
-            + ", ".join(blocks) + " what a loss of that output sees"
+        which += " (" + "; ".join(blocks) + ")"
     return (which + ": the exponent is the rate of a gradient sent back from it at the last "
             "step, the horizon log ||H J_{T-1} ... J_w||_2 / (T - w) with H its rows; the full "
             "state also carries gauge directions that no later output depends on (the sLSTM "

@@ -706,6 +706,12 @@ def lyapunov_exponents(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
 
         \lambda_i = \frac{1}{T - w} \sum_{\text{QR after } w} \log |R_{ii}|
 
+    These are the exponents of the whole state's product, for every cell: for a cell
+    with gauge directions (the sLSTM, a stack with an sLSTM layer) they include the
+    gauge's neutral ones, which no gradient from the readout sees; what such a
+    gradient sees is measured by :func:`gradpaths.explain`, :func:`gradpaths.probe`
+    and :func:`gradpaths.gradient_growth` (docs/maths.md, "The stabiliser's gauge").
+
     Args:
       cell, params, xs, state0: as in :func:`gradpaths.unroll`; any cell (closed
         form where the cell has ``edges``, JVPs otherwise, also for an autonomous

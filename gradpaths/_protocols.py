@@ -21,7 +21,7 @@ Each analysis needs only part of a cell, so the needs are layered:
 
 These are structural (``typing.Protocol``): a cell need not inherit from them, and
 ``isinstance(cell, RoutedCell)`` checks only that the members exist. The built-in
-``LSTM``, ``GRU`` and ``RNN`` implement all four.
+``LSTM``, ``GRU`` and ``RNN`` implement the first four; the ``SLSTM`` all five.
 """
 
 from __future__ import annotations

@@ -267,7 +267,7 @@ class Stack:
         if not has_gauge(cell):
             return None
         own = tuple(f.split(":", 1)[1] for f in fields)
-        whole = set(own) == set(layout_of(cell.initial_state()).names)
+        whole = set(own) == set(layout_of(self.layers[int(head) - 1].initial_state()).names)
         field = cell.readout_field(None if whole else (own if len(own) > 1 else own[0],) * 2)
         return None if field is None else f"{head}:{field}"
 

@@ -191,3 +191,21 @@ def test_stack_of_an_slstm_is_explained_as_the_bare_cell():
     assert stack.driver.growth == bare.driver.growth == "vanishes"
     assert stack.exponent < -0.01
     assert any("what a loss of 1:h sees" in note for note in stack.notes)
+
+
+def test_an_slstm_layers_block_is_the_bare_cell_on_its_inputs():
+    # Layer 2's block ds^2/ds^2 is the product of its own step Jacobians along the
+    # stack's trajectory: the bare sLSTM fed layer 1's outputs. An sLSTM layer's block
+    # is read through its own output 2:h (the gauge left out), as the bare cell's full
+    # row is through h: the same numbers, the exact horizon certifying both
+    lstm, slstm = gp.LSTM(2, 3), gp.SLSTM(3, 3)
+    stack = gp.Stack([lstm, slstm])
+    params = stack.init(jax.random.key(3), recurrent_gain=1.5)
+    xs = jax.random.normal(jax.random.key(4), (60, 2))
+    ex = gp.explain(stack, params, xs, warmup=10, horizon="exact")
+    h1 = gp.unroll(lstm, params[0], xs).h[1:]
+    bare = gp.explain(slstm, params[1], h1, warmup=10, horizon="exact")
+    block = ex.row("ds^2/ds^2")
+    assert_close(block.exponent, bare.exponent)
+    assert_close(block.horizon, bare.row("full").horizon)
+    assert any("ds^2/ds^2: a loss of 2:h" in note for note in ex.notes)
