@@ -161,7 +161,7 @@ def readouts(cell: Any, layout: Any, specs: Sequence[Spec], readout: Any = READO
     Raises:
       ValueError: a field the state does not have, or one outside its spec's block.
     """
-    if readout == READOUT_AUTO:
+    if isinstance(readout, str) and readout == READOUT_AUTO:
         out = tuple(_protocols.readout_field(cell, s.block) for s in specs)
     elif readout is None:
         out = (None,) * len(specs)
