@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from gradpaths._cells import GRU, LSTM, RNN
     from gradpaths._lru import LRU
     from gradpaths._mingated import MinGRU, MinLSTM
-    from gradpaths._protocols import ClosedFormCell, RoutedCell, SaturatingCell
+    from gradpaths._protocols import ClosedFormCell, GaugedCell, RoutedCell, SaturatingCell
     from gradpaths._slstm import SLSTM
     from gradpaths._stack import Stack
 
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     def _routed(cell: RoutedCell) -> None: ...
 
     def _saturating(cell: SaturatingCell) -> None: ...
+
+    def _gauged(cell: GaugedCell) -> None: ...
 
     def _builtin(lstm: LSTM, gru: GRU, rnn: RNN, slstm: SLSTM, mingru: MinGRU,
                  minlstm: MinLSTM, lru: LRU, stack: Stack) -> None:
@@ -39,3 +41,5 @@ if TYPE_CHECKING:
         _saturating(slstm)
         _saturating(mingru)
         _saturating(minlstm)
+        _gauged(slstm)
+        # a stack declares gauge directions when a layer does: checked at run time

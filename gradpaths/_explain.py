@@ -28,8 +28,11 @@ Whole models and modern cells (docs/maths.md):
   recurrent-matrix route: the verdict gives the units' mean log gates; the LRU
   (``"complex-diagonal"``) gives ``log |lambda_j|`` and is not split into its
   ``re``/``im`` halves;
-* a cell with gauge directions (the sLSTM's stabiliser shifts) is measured as a loss of
-  ``h`` sees it (rows other than blocks read the h rows at the last step).
+* a cell with gauge directions (the sLSTM's stabiliser shifts, or a stack with such a
+  layer: :class:`gradpaths._protocols.GaugedCell`) is measured as a loss of its output
+  sees it (rows other than blocks read the output's rows at the last step, a stack
+  layer's block ``ds^k/ds^k`` the layer's own output ``k:h``), as in every other
+  growth analysis (:func:`gradpaths._lyapunov.readouts`).
 """
 
 from __future__ import annotations
@@ -58,11 +61,10 @@ from gradpaths._views import gate_fractions
 _COMPACT_SIZES = (128, 2048)
 
 
-def _analyse_one(cell, params, xs, state0, key, *, specs, warmup, horizon, tol, readout,
-                 diagonal, compact=False):
+def _analyse_one(cell, params, xs, state0, key, *, specs, warmup, horizon, tol, diagonal,
+                 compact=False):
     growth = _lyapunov.growth_many(cell, params, xs, state0, specs, warmup=warmup, key=key,
-                                   horizon=horizon, tol=tol, readout=readout,
-                                   compact=compact)
+                                   horizon=horizon, tol=tol, compact=compact)
     out = dict(
         exponent=growth.exponent,
         horizon=growth.horizon,
@@ -640,9 +642,10 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
     sets = _routesets.standard_sets(cell, p.layout)
     if structure == "complex-diagonal":   # re, im: halves of one recurrence, not routes
         sets = (_routesets.full(),)
-    # a cell with gauge directions (the sLSTM's stabiliser shifts): the rows measure what
-    # a loss of h sees, not the full state's neutral gauge directions
-    gauge = callable(getattr(cell, "gauge_directions", None))
+    # a cell with gauge directions (the sLSTM's stabiliser shifts, a stack with such a
+    # layer): the rows measure what a loss of its output sees (_lyapunov.readouts, as
+    # every growth analysis), not the full state's neutral gauge directions
+    fields = _lyapunov.readouts(cell, p.layout, tuple(s.spec for s in sets))
     if shard:
         xs = _inputs.shard_batch(xs)
     horizon = _lyapunov.check_horizon(horizon)
@@ -651,7 +654,7 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
         raise InputError(f"horizon_tol: applies to horizon='lanczos', got horizon={horizon!r}")
     out = _inputs.call(_analyse_batch, cell, p.params, xs, p.state0, key,
                        specs=tuple(s.spec for s in sets), warmup=warmup,
-                       horizon=horizon, tol=horizon_tol, readout="h" if gauge else None,
+                       horizon=horizon, tol=horizon_tol,
                        diagonal=structure == "diagonal")
     out = jax.tree_util.tree_map(lambda a: np.asarray(a)[:B], out)
     for key in ("exponent", "horizon", "units"):
@@ -677,9 +680,7 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
                   for g in getattr(cell, "activation_names", ()) if g in out["activations"]}
     driver = _driver(rows, cell, margin)
     layer_drivers = _layer_drivers(rows, cell, driver.layer, margin)
-    notes: tuple[str, ...] = ()
-    if gauge:
-        notes = (_GAUGE_NOTE,)
+    notes = _readout_notes(sets, fields)
     return Explanation(
         cell=repr(cell) if type(cell).__repr__ is not object.__repr__ else type(cell).__name__,
         steps=T, batch=B, warmup=warmup, margin=float(margin), rows=tuple(rows.values()),
@@ -697,11 +698,24 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
     )
 
 
-_GAUGE_NOTE = ("rows other than blocks measure what a loss of h sees: the exponent is the "
-               "rate of a gradient sent back from h at the last step, the horizon "
-               "log ||H J_{T-1} ... J_w||_2 / (T - w) with H the h rows; the full state "
-               "also carries the stabiliser's gauge directions (-c_j, -n_j, 1, 0), shifts "
-               "of m that no later h depends on, neutral and left out here")
+def _readout_notes(sets: Any, fields: tuple[str | None, ...]) -> tuple[str, ...]:
+    """The note on rows measured through a readout field (:func:`_lyapunov.readouts`);
+    none when every row is measured on its whole state (block)."""
+    whole = sorted({f for rs, f in zip(sets, fields, strict=True)
+                    if f is not None and rs.block is None})
+    blocks = [f"{rs.name}: a loss of {f}" for rs, f in zip(sets, fields, strict=True)
+              if f is not None and rs.block is not None]
+    if not whole and not blocks:
+        return ()
+    which = (f"rows other than blocks measure what a loss of {' and '.join(whole)} sees"
+             if whole else "the blocks named measure what a loss of an output sees")
+    if blocks:
+        which += " (" + "; ".join(blocks) + ")"
+    return (which + ": the exponent is the rate of a gradient sent back from it at the last "
+            "step, the horizon log ||H J_{T-1} ... J_w||_2 / (T - w) with H its rows; the full "
+            "state also carries gauge directions that no later output depends on (the sLSTM "
+            "stabiliser's (-c_j, -n_j, 1, 0), shifts of m that no later h depends on), "
+            "neutral and left out here",)
 
 
 def _structure(structure: str, cell: Any, params: Any, out: dict[str, Any],

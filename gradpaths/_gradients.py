@@ -301,6 +301,14 @@ class GradientGrowth(NamedTuple):
         ``g_T`` could see over the last ``tau`` steps (``observed <= predicted``).
       top_exponent: () the finite-horizon top Lyapunov exponent of the whole product
         (nats/step); ``top_exponent * tau`` is the asymptotic prediction.
+
+    For a cell with gauge directions (the sLSTM, a stack with an sLSTM layer), both
+    predictions are of what a gradient from the readout sees, as in
+    :func:`gradpaths.explain`: ``predicted`` is ``log ||H J_{T-1} ... J_{T-tau}||_2``
+    with ``H`` the rows of the output the readout reads (``g_T`` lies in them), and
+    ``top_exponent`` the rate of a gradient sent back from a random unit cotangent in
+    those rows, ``log ||P^T H^T u|| / T``; the whole state's product would add the
+    gauge directions, which no gradient sees.
     """
 
     horizon: Array
@@ -309,8 +317,9 @@ class GradientGrowth(NamedTuple):
     top_exponent: Array
 
 
-def _predicted_growth(J: Array) -> Array:
-    """``log ||J_{T-1} ... J_{T-tau}||_2`` for tau = 0..T, renormalised every step."""
+def _predicted_growth(J: Array, rows: Any = slice(None)) -> Array:
+    """``log ||H J_{T-1} ... J_{T-tau}||_2`` for tau = 0..T, renormalised every step;
+    ``H`` the identity's ``rows`` (all of them: the whole state)."""
     d = J.shape[-1]
 
     def body(carry, J_t):
@@ -319,7 +328,7 @@ def _predicted_growth(J: Array) -> Array:
         s = jnp.linalg.norm(P, 2)
         return (safe_normalise(P, s), log_scale + safe_log(s)), log_scale + safe_log(s)
 
-    start = (jnp.eye(d, dtype=J.dtype), jnp.zeros((), J.dtype))
+    start = (jnp.eye(d, dtype=J.dtype)[rows], jnp.zeros((), J.dtype))
     logs = jax.lax.scan(body, start, J[::-1])[1]
     return jnp.concatenate([jnp.zeros((1,), J.dtype), logs])
 
@@ -332,9 +341,15 @@ def _gradient_growth(model, params, xs, targets, weights, state0):
     op = _operator.step_operator(model.cell, params.cell, layout)
     J = jax.vmap(lambda s, x: op.at(s, x).matrix(_operator.FULL))(prev, xs)
     log_norm = jnp.log(sg.by_horizon)
-    top = _lyapunov.lyapunov_exponents(model.cell, params.cell, xs, state0, k=1)[0]
+    # what a gradient from the readout sees (_lyapunov.readouts, as in explain and the
+    # probes): the readout field's rows for a cell with gauge directions, else all
+    full = _operator.FULL
+    field = _lyapunov.readouts(model.cell, layout, (full,))[0]
+    top = _lyapunov.growth_many(model.cell, params.cell, xs, state0, (full,),
+                                horizon=None).exponent[0]
     T = xs.shape[0]
-    return GradientGrowth(jnp.arange(T + 1), log_norm - log_norm[0], _predicted_growth(J), top)
+    predicted = _predicted_growth(J, slice(None) if field is None else layout.slice(field))
+    return GradientGrowth(jnp.arange(T + 1), log_norm - log_norm[0], predicted, top)
 
 
 def gradient_growth(model: Model, params: ModelParams, xs: Any, targets: Any,

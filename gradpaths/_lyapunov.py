@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradpaths import _checks, _inputs
+from gradpaths import _checks, _inputs, _protocols
 from gradpaths._checks import InputError
 from gradpaths._operator import block_rows, can_project, dot, step_operator
 from gradpaths._orthonormal import default_method, orthonormalise
@@ -142,10 +142,48 @@ def _normalise_columns(V):
     return safe_normalise(V, norms[None, :]), safe_log(norms)
 
 
+READOUT_AUTO = "auto"
+
+
+def readouts(cell: Any, layout: Any, specs: Sequence[Spec], readout: Any = READOUT_AUTO
+             ) -> tuple[str | None, ...]:
+    """Per spec, the state field a gradient from the readout enters by, or None where
+    the spec's whole state (block) is measured: the one place every growth analysis
+    reads what a gradient from the readout sees.
+
+    ``readout``: ``"auto"`` (the default of every analysis) asks the cell
+    (:func:`gradpaths._protocols.readout_field`: a cell with gauge directions, such as
+    the sLSTM or a stack with an sLSTM layer, names its output field; every other cell
+    is measured on its whole state); None measures every spec on its whole state (the
+    explicit choice of the state's own spectrum); a field name reads the whole-state
+    specs through that field and the blocks whole.
+
+    Raises:
+      ValueError: a field the state does not have, or one outside its spec's block.
+    """
+    if isinstance(readout, str) and readout == READOUT_AUTO:
+        out = tuple(_protocols.readout_field(cell, s.block) for s in specs)
+    elif readout is None:
+        out = (None,) * len(specs)
+    elif isinstance(readout, str):
+        out = tuple(readout if s.block is None else None for s in specs)
+    else:
+        raise InputError(f"readout: expected 'auto', None or a state field name, got {readout!r}")
+    index = np.arange(layout.size)
+    for f, s in zip(out, specs, strict=True):
+        if f is None:
+            continue
+        if f not in layout.names:
+            raise InputError(f"readout: expected a state field among {layout.names}, got {f!r}")
+        if not np.isin(index[layout.slice(f)], index[block_rows(layout, s)]).all():
+            raise InputError(f"readout: the field {f!r} lies outside the block {s.block}")
+    return out
+
+
 def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[Any], *,
                 warmup: int = 0, key: Any = 0, horizon: str | None = "lanczos",
                 tol: float | None = None, max_sweeps: int = 30,
-                readout: str | None = None, compact: bool = False) -> Growth:
+                readout: Any = READOUT_AUTO, compact: bool = False) -> Growth:
     r"""Top exponent, horizon growth and local stretching of several specs, matrix-free.
 
     For each spec ``s = (routes, block)`` (validated: ``routes`` a tuple of route
@@ -193,15 +231,17 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
       ``||M||_F = 1`` (a ``(d_s, d_s)`` matrix per spec and step: ``d_s^3`` work) and
       ``||M||_2`` by SVD at the end; certified, for small ``d`` or reference use.
 
-    ``readout`` (a state field, e.g. ``"h"``): the whole-state specs measure what a
-    loss of that field at the last step sees, ``Q^s = H P^s`` with ``H`` the field's
-    rows. The exponent is the rate of one gradient sent back from a random unit
-    cotangent ``u`` in those rows, ``log ||(P^s)^T H^T u|| / (T - w)`` (a backward
-    sweep: the adjoint has the forward's exponents, restricted to what the field can
-    see); the horizon is ``log ||H P^s||_2 / (T - w)``, the power iteration applying
-    ``H`` at the last step. Block specs and ``local``/``units`` are unchanged. For a
-    cell with directions no later output depends on (the sLSTM's stabiliser gauge),
-    this leaves them out.
+    ``readout`` (:func:`readouts`: ``"auto"``, the default, asks the cell; None: the
+    whole state; a field name, e.g. ``"h"``, for the whole-state specs): a spec with a
+    readout field measures what a loss of that field at the last step sees,
+    ``Q^s = H P^s`` with ``H`` the field's rows. The exponent is the rate of one
+    gradient sent back from a random unit cotangent ``u`` in those rows,
+    ``log ||(P^s)^T H^T u|| / (T - w)`` (a backward sweep: the adjoint has the
+    forward's exponents, restricted to what the field can see); the horizon is
+    ``log ||H P^s||_2 / (T - w)``, the bidiagonalisation applying ``H`` at the last
+    step. The other specs and ``local``/``units`` are unchanged. By default a cell
+    with directions no later output depends on (the sLSTM's stabiliser gauge, a
+    stack with such a layer) is measured through its output, which leaves them out.
 
     ``compact`` (closed-form cells): each Lanczos half-sweep pushes only the specs not
     yet converged, in the narrowest of the widths ``S``, ``3 S // 4``, ``S // 2``,
@@ -377,21 +417,26 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         level = jnp.sum(jnp.asarray(widths) >= left)
         return jax.lax.switch(level, branches, X)
 
-    if readout is None:
+    fields = readouts(cell, layout, specs, readout)
+    if all(f is None for f in fields):
         def observe(V, a):
             return V, a
     else:
-        # whole-state specs: what a loss of the readout field at the last step sees
-        seen = np.asarray([s.block is None for s in specs])
-        rows = np.zeros((layout.size, 1), np.dtype(dtype))
-        rows[layout.slice(readout)] = 1
+        # the specs with a readout field: what a loss of that field at the last step sees
+        seen = np.asarray([f is not None for f in fields])
+        rows = np.ones((layout.size, S), np.dtype(dtype))
+        for j, f in enumerate(fields):
+            if f is not None:
+                rows[:, j] = 0
+                rows[layout.slice(f), j] = 1
 
         def observe(V, a):
-            """``H v`` normalised, and ``a + log ||H v||``, in the whole-state columns."""
+            """``H v`` normalised, and ``a + log ||H v||``, in the columns with a readout."""
             W, logs = _normalise_columns(V * rows)
             return jnp.where(seen[None, :], W, V), jnp.where(seen, a + logs, a)
 
-        u = _starts(layout, [Spec(None, (readout, readout))] * S, key, dtype)
+        u = _starts(layout, [sp if f is None else Spec(None, (f, f))
+                             for f, sp in zip(fields, specs, strict=True)], key, dtype)
         _, back = sweep(u, "apply_T_many")
         exponent = jnp.where(seen, back / window, exponent)
 
@@ -399,8 +444,7 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         return Growth(exponent, jnp.full((S,), jnp.nan, dtype), local.T, units,
                       jnp.zeros((), jnp.int32), jnp.zeros((S,), bool))
     if horizon == "exact":
-        log_norm = _exact_horizon(op, specs, layout, state_w, xs[warmup:], dtype,
-                                  None if readout is None else layout.slice(readout))
+        log_norm = _exact_horizon(op, specs, layout, state_w, xs[warmup:], dtype, fields)
         return Growth(exponent, log_norm / window, local.T, units, jnp.zeros((), jnp.int32),
                       jnp.ones((S,), bool))
 
@@ -543,11 +587,16 @@ def _segments(window: int) -> tuple[int, int]:
     return C, window // C
 
 
-def _exact_horizon(op, specs, layout, state_w, win_xs, dtype, readout=None):
+def _exact_horizon(op, specs, layout, state_w, win_xs, dtype, fields):
     """``log ||P^s||_2`` of each spec's window product, carried as ``exp(c) M``
-    (``readout``: rows ``H``; whole-state specs then give ``log ||H P^s||_2``); the
-    window's trajectory is rebuilt from its first state ``state_w``."""
+    (``log ||H P^s||_2`` where ``fields`` names a spec's readout field, ``H`` its rows
+    within the spec's block); the window's trajectory is rebuilt from its first state
+    ``state_w``."""
     sizes = [spec_size(layout, s) for s in specs]
+    index = np.arange(layout.size)
+    rows = [None if f is None else np.flatnonzero(np.isin(index[block_rows(layout, s)],
+                                                          index[layout.slice(f)]))
+            for f, s in zip(fields, specs, strict=True)]
 
     def body(carry, x):
         state, Ms, scales, comps = carry
@@ -565,9 +614,8 @@ def _exact_horizon(op, specs, layout, state_w, win_xs, dtype, readout=None):
     init = (state_w, tuple(jnp.eye(n, dtype=dtype) for n in sizes), (zero,) * len(specs),
             (zero,) * len(specs))
     (_, Ms, scales, comps), _ = jax.lax.scan(body, init, win_xs)
-    return jnp.stack([c - k + safe_log(jnp.linalg.norm(
-        M if readout is None or spec.block is not None else M[readout], 2))
-        for spec, M, c, k in zip(specs, Ms, scales, comps, strict=True)])
+    return jnp.stack([c - k + safe_log(jnp.linalg.norm(M if r is None else M[r], 2))
+                      for r, M, c, k in zip(rows, Ms, scales, comps, strict=True)])
 
 
 # --------------------------------------------------------------------------- QR method
@@ -657,6 +705,12 @@ def lyapunov_exponents(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
     .. math::
 
         \lambda_i = \frac{1}{T - w} \sum_{\text{QR after } w} \log |R_{ii}|
+
+    These are the exponents of the whole state's product, for every cell: for a cell
+    with gauge directions (the sLSTM, a stack with an sLSTM layer) they include the
+    gauge's neutral ones, which no gradient from the readout sees; what such a
+    gradient sees is measured by :func:`gradpaths.explain`, :func:`gradpaths.probe`
+    and :func:`gradpaths.gradient_growth` (docs/maths.md, "The stabiliser's gauge").
 
     Args:
       cell, params, xs, state0: as in :func:`gradpaths.unroll`; any cell (closed

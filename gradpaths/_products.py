@@ -291,6 +291,10 @@ def growth_curve(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
 
     Both agree with a float64 reference product to round-off (tests).
 
+    The norm is the whole state's (or block's), for every cell: for a cell with gauge
+    directions (the sLSTM) it includes them; :func:`gradpaths.gradient_growth`'s
+    ``predicted`` reads the product through the readout's rows instead.
+
     Args:
       cell, params, xs, state0: as in :func:`gradpaths.unroll`; xs (T, m).
       routes: None (all) or an iterable of route names: the product of

@@ -14,10 +14,14 @@ Each analysis needs only part of a cell, so the needs are layered:
 * :class:`SaturatingCell` (optional, alongside any of the above): the pre-activation
   and relative slope of every activation of a step, from which analyses count
   saturated units without knowing the cell's equations.
+* :class:`GaugedCell` (optional): a state with gauge directions, tangents that no
+  later output depends on (the sLSTM's stabiliser shifts), and the field a readout
+  reads. Every growth a gradient from the readout sees is then measured through that
+  field's rows (:func:`readout_field`), not over the whole state.
 
 These are structural (``typing.Protocol``): a cell need not inherit from them, and
 ``isinstance(cell, RoutedCell)`` checks only that the members exist. The built-in
-``LSTM``, ``GRU`` and ``RNN`` implement all four.
+``LSTM``, ``GRU`` and ``RNN`` implement the first four; the ``SLSTM`` all five.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, TypeGuard, runtime_checkable
 
 import jax
+
+from gradpaths._checks import InputTypeError
 
 Array = jax.Array
 
@@ -140,6 +146,52 @@ class SaturatingCell(Protocol):
     def activations(self, params: Any, state: Any, x: Array) -> dict[str, Activation]:
         """name -> :class:`Activation` of one step from ``state`` with input ``x``."""
         ...
+
+
+@runtime_checkable
+class GaugedCell(Protocol):
+    r"""A cell whose state has gauge directions: tangents along which no later output
+    moves, so no gradient from a readout ever sees them (docs/maths.md, "The
+    stabiliser's gauge").
+
+    With ``H`` the rows of the field a readout reads, a gradient sent back from the
+    last step of a window is ``P^T H^T u``; its growth is that of ``H P``, never of the
+    gauge directions, which the full-state product ``P`` carries neutrally. Analyses of
+    such a cell (``explain``, ``probe``, ``train``'s probes, ``gradient_growth``)
+    measure ``H P`` (:func:`readout_field`), the others the whole state, as their
+    docstrings say.
+    """
+
+    def gauge_directions(self, state: Any) -> Array:
+        """(d, g) tangents at ``state`` along which no later output moves."""
+        ...
+
+    def readout_field(self, block: Any = None) -> str | None:
+        """The state field a gradient from the readout enters by: for the whole state
+        (``block`` None) the field a readout reads (``"h"``); for a diagonal block
+        ``(f, f)`` (``f`` a field or a tuple of fields), the field whose rows read what
+        the block carries, or None where the whole block is measured."""
+        ...
+
+
+def readout_field(cell: Any, block: Any = None) -> str | None:
+    """The one rule for what a gradient from the readout sees: for a cell with gauge
+    directions (:class:`GaugedCell`), the field whose rows it enters by, for the whole
+    state (``block`` None) or a diagonal block; None where the whole state (block) is
+    measured, for every other cell."""
+    if not has_gauge(cell):
+        return None
+    field = cell.readout_field(block)
+    if field is not None and not isinstance(field, str):
+        raise InputTypeError(f"{type(cell).__name__}.readout_field: expected a field name or "
+                        f"None, got {field!r}")
+    return field
+
+
+def has_gauge(cell: Any) -> TypeGuard[GaugedCell]:
+    """True when ``cell`` declares gauge directions (:class:`GaugedCell`)."""
+    return (callable(getattr(cell, "gauge_directions", None))
+            and callable(getattr(cell, "readout_field", None)))
 
 
 def has_routes(cell: Any) -> TypeGuard[RoutedCell]:

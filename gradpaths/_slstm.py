@@ -269,6 +269,12 @@ class SLSTM:
         return jnp.concatenate([-state.c[:, None] * eye, -state.n[:, None] * eye, eye,
                                 jnp.zeros_like(eye)])
 
+    def readout_field(self, block: Any = None) -> str | None:
+        """``"h"`` for the whole state (what a readout reads, and all a gradient from it
+        enters by: it never sees the gauge directions); None for a diagonal block (the
+        blocks ``dc/dc``, ... are measured whole). See :class:`gradpaths._protocols.GaugedCell`."""
+        return "h" if block is None else None
+
     def fixed_matrices(self, params: SLSTMParams) -> dict[str, tuple[str, Array]]:
         """The edge matrices that depend on the parameters only: route -> (source, R_g)."""
         return {g: ("h", getattr(params.R, g)) for g in self.gates}

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from gradpaths import _operator
 from gradpaths._cells import Edge
 from gradpaths._checks import InputError, InputTypeError
+from gradpaths._protocols import has_gauge
 from gradpaths._state import _key_name, layout_of
 
 Array = jax.Array
@@ -224,6 +225,51 @@ class Stack:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(self.layers):
             raise InputError(f"layer: expected an int in 1..{len(self.layers)}, got {k!r}")
         return self.layers[k - 1]
+
+    # -- gauge directions (present when a layer has them)
+
+    @property
+    def gauge_directions(self) -> Callable[[Any], Array] | None:
+        """``gauge_directions(state)``: (d, g) the layers' gauge tangents, each in its
+        own layer's rows (``g`` their total number); None unless some layer declares
+        gauge directions (:class:`gradpaths._protocols.GaugedCell`). A layer's gauge
+        direction moves no later output of that layer, so no later state of the layers
+        above it: it is a gauge direction of the stack."""
+        if not any(has_gauge(cell) for cell in self.layers):
+            return None
+        return self._gauge_directions
+
+    def _gauge_directions(self, state: Any) -> Array:
+        cols = []
+        sizes = [layout_of(s).size for s in state]
+        for k, (cell, s) in enumerate(zip(self.layers, state)):
+            if has_gauge(cell):
+                V = cell.gauge_directions(s)
+                cols.append(jnp.zeros((sum(sizes), V.shape[1]), V.dtype).at[
+                    sum(sizes[:k]):sum(sizes[:k + 1])].set(V))
+        return jnp.concatenate(cols, axis=1)
+
+    def readout_field(self, block: Any = None) -> str | None:
+        """What a gradient from the readout enters by (used where some layer declares
+        gauge directions): for the whole state (``block`` None) the top layer's output
+        ``"L:h"``; for layer k's block (all its fields) or a block of its fields, the
+        layer's own :meth:`readout_field` named by layer (``"k:h"`` for an sLSTM
+        layer's block ``ds^k/ds^k``: what the layer above reads of it), None where the
+        layer has no gauge directions (the block is measured whole)."""
+        if block is None:
+            return f"{len(self.layers)}:h"
+        fields = block[0] if isinstance(block[0], tuple) else (block[0],)
+        heads = {f.split(":", 1)[0] for f in fields}
+        if len(heads) != 1 or not (head := heads.pop()).isdigit() \
+                or not 1 <= int(head) <= len(self.layers):
+            return None
+        cell = self.layers[int(head) - 1]
+        if not has_gauge(cell):
+            return None
+        own = tuple(f.split(":", 1)[1] for f in fields)
+        whole = set(own) == set(layout_of(self.layers[int(head) - 1].initial_state()).names)
+        field = cell.readout_field(None if whole else (own if len(own) > 1 else own[0],) * 2)
+        return None if field is None else f"{head}:{field}"
 
     # -- params and states
 

@@ -166,3 +166,46 @@ def test_layer_blocks_by_name_and_bad_blocks(xs):
         gp.growth_curve(stack, params, xs[:5], block=(("2:c", "9:h"), ("2:c", "9:h")))
     with pytest.raises(ValueError, match="square diagonal block"):
         gp.growth_curve(stack, params, xs[:5], block=(fields(1), fields(2)))
+
+
+def test_stack_of_an_slstm_is_explained_as_the_bare_cell():
+    # The sLSTM's full state carries neutral gauge directions that no loss of h sees;
+    # explain measures the bare cell through its h rows. A stack of it declares the same
+    # gauge directions (its layers'), so its rows are the bare cell's, to round-off:
+    # the whole state and the layer's block through 1:h, each route row through 1:h
+    # (measured on the whole state, the gauge's neutral exponents showed instead)
+    cell = gp.SLSTM(3, 6)
+    params = cell.init(jax.random.key(0))
+    xs = jax.random.normal(jax.random.key(1), (80, 3))
+    bare = gp.explain(cell, params, xs, warmup=20)
+    stack = gp.explain(gp.Stack([cell]), (params,), xs, warmup=20)
+    rows = {r.name: r for r in bare.rows}
+    named = {"full": "full", "ds^1/ds^1": "full"}
+    compared = 0
+    for r in stack.rows:
+        own = rows[named.get(r.name, r.name.replace("1:", ""))]
+        assert r.exponent == pytest.approx(own.exponent, rel=1e-9, abs=1e-12)
+        assert r.horizon == pytest.approx(own.horizon, rel=1e-9, abs=1e-12)
+        compared += 1
+    assert compared == len(stack.rows) == 1 + 1 + 7 + 6 + 7
+    assert stack.driver.growth == bare.driver.growth == "vanishes"
+    assert stack.exponent < -0.01
+    assert any("what a loss of 1:h sees" in note for note in stack.notes)
+
+
+def test_an_slstm_layers_block_is_the_bare_cell_on_its_inputs():
+    # Layer 2's block ds^2/ds^2 is the product of its own step Jacobians along the
+    # stack's trajectory: the bare sLSTM fed layer 1's outputs. An sLSTM layer's block
+    # is read through its own output 2:h (the gauge left out), as the bare cell's full
+    # row is through h: the same numbers, the exact horizon certifying both
+    lstm, slstm = gp.LSTM(2, 3), gp.SLSTM(3, 3)
+    stack = gp.Stack([lstm, slstm])
+    params = stack.init(jax.random.key(3), recurrent_gain=1.5)
+    xs = jax.random.normal(jax.random.key(4), (60, 2))
+    ex = gp.explain(stack, params, xs, warmup=10, horizon="exact")
+    h1 = gp.unroll(lstm, params[0], xs).h[1:]
+    bare = gp.explain(slstm, params[1], h1, warmup=10, horizon="exact")
+    block = ex.row("ds^2/ds^2")
+    assert_close(block.exponent, bare.exponent)
+    assert_close(block.horizon, bare.row("full").horizon)
+    assert any("ds^2/ds^2: a loss of 2:h" in note for note in ex.notes)

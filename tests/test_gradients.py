@@ -10,6 +10,9 @@ from cells import Henon, setup
 from helpers import assert_close
 
 import gradpaths as gp
+from gradpaths import _lyapunov
+from gradpaths._operator import Spec
+from gradpaths._state import layout_of
 
 K = 2  # readout size
 
@@ -233,3 +236,50 @@ def test_custom_cell_without_closed_form():
     direct = jax.grad(lambda s: unrolled_tail_loss(model, params, xs, targets, np.ones(5), 0, s))(
         s0)
     assert_close(auto.g[0], auto.layout.ravel(direct))
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_gradient_growth_of_an_slstm_is_what_a_gradient_from_h_sees(stacked):
+    # The sLSTM's full state carries neutral gauge directions no gradient of a loss of h
+    # sees; measured on the whole state the top exponent was +0.002 (a stack of two:
+    # +0.029) while the observed gradient shrank at -0.031 (-0.0085) nats/step. The top
+    # exponent is the rate of a gradient sent back from a random unit cotangent u in
+    # the readout's h rows, and agrees in sign and size with the observed one; the
+    # predicted curve is log ||d h_T / d s_{T-tau}||_2
+    T, n = 150, 6
+    cell = gp.Stack([gp.SLSTM(3, n), gp.SLSTM(n, n)]) if stacked else gp.SLSTM(3, n)
+    cell_params = cell.init(jax.random.key(0))
+    model = gp.Model(cell, K)
+    readout = gp.Readout(jax.random.normal(jax.random.key(1), (K, n)), jnp.zeros(K))
+    params = gp.ModelParams(cell_params, readout)
+    xs = jax.random.normal(jax.random.key(2), (T, 3))
+    targets = jnp.ones((T, K))
+    gg = gp.gradient_growth(model, params, xs, targets)
+
+    s0 = cell.initial_state(xs.dtype)
+    layout = layout_of(s0)
+    field = "2:h" if stacked else "h"
+
+    def last(s):
+        return jax.lax.scan(lambda st, x: (cell.step(cell_params, st, x), None),
+                            layout.unravel(s), xs)[0]
+
+    def loss(state):
+        return 0.5 * jnp.sum((model.output(readout, state) - targets[-1]) ** 2)
+
+    # observed: the gradient of the last step's loss, at s_T and back at s_0 (jax.grad)
+    g_0 = jax.grad(lambda s: loss(last(s)))(layout.ravel(s0))
+    s_T = last(layout.ravel(s0))
+    g_T = jax.grad(lambda s: loss(layout.unravel(s)))(layout.ravel(s_T))
+    observed = float(np.log(np.linalg.norm(g_0) / np.linalg.norm(g_T))) / T
+    assert_close(gg.observed[-1] / T, observed)
+    top = float(gg.top_exponent)
+    assert observed < 0 and top < 0 and abs(top - observed) <= 0.5 * abs(observed)
+    # exactly: the rate of P^T H^T u, and the predicted curve's end log ||H P||_2
+    G = np.asarray(jax.jacrev(lambda s: layout.ravel(last(s))[layout.slice(field)])(
+        layout.ravel(s0)))
+    u = np.asarray(_lyapunov._starts(layout, [Spec(None, (field, field))], 0, xs.dtype)
+                   )[layout.slice(field), 0]
+    assert_close(top, np.log(np.linalg.norm(u @ G)) / T)
+    assert_close(gg.predicted[-1], np.log(np.linalg.norm(G, 2)))
+    assert np.all(np.asarray(gg.observed) <= np.asarray(gg.predicted) + 1e-9)

@@ -12,6 +12,8 @@ from hypothesis import given, settings, strategies as st
 
 import gradpaths as gp
 from gradpaths import _inputs, _lyapunov, _routesets
+from gradpaths._operator import Spec
+from gradpaths._state import layout_of
 
 
 def linear_case(eigs, seed=0):
@@ -485,3 +487,20 @@ def test_batch_is_sharded_and_equals_each_sequence():
     assert lam.shape == (3, 2)
     for b in range(3):
         assert_close(lam[b], gp.lyapunov_exponents(cell, params, batch[b], s0, k=2, warmup=5))
+
+
+def test_readouts_say_what_a_gradient_from_the_readout_sees():
+    # One rule: a cell with gauge directions is read through its output (whole-state
+    # specs), other cells and blocks whole; None is the whole state everywhere; a field
+    # name reads the whole-state specs through it
+    full, cc = Spec(None, None), Spec(None, ("c", "c"))
+    slstm, lstm = gp.SLSTM(2, 3), gp.LSTM(2, 3)
+    lay_s, lay_l = (layout_of(c.initial_state()) for c in (slstm, lstm))
+    assert _lyapunov.readouts(slstm, lay_s, (full, cc)) == ("h", None)
+    assert _lyapunov.readouts(slstm, lay_s, (full, cc), None) == (None, None)
+    assert _lyapunov.readouts(lstm, lay_l, (full, cc)) == (None, None)
+    assert _lyapunov.readouts(lstm, lay_l, (full, cc), "h") == ("h", None)
+    with pytest.raises(ValueError, match="readout: expected a state field among"):
+        _lyapunov.readouts(lstm, lay_l, (full,), "y")
+    with pytest.raises(ValueError, match="readout: expected 'auto', None or a state field"):
+        _lyapunov.readouts(lstm, lay_l, (full,), 3)

@@ -12,7 +12,7 @@ from cells import Linear
 from helpers import assert_close
 
 import gradpaths as gp
-from gradpaths import _operator
+from gradpaths import _operator, _protocols
 from gradpaths._products import orthonormal_start
 from gradpaths._state import layout_of
 
@@ -398,3 +398,37 @@ def test_a_custom_layer_takes_autodiff_and_has_no_routes():
         gp.step_jacobians(stack, params, xs)
     with pytest.raises(TypeError, match=r"layers\[0\]: expected a cell whose initial_state"):
         gp.Stack([Linear(3), lstm])        # a layer below the top must output h
+
+
+def test_a_stack_declares_its_layers_gauge_directions():
+    # An sLSTM layer's gauge directions (its stabiliser shifts) move no later output of
+    # that layer, so none of the layers above: they are the stack's, each in its layer's
+    # rows, carried by the stack's step as by the layer's (J G_t = G_{t+1} diag(sel)).
+    # A stack without such a layer declares none; the readout field is the top output
+    # for the whole state and a gauged layer's own output for its block
+    slstm = gp.SLSTM(4, 3)
+    stack = gp.Stack([gp.LSTM(2, 4), slstm, gp.GRU(3, 2)])
+    assert gp.Stack([gp.LSTM(2, 4)]).gauge_directions is None
+    assert _protocols.readout_field(gp.Stack([gp.LSTM(2, 4)])) is None
+    assert _protocols.has_gauge(stack) and isinstance(stack, _protocols.GaugedCell)
+    assert _protocols.readout_field(stack) == "3:h"
+    fields = lambda k, names: tuple(f"{k}:{f}" for f in names)
+    assert _protocols.readout_field(stack, (fields(2, "cnmh"),) * 2) == "2:h"
+    assert _protocols.readout_field(stack, ("2:c", "2:c")) is None
+    assert _protocols.readout_field(stack, (fields(1, "ch"),) * 2) is None
+    params = stack.init(jax.random.key(0), recurrent_gain=1.5)
+    xs = jax.random.normal(jax.random.key(1), (6, 2))
+    states = gp.unroll(stack, params, xs)
+    J = np.asarray(gp.step_jacobians(stack, params, xs).matrix)
+    at = lambda t: jax.tree_util.tree_map(lambda a: a[t], states)
+    lay = layout_of(at(0))
+    for t in range(xs.shape[0]):
+        G = np.asarray(stack.gauge_directions(at(t)))
+        assert G.shape == (lay.size, 3)
+        rows = np.zeros(lay.size, bool)
+        rows[lay.slice("2:c").start:lay.slice("2:h").stop] = True
+        assert_close(G[rows], np.asarray(slstm.gauge_directions(at(t)[1])))
+        assert not G[~rows].any()
+        x_2 = stack.layers[0].step(params[0], at(t)[0], xs[t]).h     # what layer 2 reads
+        sel = np.asarray(slstm.forward(params[1], at(t)[1], x_2)["sel"])
+        assert_close(J[t] @ G, np.asarray(stack.gauge_directions(at(t + 1))) * sel[None, :])

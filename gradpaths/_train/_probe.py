@@ -4,7 +4,10 @@ The growth of a route is its restricted top Lyapunov exponent over a probe seque
 (:func:`gradpaths._lyapunov.growth_many`): the exponent of ``prod_t J_t^r``, nats per
 step, after the first step (see :func:`skip_first`), averaged over the sequences.
 The same numbers as :func:`gradpaths.explain`'s rows ``"full"``, ``r`` and
-``"all but r"`` on the sequences started from the state after their first step.
+``"all but r"`` on the sequences started from the state after their first step,
+measured the same way: for a cell with gauge directions (the sLSTM, a stack with an
+sLSTM layer) what a gradient from the readout's rows sees
+(:func:`gradpaths._lyapunov.readouts`), for every other cell the whole state.
 """
 
 from __future__ import annotations
@@ -161,7 +164,11 @@ def probe(model: Any, params: Any, batch: Any, *, step: int | None = None,
     * ``saturation[g]``: the fraction of saturated units of gate ``g``.
 
     Each exponent is :func:`gradpaths.explain`'s row (``"full"``, ``r``, ``"all but
-    r"``) on the sequences started from the state after their first step.
+    r"``) on the sequences started from the state after their first step. For a cell
+    with gauge directions (an sLSTM, a stack with an sLSTM layer) that is, as there,
+    the rate of a gradient sent back from the readout's ``h`` rows (``J`` above read
+    through ``H``: ``log ||P^T H^T u|| / (T - 1)``, ``u`` a random unit cotangent in
+    them), not the stabiliser's neutral gauge directions.
 
     Args:
       model: a :class:`gradpaths.Model`, or a cell (anything :func:`gradpaths.unroll`

@@ -53,6 +53,10 @@ class GrowthRegularizer:
     ``side="both"`` pulls them to it (gradient flossing, Engelken 2023, uses the
     full Jacobian of a vanilla RNN with target 0).
 
+    The exponents are the whole state's (:func:`gradpaths.lyapunov_exponents`), for
+    every cell: for an sLSTM they include the stabiliser's neutral gauge exponents,
+    which the probes leave out (docs/maths.md, "The stabiliser's gauge").
+
     Args:
       target: the exponent to hold, nats/step.
       strength: the weight of the term.
