@@ -161,8 +161,11 @@ def _repair(fd: int, path: str) -> bytes:
 def append_record(path: str | os.PathLike, record: Any, *, fsync: bool = True) -> None:
     """Append ``record`` to the JSON-lines file ``path`` as one line, atomically.
 
-    ``record``: a :class:`gradpaths.Probe`, a :class:`gradpaths.Event` or a mapping of
-    JSON-safe values (numpy numbers are converted). A new file is created whole, with
+    ``record``: a :class:`gradpaths.Probe`, a :class:`gradpaths.Event` or a mapping with
+    string keys of JSON-safe values: None, bools, strings, numbers, lists and mappings of
+    them, numpy and JAX numbers and arrays (converted to lists). Every NaN or infinity,
+    whatever its type, is written as the string ``"nan"``, ``"inf"`` or ``"-inf"`` (the
+    file's one rule for numbers). A new file is created whole, with
     the header and the line (written under a temporary name, then linked to ``path``).
     Otherwise the line (with any repair) goes to the file in one ``os.write`` on a
     descriptor opened with ``O_APPEND``, then ``fsync`` (unless ``fsync=False``),
@@ -175,8 +178,10 @@ def append_record(path: str | os.PathLike, record: Any, *, fsync: bool = True) -
     (skipped on every read) and the new records follow.
 
     Raises:
-      TypeError, ValueError: ``record`` is not one of the above or not JSON-safe;
-        ``path`` exists, is not empty and is not a gradpaths records file; its
+      TypeError, ValueError: ``record`` is not one of the above or not JSON-safe (a key
+        that is not a string, a circular or more than :data:`MAX_DEPTH` levels deep
+        value, a step outside ``0 <= step < 2**63``); ``path`` is a folder or not a
+        regular file, exists, is not empty and is not a gradpaths records file, or its
         folder does not exist.
     """
     _append(path, _encode(record), fsync)
