@@ -507,6 +507,7 @@ def training_curves(history: Any, *, clip: float | None = None,
       Figure with three axes sharing x "training step".
     """
     runs = _histories(history)
+    clip = None if clip is None else _checks.check_positive_float(clip, "clip")
     fig, axes = _figure(3, 1, width=9.0, height=8.5, sharex=True)
     ax_loss, ax_grad, ax_exp = axes[0, 0], axes[1, 0], axes[2, 0]
     single = len(runs) == 1
