@@ -19,7 +19,7 @@ import math
 import os
 import stat
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal, overload
 
 import jax
 import jax.numpy as jnp
@@ -86,7 +86,11 @@ def number_from_json(value: Any, name: str) -> float:
     if isinstance(value, str):
         if value not in ("nan", "inf", "-inf"):
             raise InputError(f"{name}: expected a number or 'nan'/'inf'/'-inf', got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:       # an int beyond the float range
+        raise InputError(f"{name}: expected a number in the float range, got an int of "
+                         f"{len(str(value).lstrip('-'))} digits") from None
 
 
 def is_concrete(x: Any) -> bool:
@@ -106,41 +110,120 @@ def as_array(x: Any, name: str) -> jax.Array | np.ndarray:
     raise InputTypeError(f"{name}: expected an array, got {type(x).__name__}")
 
 
+def _kind(value: Any) -> str:
+    """How a refused scalar is named in a message: its type, and its dtype and shape
+    for an array."""
+    if hasattr(value, "dtype") and hasattr(value, "shape"):
+        return f"{type(value).__name__} of dtype {value.dtype} and shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+@overload
+def scalar(value: Any, name: str, *, integer: Literal[True],
+           expected: str | None = None) -> int: ...
+@overload
+def scalar(value: Any, name: str, *, integer: Literal[False] = False,
+           expected: str | None = None) -> float: ...
+def scalar(value: Any, name: str, *, integer: bool = False,
+           expected: str | None = None) -> int | float:
+    """The one rule for scalar arguments: ``value`` as a Python ``int`` (``integer``)
+    or ``float``, or :class:`InputTypeError`.
+
+    Accepted for an int: a Python ``int``, a numpy integer, and a 0-d integer array of
+    any library (numpy, JAX, or anything with ``__array__``). For a float, also a Python
+    ``float``, a numpy floating number and a 0-d real (floating or integer) array.
+    Refused: ``bool`` and boolean arrays (a flag is not a number), strings, complex
+    numbers, arrays of any other shape, and values traced by ``jax.jit`` (a scalar
+    argument must be known before tracing: pass it as a static argument). Values
+    are not checked here (the callers say which range they expect); an integer too
+    large for a float becomes ``inf``. ``expected`` replaces the message's "an int" /
+    "a float".
+    """
+    what = expected or ("an int" if integer else "a float")
+    if isinstance(value, jax.core.Tracer):
+        raise InputTypeError(f"{name}: expected {what} known outside jax.jit, got a traced "
+                             "value (make it a static argument)")
+    if isinstance(value, (bool, np.bool_)):
+        raise InputTypeError(f"{name}: expected {what}, got bool {value!r}")
+    if isinstance(value, int):
+        number: Any = value
+    elif isinstance(value, float) and not integer:
+        number = value
+    elif isinstance(value, (str, bytes)) or not hasattr(value, "__array__"):
+        raise InputTypeError(f"{name}: expected {what}, got {type(value).__name__} {value!r:.80}")
+    else:
+        try:
+            array = np.asarray(value)
+        except Exception as err:        # an __array__ that fails: not a number
+            raise InputTypeError(f"{name}: expected {what}, got {_kind(value)}") from err
+        # bool is kind "b", complex "c"; bfloat16 (kind "V") is a float to jnp.issubdtype
+        real = array.dtype.kind in "iu" or not integer and jnp.issubdtype(array.dtype,
+                                                                         jnp.floating)
+        if array.shape != () or not real:
+            raise InputTypeError(f"{name}: expected {what}, got {_kind(value)}")
+        number = array.item()
+    if integer:
+        return int(number)
+    try:
+        return float(number)
+    except OverflowError:       # an int beyond the float range
+        return math.inf if number > 0 else -math.inf
+
+
 def check_positive_int(value: Any, name: str, *, allow_zero: bool = False) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InputTypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
+    """``value`` (by :func:`scalar`'s rule) as an int ``>= 1`` (``>= 0`` with
+    ``allow_zero``), or a clear error."""
+    value = scalar(value, name, integer=True)
     low = 0 if allow_zero else 1
     if value < low:
         raise InputError(f"{name}: expected an int >= {low}, got {value}")
-    return int(value)
+    return value
+
+
+def check_float(value: Any, name: str, *, above: float | None = None,
+                at_least: float | None = None, below: float | None = None,
+                expected: str | None = None) -> float:
+    """``value`` (by :func:`scalar`'s rule) as a finite float, optionally ``> above``,
+    ``>= at_least`` and ``< below``; else :class:`InputTypeError` (not a real number)
+    or :class:`InputError` (out of range). ``expected`` replaces the message's
+    description of what was expected."""
+    bounds = [f"> {above}" if above is not None else "",
+              f">= {at_least}" if at_least is not None else "",
+              f"< {below}" if below is not None else ""]
+    number = scalar(value, name, expected=expected)
+    expected = expected or " ".join(["a finite float", *filter(None, bounds)])
+    if not (math.isfinite(number) and (above is None or number > above)
+            and (at_least is None or number >= at_least) and (below is None or number < below)):
+        raise InputError(f"{name}: expected {expected}, got {number}")
+    return number
 
 
 def check_positive_float(value: Any, name: str, *, above: float = 0.0) -> float:
     """``value`` as a float, or :class:`InputTypeError` (not a real number) /
     :class:`InputError` (not finite or not ``> above``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InputTypeError(f"{name}: expected a float, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value) or value <= above:
-        raise InputError(f"{name}: expected a finite float > {above}, got {value}")
-    return float(value)
+    return check_float(value, name, above=above)
 
 
 def check_key(key: Any, name: str = "key") -> jax.Array:
     """A PRNG key, the one way gradpaths takes randomness.
 
     Accepts a typed key (``jax.random.key(0)``), a raw ``uint32[2]`` key
-    (``jax.random.PRNGKey(0)``) or an int >= 0, which becomes ``jax.random.key(seed)``.
-    Returns a typed scalar key; anything else raises :class:`InputTypeError` (or
-    :class:`InputError` for a negative int or a batch of keys).
+    (``jax.random.PRNGKey(0)``) or an int seed >= 0 (by :func:`scalar`'s rule: also a 0-d
+    integer array), which becomes ``jax.random.key(seed)``. Returns a typed scalar key;
+    anything else raises :class:`InputTypeError` (or :class:`InputError` for a negative
+    int or a batch of keys).
     """
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        if not 0 <= key < 2**63:
-            raise InputError(f"{name}: expected a PRNG key or an int seed >= 0, got {key}")
-        return jax.random.key(int(key))
     if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != ():
             raise InputError(f"{name}: expected a single PRNG key, got shape {key.shape}")
         return key
+    if is_concrete(key) and not isinstance(key, (bool, np.bool_)) and (
+            isinstance(key, int) or np.shape(key) == () and hasattr(key, "dtype")
+            and np.issubdtype(key.dtype, np.integer)):
+        seed = scalar(key, name, integer=True)
+        if not 0 <= seed < 2**63:
+            raise InputError(f"{name}: expected a PRNG key or an int seed >= 0, got {seed}")
+        return jax.random.key(seed)
     if isinstance(key, (jax.Array, np.ndarray)) and key.dtype == np.uint32 and key.shape == (2,):
         return jax.random.wrap_key_data(jnp.asarray(key))
     raise InputTypeError(f"{name}: expected a PRNG key (jax.random.key(seed)) or an int seed, "

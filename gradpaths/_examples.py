@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 import jax
@@ -32,9 +30,7 @@ def with_output_gain(params: LSTMParams, gain: float, key: Any) -> LSTMParams:
     if not isinstance(params, LSTMParams):
         raise _checks.InputTypeError(
             f"params: expected LSTMParams, got {type(params).__name__}")
-    if isinstance(gain, bool) or not isinstance(gain, numbers.Real) or not (
-            0 <= gain < math.inf):
-        raise _checks.InputError(f"gain: expected a finite number >= 0, got {gain!r}")
+    gain = _checks.check_float(gain, "gain", at_least=0.0, expected="a finite number >= 0")
     key = _checks.check_key(key)
     n = params.R.o.shape[0]
     R_o = gain / n**0.5 * jax.random.normal(key, (n, n), params.R.o.dtype)

@@ -635,8 +635,7 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
     top_steps = _checks.check_positive_int(top_steps, "top_steps")
     top_units = _checks.check_positive_int(top_units, "top_units")
     key = _checks.key_data(key)
-    if isinstance(margin, bool) or not (isinstance(margin, (int, float)) and margin >= 0):
-        raise InputError(f"margin: expected a number >= 0, got {margin!r}")
+    margin = _checks.check_float(margin, "margin", at_least=0.0, expected="a number >= 0")
 
     structure = getattr(cell, "jacobian_structure", "dense")
     sets = _routesets.standard_sets(cell, p.layout)

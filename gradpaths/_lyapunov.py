@@ -27,7 +27,6 @@ so finite-horizon exponents can serve as a training loss.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
@@ -106,11 +105,8 @@ def check_tol(tol: Any) -> float | None:
     """``tol`` validated: None (the dtype's default) or a finite number > 0."""
     if tol is None:
         return None
-    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating, np.integer)) \
-            or not (math.isfinite(tol) and tol > 0):
-        raise InputError(f"horizon_tol: expected None or a finite number > 0 (nats/step), "
-                         f"got {tol!r}")
-    return float(tol)
+    return _checks.check_float(tol, "horizon_tol", above=0.0,
+                               expected="None or a finite number > 0 (nats/step)")
 
 
 def check_horizon(horizon: Any) -> str:

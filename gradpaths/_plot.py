@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from gradpaths import _routesets
+from gradpaths import _checks, _routesets
 from gradpaths._checks import InputError, InputTypeError
 
 _ROUTE_COLOURS = {
@@ -406,8 +406,7 @@ def gate_saturation(saturation: Any, *, window: int = 1, title: str | None = Non
     if low.ndim != 2 or low.shape != high.shape or low.shape[1] != len(gates):
         raise InputError(f"saturation: expected low and high of shape (T, {len(gates)}), got "
                          f"{low.shape} and {high.shape}")
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise InputError(f"window: expected an int >= 1, got {window!r}")
+    window = _checks.check_positive_int(window, "window")
     T = low.shape[0]
     fig, axes = _figure(2, 1, width=9.0, height=5.8, sharex=True)
     t = np.arange(T)
@@ -465,6 +464,24 @@ def _histories(history: Any) -> dict[str, Any]:
     return out
 
 
+_NOT_DATA = "gradpaths-not-data"     # a line that is a reference or a marker, not a value
+
+
+def _log_scale_or_note(ax: Any, note: str) -> bool:
+    """A log y scale when ``ax`` draws some positive finite value (reference lines and
+    markers at an arbitrary height, ``gid`` :data:`_NOT_DATA`, are not counted); else
+    (nothing a log scale can show) a linear scale with ``note`` written across the axes.
+    True for log."""
+    drawn = [np.asarray(line.get_ydata(), np.float64) for line in ax.lines
+             if line.get_gid() != _NOT_DATA]
+    if any(np.any(np.isfinite(y) & (y > 0)) for y in drawn):
+        ax.set_yscale("log")
+        return True
+    ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", fontsize=9,
+            color="0.35")
+    return False
+
+
 def training_curves(history: Any, *, clip: float | None = None,
                     title: str | None = None) -> Any:
     r"""Loss, gradient norm and route growth during training, explosions marked.
@@ -473,7 +490,10 @@ def training_curves(history: Any, *, clip: float | None = None,
     gradient's global norm before clipping (log scale), explosion events as red
     crosses with the dominant route written beside the first few, non-finite
     steps as black triangles, the clipping threshold dashed; the top exponent at
-    each probe (nats/step; for one run, also each route alone).
+    each probe (nats/step; for one run, also each route alone). A panel with no
+    positive finite value to draw (probes recorded without ``grad_norm``, a run whose
+    norms are all NaN) keeps a linear scale and says so across it; the others are
+    drawn as usual.
 
     Args:
       history: a :class:`gradpaths.History` (or ``TrainResult``), a records file's
@@ -487,6 +507,7 @@ def training_curves(history: Any, *, clip: float | None = None,
       Figure with three axes sharing x "training step".
     """
     runs = _histories(history)
+    clip = None if clip is None else _checks.check_positive_float(clip, "clip")
     fig, axes = _figure(3, 1, width=9.0, height=8.5, sharex=True)
     ax_loss, ax_grad, ax_exp = axes[0, 0], axes[1, 0], axes[2, 0]
     single = len(runs) == 1
@@ -520,7 +541,8 @@ def training_curves(history: Any, *, clip: float | None = None,
             finite_g = g[np.isfinite(g)]
             top = float(finite_g.max()) if finite_g.size else 1.0
             ax_grad.plot([e.step for e in nonfinite], [top] * len(nonfinite), ls="none",
-                         marker="v", ms=8, color="black", label=f"{tag}NaN/inf step")
+                         marker="v", ms=8, color="black", label=f"{tag}NaN/inf step",
+                         gid=_NOT_DATA)
         probe_step = np.asarray(h.probe_step)
         if probe_step.size:
             ax_exp.plot(probe_step, _finite(h.top_exponent), color=colour if not single
@@ -532,13 +554,17 @@ def training_curves(history: Any, *, clip: float | None = None,
                     ax_exp.plot(probe_step, _finite(rex[:, j]), color=_colour(r, j), lw=1.0,
                                 marker=".", ms=3, label=f"{r} alone")
     for b in sorted(baselines):
-        ax_loss.axhline(b, color="0.4", ls="--", lw=1.0, label=f"trivial baseline {b:.3g}")
+        ax_loss.axhline(b, color="0.4", ls="--", lw=1.0, label=f"trivial baseline {b:.3g}",
+                        gid=_NOT_DATA)
     if clip is not None:
-        ax_grad.axhline(clip, color="0.3", ls="--", lw=1.0, label=f"clipping threshold {clip:g}")
-    ax_loss.set_yscale("log")
-    ax_grad.set_yscale("log")
-    ax_loss.set_ylabel("loss (log scale)")
-    ax_grad.set_ylabel("gradient norm\nbefore clipping (log scale)")
+        ax_grad.axhline(clip, color="0.3", ls="--", lw=1.0, label=f"clipping threshold {clip:g}",
+                        gid=_NOT_DATA)
+    loss_log = _log_scale_or_note(ax_loss, "no positive finite loss recorded")
+    grad_log = _log_scale_or_note(
+        ax_grad, "no positive finite gradient norm recorded\n(probes taken without grad_norm, "
+        "or NaN/inf norms)")
+    ax_loss.set_ylabel("loss" + (" (log scale)" if loss_log else ""))
+    ax_grad.set_ylabel("gradient norm\nbefore clipping" + (" (log scale)" if grad_log else ""))
     _neutral(ax_exp)
     with_routes = single and len(next(iter(runs.values())).routes) > 0
     if with_routes:

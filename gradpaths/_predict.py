@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from gradpaths import _checks
 from gradpaths._checks import InputError, InputTypeError
 
 EVENT_KINDS = ("explosion", "nonfinite")
@@ -180,13 +181,9 @@ def predict_events(events: Any, probe_step: Any, score: Any, *, window: int,
         pred = gp.predict_events(h.events, h.probe_step, h.top_exponent, window=3)
         pred.recall, pred.precision, pred.leads
     """
-    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
-        raise InputError(f"window: expected an int >= 1 (probes), got {window!r}")
-    if isinstance(min_lead, bool) or not isinstance(min_lead, (int, np.integer)) or min_lead < 0:
-        raise InputError(f"min_lead: expected an int >= 0 (steps), got {min_lead!r}")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) or (
-            not math.isfinite(threshold)):
-        raise InputTypeError(f"threshold: expected a finite float, got {threshold!r}")
+    window = _checks.check_positive_int(window, "window")
+    min_lead = _checks.check_positive_int(min_lead, "min_lead", allow_zero=True)
+    threshold = _checks.check_float(threshold, "threshold")
     if isinstance(kinds, str) or not isinstance(kinds, Iterable):
         raise InputTypeError(f"kinds: expected a sequence of event kinds, got {kinds!r}")
     ev = event_steps(events, tuple(kinds))

@@ -46,7 +46,7 @@ from gradpaths import (
     _sweep,
     _views,
 )
-from gradpaths._checks import InputError, InputTypeError
+from gradpaths._checks import InputError
 from gradpaths._explain import Explanation
 from gradpaths._protocols import Cell, has_activations, has_routes
 from gradpaths._sweep import Sweep
@@ -389,9 +389,10 @@ def explain_report(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
     start = min(ex.warmup, T - 1)
     if counts_window is None:
         counts_window = min(50, T - start)
-    elif isinstance(counts_window, bool) or not isinstance(counts_window, (int, np.integer)):
-        raise InputTypeError(f"counts_window: expected a positive int, got {counts_window!r}")
-    elif not 1 <= counts_window <= T - start:
+    else:
+        counts_window = _checks.scalar(counts_window, "counts_window", integer=True,
+                                       expected="a positive int")
+    if not 1 <= counts_window <= T - start:
         raise InputError(f"counts_window: expected 1 to {T - start} (the steps after the "
                          f"warm-up {start} of T = {T}), got {counts_window}")
     figs: dict[str, Any] = {}
@@ -407,7 +408,8 @@ def explain_report(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
     figs["step_spectra"] = _plot.step_spectra(spectra, xs=seq, local=local)
     extra["input_events"] = [int(t) for t in _views.input_events(seq)]
 
-    step = int(ex.peak_steps[0][0]) if heatmap_step is None else int(heatmap_step)
+    step = int(ex.peak_steps[0][0]) if heatmap_step is None else _checks.scalar(
+        heatmap_step, "heatmap_step", integer=True)
     if not 0 <= step < T:
         raise InputError(f"heatmap_step: expected 0 <= step < T = {T}, got {step}")
     method = "analytic" if _inputs.has_closed_form(cell) else "jacfwd"
@@ -506,6 +508,18 @@ def known_grad_norms(h: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.array(order, np.int64), np.array([known[t] for t in order], np.float64)
 
 
+NO_GRAD_NORM = ("no probe or event carries a positive finite gradient norm (probes taken "
+                "without grad_norm, or NaN/inf norms): the gradient-norm panel is empty")
+"""The note for a history without a gradient norm to draw or report."""
+
+
+def has_grad_norms(h: Any) -> bool:
+    """Whether a history knows some positive finite gradient norm (what a log-scale
+    panel can draw)."""
+    norms = known_grad_norms(h)[1]
+    return bool(np.any(np.isfinite(norms) & (norms > 0)))
+
+
 def steps_of(h: Any) -> int:
     """The training steps a history covers: every step of a :func:`gradpaths.train`
     history; for one built from records, by their step numbers (a probe at step t
@@ -594,6 +608,8 @@ def train_report(histories: Mapping[str, Any], *, clip: float | None = None,
         }
         if not per_step:
             notes.append(f"- {label}: {_records_note(h)}.")
+        if not has_grad_norms(h):
+            notes.append(f"- {label}: {NO_GRAD_NORM}.")
         note = unjudged_note(h, explosion_window)
         if note:
             notes.append(f"- {label}: {note}.")

@@ -371,9 +371,7 @@ def classify(full: float, alone: Mapping[str, float], cut: Mapping[str, float] |
       NonFiniteError: an exponent is NaN.
       ValueError: ``margin`` is negative or not a number.
     """
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
-        raise InputError(f"margin: expected a number >= 0, got {margin!r}")
-    margin = float(margin)
+    margin = _checks.check_float(margin, "margin", at_least=0.0, expected="a number >= 0")
     top = _number(full, "the full product's exponent")
     lone = {r: _number(v, f"the exponent of route {r!r} alone") for r, v in alone.items()}
     routes = tuple(lone)

@@ -34,7 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from gradpaths import _operator
+from gradpaths import _checks, _operator
 from gradpaths._cells import Edge
 from gradpaths._checks import InputError, InputTypeError
 from gradpaths._protocols import has_gauge
@@ -222,8 +222,10 @@ class Stack:
 
     def layer(self, k: int) -> Any:
         """Layer ``k`` (1-based, as in the route and field names)."""
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(self.layers):
-            raise InputError(f"layer: expected an int in 1..{len(self.layers)}, got {k!r}")
+        expected = f"an int in 1..{len(self.layers)}"
+        k = _checks.scalar(k, "layer", integer=True, expected=expected)
+        if not 1 <= k <= len(self.layers):
+            raise InputError(f"layer: expected {expected}, got {k!r}")
         return self.layers[k - 1]
 
     # -- gauge directions (present when a layer has them)

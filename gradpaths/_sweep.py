@@ -14,7 +14,6 @@ but each one, all in one compiled, vectorised scan.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -239,9 +238,7 @@ def sweep(*, gains: Iterable[float] = DEFAULT_GAINS,
     given = key
     key = _checks.check_key(key)
     for name, value in (("input_scale", input_scale), ("base_gain", base_gain)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                math.isfinite(value) and value >= 0):
-            raise InputError(f"{name}: expected a finite number >= 0, got {value!r}")
+        _checks.check_float(value, name, at_least=0.0, expected="a finite number >= 0")
     if isinstance(scaled, str):
         scaled = (scaled,)
     scaled = tuple(scaled)

@@ -345,9 +345,9 @@ class TextTask:
             raise InputTypeError(f"modules: expected a non-empty sequence of module names (str), "
                             f"got {self.modules!r}")
         object.__setattr__(self, "modules", tuple(self.modules))
-        v = self.validation_fraction
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
-            raise InputError(f"validation_fraction: expected a float in (0, 1), got {v!r}")
+        object.__setattr__(self, "validation_fraction", _checks.check_float(
+            self.validation_fraction, "validation_fraction", above=0.0, below=1.0,
+            expected="a float in (0, 1)"))
         n_train, n_val = len(self.train_text), len(self.validation_text)
         if min(n_train, n_val) < self.length + 1:
             raise InputError(

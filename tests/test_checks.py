@@ -206,3 +206,55 @@ def test_key_and_positive_float_validators():
         check_positive_float(np.inf, "lr")
     with pytest.raises(gp.InputTypeError, match="lr: expected a float, got bool True"):
         check_positive_float(True, "lr")
+
+
+def test_one_rule_for_scalar_arguments():
+    """Ints: Python, numpy and 0-d integer arrays of any library; floats: also floating
+    numbers and 0-d real arrays; bools, strings, complex numbers, other shapes and
+    traced values refused (TypeError)."""
+    from gradpaths._checks import scalar
+
+    for v in (5, np.int64(5), np.uint8(5), np.array(5), jnp.array(5), jnp.array(5, jnp.int8)):
+        got = scalar(v, "x", integer=True)
+        assert got == 5 and type(got) is int
+        assert scalar(v, "x") == 5.0 and type(scalar(v, "x")) is float
+    for v in (0.5, np.float32(0.5), np.float64(0.5), np.array(0.5), jnp.array(0.5),
+              jnp.array(0.5, jnp.bfloat16), jnp.array(0.5, jnp.float16)):
+        assert scalar(v, "x") == 0.5 and type(scalar(v, "x")) is float
+        with pytest.raises(gp.InputTypeError, match="x: expected an int, got"):
+            scalar(v, "x", integer=True)
+    for v in (True, np.bool_(False), np.array(True), jnp.array(True), "5", b"5", 1 + 2j,
+              np.complex64(1), np.array([5]), jnp.ones((1,)), None, [5], object()):
+        for integer in (True, False):
+            with pytest.raises(gp.InputTypeError, match="x: expected an? (int|float), got"):
+                scalar(v, "x", integer=integer)
+    with pytest.raises(gp.InputTypeError, match="x: expected a float known outside jax.jit, "
+                       "got a traced value"):
+        jax.jit(lambda s: scalar(s, "x"))(1.0)
+    assert scalar(10**400, "x") == np.inf          # the caller's range check refuses it
+
+
+def test_the_api_follows_the_scalar_rule(lstm):
+    """``probe(step=jnp.array(5))`` was refused while ``np.int64`` was accepted,
+    ``margin=np.float32`` refused while ``horizon_tol=np.float32`` was accepted."""
+    cell, params, xs, s0 = lstm
+    base = gp.probe(cell, params, xs, step=5, grad_norm=2.0, growth_only=True)
+    for step, norm in ((jnp.array(5), jnp.array(2.0)), (np.int64(5), np.float32(2.0))):
+        got = gp.probe(cell, params, xs, step=step, grad_norm=norm, growth_only=True)
+        assert (got.step, got.grad_norm) == (5, 2.0) and type(got.step) is int
+        assert got.top_exponent == base.top_exponent
+    for bad in (True, 5.0, "5"):
+        with pytest.raises(gp.InputTypeError, match="step: expected an int, got"):
+            gp.probe(cell, params, xs, step=bad)
+    with pytest.raises(gp.InputError, match="grad_norm: expected None or a norm >= 0"):
+        gp.probe(cell, params, xs, grad_norm=-1.0)
+    ex = gp.explain(cell, params, xs, s0, margin=0.01, horizon_tol=1e-3)
+    for margin, tol in ((np.float32(0.01), np.float32(1e-3)), (jnp.array(0.01), jnp.array(1e-3))):
+        other = gp.explain(cell, params, xs, s0, margin=margin, horizon_tol=tol)
+        assert other.margin == float(margin) and other.verdict == ex.verdict
+    for name in ("margin", "horizon_tol"):
+        with pytest.raises(gp.InputTypeError, match=f"{name}: expected .*got bool"):
+            gp.explain(cell, params, xs, s0, **{name: True})
+    driver = gp.classify(0.1, {"a": 0.2, "b": -0.3}, margin=np.float32(0.05))
+    assert driver == gp.classify(0.1, {"a": 0.2, "b": -0.3}, margin=float(np.float32(0.05)))
+    assert gp.ExplosionDetector(factor=np.float32(4.0), window=jnp.array(3)).window == 3

@@ -136,6 +136,28 @@ def test_explain_torch_weights(tmp_path, capsys):
     assert data["verdict"] == ex.verdict
 
 
+def test_float32_files_are_computed_in_float64(tmp_path, capsys):
+    """docs/cli.md: everything runs in float64. float32 weights with a float32 input file
+    ran in float32 (horizon_tol 5e-5, other numbers); now they give the numbers of the
+    same values saved in float64."""
+    path, sd = torch_npz(tmp_path)
+    xs = np.asarray(jax.random.normal(jax.random.key(7), (40, 2)), np.float32)
+    out = {}
+    for dtype in (np.float32, np.float64):
+        name = np.dtype(dtype).name
+        np.savez(tmp_path / f"w-{name}.npz", **{k: v.astype(np.float32).astype(dtype)
+                                                for k, v in sd.items()})
+        np.save(tmp_path / f"xs-{name}.npy", xs.astype(dtype))
+        code, text, err = run(["explain", "--weights", str(tmp_path / f"w-{name}.npz"),
+                               "--format", "torch", "--layer", "0", "--input-file",
+                               str(tmp_path / f"xs-{name}.npy"), "--warmup", "5", "--json"],
+                              capsys)
+        assert code == 0, err
+        out[name] = strict_json(text)
+    assert out["float32"]["horizon_tol"] == out["float64"]["horizon_tol"] == 1e-9
+    assert out["float32"]["rows"] == out["float64"]["rows"]
+
+
 def test_explain_keras_weights(tmp_path, capsys):
     with np.load(os.path.join(FIXTURES, "keras_lstm.npz")) as data:
         weights = {k[len("params/"):]: data[k] for k in data.files if k.startswith("params/")}

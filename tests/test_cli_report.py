@@ -134,3 +134,58 @@ def test_report_errors(records, tmp_path, capsys):
     code, out, err = run(["report", str(records[0]), str(records[0])], capsys)
     assert_one_line_error(code, out, err, "report")
     assert "expected distinct files" in err
+
+
+def test_report_of_probes_without_gradient_norms(tmp_path, capsys):
+    """gp.probe's grad_norm is optional, and a diverged run records NaN norms: the
+    report is written, with the figure and a note, not an internal error."""
+    pr = gp.Probe(None, -0.3, np.zeros(5), np.zeros(5), np.zeros(0), None, None, CELL.routes)
+    for name, norm in (("bare.jsonl", None), ("nan.jsonl", np.nan)):
+        path = tmp_path / name
+        for step in (0, 5, 10):
+            gp.append_record(path, pr._replace(step=step, grad_norm=norm))
+        out_dir = tmp_path / f"rep-{name}"
+        code, out, err = run(["report", str(path), "--out", str(out_dir)], capsys)
+        assert code == 0, err
+        assert "note: no probe or event carries a positive finite gradient norm" in out
+        assert (out_dir / "training_curves.png").read_bytes()[:8] == PNG
+        report = strict_json((out_dir / "report.json").read_text())
+        assert report["runs"][name]["max_grad_norm"] is None
+        assert report["runs"][name]["probes"] == 3
+        assert ("no probe or event carries a positive finite gradient norm"
+                in (out_dir / "report.md").read_text())
+
+
+def test_hostile_records_files_are_bad_input(tmp_path, capsys):
+    """A step beyond int64 and a line nested 100 000 deep: exit 2, the line named."""
+    good = {"type": "probe", **gp.Probe(0.5, 0.1, np.zeros(5), np.zeros(5), np.zeros(0), 3,
+                                        1.0, CELL.routes).to_dict()}
+    event = {"type": "event", "step": 3, "kind": "explosion", "grad_norm": 5.0, "median": 1.0,
+             "dominant_route": None, "route_drop": {}, "message": "step 3"}
+    header = '{"type": "header", "format": "gradpaths.records/1"}'
+    lines = {"big-probe": (json.dumps({**good, "step": 2**70}), "expected an int below 2**63"),
+             "big-event": (json.dumps({**event, "step": 2**70}), "expected an int below 2**63"),
+             "float-step": (json.dumps({**event, "step": 1.5}), "step: expected an int"),
+             "bad-route": (json.dumps({**event, "dominant_route": ["o"]}), "dominant_route"),
+             "deep": ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+             "deep-data": ('{"type": "data", "data": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                           "nested too deeply")}
+    for name, (line, why) in lines.items():
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("\n".join([header, json.dumps(good), line, ""]))
+        code, out, err = run(["report", str(path)], capsys)
+        assert_one_line_error(code, out, err, "report")
+        assert f"{name}.jsonl' line 3 is damaged" in err and why in err, err
+
+
+def test_the_same_file_twice_is_refused(records, tmp_path, capsys, monkeypatch):
+    """``a.jsonl ./a.jsonl`` (or a link to it) would compare a file with itself."""
+    path = records[0]
+    monkeypatch.chdir(path.parent)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(path)
+    for twice in (["run.jsonl", "./run.jsonl"], [str(path), str(link)],
+                  ["run.jsonl", f"../{path.parent.name}/run.jsonl"]):
+        code, out, err = run(["report", *twice], capsys)
+        assert_one_line_error(code, out, err, "report")
+        assert f"{twice[0]!r} and {twice[1]!r} are the same file" in err

@@ -104,9 +104,12 @@ def test_train_records_then_report(tmp_path, capsys):
     back = strict_json(out)["run.jsonl"]
     assert back["probe_step"] == [0, 5, 10, 12] and back["top_exponent"] == [
         gp.Probe.to_dict(r)["top_exponent"] for r in records if isinstance(r, gp.Probe)]
-    # An existing file is never appended to by a new run; one run per file.
+    # An existing file is never appended to by a new run; one run per file. The advice
+    # is the command line's own (it has no resume=True: no checkpoint to resume from).
     for extra in ([], ["--compare"]):
         code, out, err = run(["train", "--steps", "12", "--records", str(path), *extra],
                              capsys)
         assert_one_line_error(code, out, err, "train")
-        assert ("exists; pass resume=True" if not extra else "expected one run") in err
+        assert (f"--records: {str(path)!r} exists; choose another path, or move the file away"
+                if not extra else "expected one run") in err
+        assert "resume" not in err

@@ -250,6 +250,45 @@ def test_plot_training_curves_from_records(tmp_path):
                                   .get_xdata(), np.arange(40))
 
 
+def _drawn(fig):
+    """Render ``fig`` to PNG bytes (matplotlib's log-scale errors come at drawing)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case", ["no grad_norm", "NaN norms"])
+def test_plot_training_curves_without_a_positive_gradient_norm(case):
+    """Probes taken without grad_norm (it is optional) or a run whose norms are all NaN:
+    the figure is drawn, the gradient panel stays linear and says why it is empty, and
+    the probes' exponents are drawn as usual."""
+    routes = ("carousel", "o")
+    probe = gp.Probe(None, -0.25, np.array([0.1, -0.3]), np.array([-0.2, 0.2]), np.zeros(0),
+                     None, None, routes, ())
+    records = [probe._replace(step=s, top_exponent=-0.1 * k) for k, s in enumerate((0, 5, 10))]
+    if case == "NaN norms":
+        records = [r._replace(grad_norm=np.nan, loss=np.nan) for r in records]
+        records.append(Event(7, "nonfinite", np.nan, np.nan, None, {}, "step 7: NaN"))
+    fig = gp.plot.training_curves(records)
+    assert _drawn(fig)[:8] == b"\x89PNG\r\n\x1a\n"
+    loss, grad, exp = fig.axes
+    assert grad.get_yscale() == "linear" and loss.get_yscale() == "linear"
+    assert [t.get_text() for t in grad.texts] == [
+        "no positive finite gradient norm recorded\n(probes taken without grad_norm, or "
+        "NaN/inf norms)"]
+    assert [t.get_text() for t in loss.texts] == ["no positive finite loss recorded"]
+    assert grad.get_ylabel() == "gradient norm\nbefore clipping"
+    full = [line for line in exp.get_lines() if line.get_label() == "full product"][0]
+    np.testing.assert_array_equal(full.get_xdata(), [0, 5, 10])
+    np.testing.assert_allclose(full.get_ydata(), [0.0, -0.1, -0.2])
+    # One positive norm is enough for the log scale (and no note).
+    records[0] = records[0]._replace(grad_norm=2.0, loss=1.0)
+    loss, grad, _ = gp.plot.training_curves(records).axes
+    assert grad.get_yscale() == loss.get_yscale() == "log" and not grad.texts
+
+
 # --------------------------------------------------------------------------- sweep
 
 

@@ -148,7 +148,7 @@ def test_pooled_over_runs():
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"window": 0}, ValueError, "window"),
     ({"window": 2, "min_lead": -1}, ValueError, "min_lead"),
-    ({"window": 2, "threshold": math.nan}, TypeError, "threshold"),
+    ({"window": 2, "threshold": math.nan}, ValueError, "threshold: expected a finite float"),
     ({"window": 2, "probe_step": PROBES[::-1]}, ValueError, "increasing"),
     ({"window": 2, "score": SCORE[:3]}, ValueError, r"score: expected shape \(10,\)"),
     ({"window": 2, "events": [2.5]}, TypeError, "integer steps"),

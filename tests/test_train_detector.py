@@ -78,3 +78,36 @@ def test_bad_settings():
         gp.ExplosionDetector().update([1.0, 2.0])
     with pytest.raises(ValueError, match=r"losses: expected shape \(2,\), got \(3,\)"):
         gp.ExplosionDetector().feed([1.0, 2.0], losses=[1.0, 2.0, 3.0])
+
+
+def test_norms_and_steps_are_checked():
+    """A string is not a norm (it used to fire an event), a norm is >= 0, steps only go
+    forward; numbers of any library are one number each."""
+    import jax.numpy as jnp
+
+    detector = gp.ExplosionDetector(window=1)
+    with pytest.raises(TypeError, match="grad_norm: expected a real number .*got str '500'"):
+        detector.update("500")
+    with pytest.raises(TypeError, match="grad_norm: expected a real number .*got bool"):
+        detector.update(True)
+    with pytest.raises(ValueError, match="grad_norm: expected a norm >= 0 .*got -1.0"):
+        detector.update(-1.0)
+    with pytest.raises(TypeError, match="loss: expected None or a real number, got str"):
+        detector.update(1.0, loss="0.5")
+    assert detector.next_step == 0                  # refused steps are not counted
+    assert detector.update(jnp.array(1.0)) is None and detector.update(np.float32(1.0)) is None
+    event = detector.update(jnp.array(50.0), step=jnp.array(7))
+    assert (event.step, event.kind, event.grad_norm) == (7, "explosion", 50.0)
+    with pytest.raises(ValueError, match=r"step: expected a step >= 8 \(steps only go forward"):
+        detector.update(1.0, step=3)
+    with pytest.raises(ValueError, match="step: expected a step >= 8"):
+        detector.update(1.0, step=7)
+    assert detector.update(np.nan).kind == "nonfinite"     # NaN: a step that diverged
+    with pytest.raises(TypeError, match="grad_norms: expected real numbers, got dtype <U3"):
+        gp.ExplosionDetector().feed(["1.0", "500"])
+    with pytest.raises(ValueError, match="grad_norms: expected norms >= 0 .*got -2.0 at index 1"):
+        gp.ExplosionDetector().feed([1.0, -2.0])
+    with pytest.raises(ValueError, match="previous: expected norms >= 0"):
+        gp.ExplosionDetector(previous=[1.0, -1.0])
+    with pytest.raises(TypeError, match="previous: expected real numbers, got dtype bool"):
+        gp.ExplosionDetector(previous=[True, False])

@@ -116,8 +116,8 @@ def test_corruption_elsewhere_is_refused_and_other_files_are_never_touched(tmp_p
         gp.read_records(tmp_path / "none.jsonl")
     with pytest.raises(TypeError, match="record: expected a gradpaths.Probe, a gradpaths.Event"):
         gp.append_record(path, [1, 2])
-    with pytest.raises(ValueError, match="record: expected JSON-safe numbers"):
-        gp.append_record(path, {"loss": float("nan")})
+    with pytest.raises(TypeError, match=r"record: expected string keys \(JSON's\), got tuple"):
+        gp.append_record(path, {(1, 2): 3.0})
     with pytest.raises(ValueError, match="records: the folder .* does not exist"):
         gp.append_record(tmp_path / "nodir" / "run.jsonl", PROBE)
     assert path.read_bytes() == b"\n".join(lines)    # refused records leave no trace
@@ -195,3 +195,72 @@ def test_a_resume_marker_drops_the_abandoned_steps(tmp_path):
         f.write('{"type": "resume", "step": "x"}\n')
     with pytest.raises(ValueError, match="line 10 is damaged"):
         gp.read_records(path)
+
+
+def test_one_rule_for_non_finite_numbers_of_every_type(tmp_path):
+    """NaN and infinities are the strings 'nan', 'inf', '-inf' whatever their type
+    (Python, numpy, JAX; alone, in lists, in arrays), in a mapping as in a probe."""
+    import jax.numpy as jnp
+
+    path = tmp_path / "run.jsonl"
+    record = {"py": float("nan"), "f64": np.float64("inf"), "f32": np.float32("nan"),
+              "jax": jnp.array(-np.inf), "list": [float("inf"), 1.5], "array": np.array(
+                  [np.nan, 2.0], np.float32), "nested": {"loss": float("-inf")},
+              "int": np.int64(3), "flag": True, "none": None}
+    gp.append_record(path, record)
+    (back,) = gp.read_records(path)
+    assert back == {"py": "nan", "f64": "inf", "f32": "nan", "jax": "-inf",
+                    "list": ["inf", 1.5], "array": ["nan", 2.0], "nested": {"loss": "-inf"},
+                    "int": 3, "flag": True, "none": None}
+    assert json.loads(path.read_bytes().split(b"\n")[1])["data"] == back
+
+
+def test_records_that_cannot_be_read_back_are_refused(tmp_path):
+    """Keys that JSON would turn into strings, a folder, a circular or too deep mapping, a
+    step beyond int64: clear errors, and nothing written."""
+    from gradpaths._train import MAX_DEPTH, mark_resume
+
+    path = tmp_path / "run.jsonl"
+    gp.append_record(path, {"step": 0})
+    size = path.stat().st_size
+    with pytest.raises(gp.InputTypeError, match=r"string keys .* got tuple \(1, 2\) at \['a'\]"):
+        gp.append_record(path, {"a": {(1, 2): 3.0}})
+    with pytest.raises(gp.InputTypeError, match="string keys .* got int 0"):
+        gp.append_record(path, {0: 1.0})
+    loop: dict = {}
+    loop["self"] = loop
+    with pytest.raises(gp.InputError, match=r"circular reference at \['self'\]"):
+        gp.append_record(path, loop)
+    deep: list = []
+    for _ in range(MAX_DEPTH - 1):         # MAX_DEPTH lists, in the record: one too many
+        deep = [deep]
+    with pytest.raises(gp.InputError, match=f"at most {MAX_DEPTH} levels of nested lists"):
+        gp.append_record(path, {"deep": deep})
+    gp.append_record(path, {"deep": deep[0]})            # the deepest allowed reads back
+    assert gp.read_records(path)[-1] == {"deep": deep[0]}
+    size = path.stat().st_size
+    with pytest.raises(gp.InputError, match="record.step: expected an int below 2\\*\\*63"):
+        gp.append_record(path, PROBE._replace(step=2**70))
+    with pytest.raises(gp.InputError, match="step: expected an int below 2\\*\\*63"):
+        mark_resume(path, 2**63)
+    assert path.stat().st_size == size
+    with pytest.raises(gp.InputError, match="is a folder; expected a file path"):
+        gp.append_record(tmp_path, PROBE)
+    with pytest.raises(gp.InputError, match="is a folder; expected a file path"):
+        gp.read_records(tmp_path)
+
+
+def test_hostile_lines_are_damaged_lines(tmp_path):
+    """A step beyond int64, a line nested 100 000 deep, numbers beyond the float range:
+    an InputError naming the line, never an OverflowError or a RecursionError."""
+    path = tmp_path / "run.jsonl"
+    gp.append_record(path, PROBE)
+    good = path.read_text()
+    probe = json.loads(good.splitlines()[1])
+    for line, why in ((json.dumps({**probe, "step": 2**70}), "expected an int below 2\\*\\*63"),
+                      (json.dumps({**probe, "loss": 10**400}), "float range"),
+                      ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+                      (json.dumps({"type": "resume", "step": 2**64}), "below 2\\*\\*63")):
+        path.write_text(good + line + "\n" + good.splitlines()[1] + "\n")
+        with pytest.raises(gp.InputError, match=f"line 3 is damaged .*{why}"):
+            gp.read_records(path)

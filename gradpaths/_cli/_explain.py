@@ -154,6 +154,8 @@ def _load_weights(args: argparse.Namespace) -> _Imported:
         if name not in takes:
             raise InputError(f"--{name}: does not apply to --format {fmt}")
         options[name] = value
+    if "dtype" in takes:    # everything in float64: float32 weights converted (exactly)
+        options["dtype"] = "float64"     # before the importer adds biases or splits gates
 
     def load_layer(**changes: Any) -> tuple[Any, Any]:
         try:
@@ -266,7 +268,8 @@ def _builtin(args: argparse.Namespace, steps: int) -> tuple[Any, Any, Any]:
 
 def _inputs(args: argparse.Namespace, width: int, what: str, default_xs: Any,
             steps: int) -> Any:
-    """The network's inputs: ``--input-file`` as it is, or random ``N(0, scale^2)``."""
+    """The network's inputs: ``--input-file`` as it is (in float64), or random
+    ``N(0, scale^2)``."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -300,7 +303,10 @@ def _inputs(args: argparse.Namespace, width: int, what: str, default_xs: Any,
         file_batch = 1 if xs.ndim == 2 else xs.shape[0]
         if args.batch is not None and args.batch != file_batch:
             raise InputError(f"--batch {args.batch}: --input-file has shape {xs.shape}")
-        return jnp.asarray(xs)
+        # The command line computes in float64 whatever the file's dtype (float32 and
+        # float16 values are exact in float64): with float64 inputs, float32 weights
+        # are promoted too. A complex file is left for the analysis to refuse.
+        return jnp.asarray(xs) if np.iscomplexobj(xs) else jnp.asarray(xs, jnp.float64)
     scale = 1.0 if args.input_scale is None else args.input_scale
     batch = args.batch or 1
     if default_xs is not None and batch == 1:

@@ -42,7 +42,23 @@ def add_parser(sub: Any) -> None:
     _common.add_output_options(rp)
 
 
+def _identity(path: str) -> tuple[int, int] | str:
+    """What makes two paths one file: its device and inode (links, ``./``, ``..``),
+    else (a file that cannot be read: the reader says why) its real path."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return st.st_dev, st.st_ino
+
+
 def _labels(paths: Sequence[str]) -> list[str]:
+    seen: dict[Any, str] = {}
+    for p in paths:
+        first = seen.setdefault(_identity(p), p)
+        if first is not p:
+            raise InputError(f"RECORDS: {first!r} and {p!r} are the same file; give each "
+                             "file once (several files are compared)")
     names = [os.path.basename(os.path.normpath(p)) for p in paths]
     labels = names if len(set(names)) == len(names) else list(paths)
     if len(set(labels)) != len(labels):
@@ -68,7 +84,13 @@ def _read(path: str) -> tuple[Any, list[str]]:
 def _print_summary(label: str, h: Any, explosion_window: int) -> None:
     import numpy as np
 
-    from gradpaths._report import known_grad_norms, steps_of, unjudged_note
+    from gradpaths._report import (
+        NO_GRAD_NORM,
+        has_grad_norms,
+        known_grad_norms,
+        steps_of,
+        unjudged_note,
+    )
 
     explosions = len(h.explosions)
     nonfinite = sum(e.kind == "nonfinite" for e in h.events)
@@ -83,6 +105,8 @@ def _print_summary(label: str, h: Any, explosion_window: int) -> None:
     if finite.any():
         i = int(np.argmax(np.where(finite, norms, -np.inf)))
         print(f"  largest gradient norm recorded: {norms[i]:.4g} (step {int(steps[i])})")
+    if not has_grad_norms(h):
+        print(f"  note: {NO_GRAD_NORM}")
     note = unjudged_note(h, explosion_window)
     if note:
         print(f"  note: {note}")

@@ -127,7 +127,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         if args.compare:
             raise InputError("--records: expected one run, got --compare (two runs); record "
                              "each run with its own command")
-        training.check_records_path(args.records, False)
+        # gradpaths train has no checkpoint to resume from: a records file is always new
+        training.check_records_path(args.records, False, name="--records", resume_name=None)
     if args.cell != "lstm":
         for name in _LSTM_ONLY:
             if getattr(args, name) is not None:

@@ -35,6 +35,8 @@ from gradpaths._train._init import (
 from gradpaths._train._loop import TrainResult as TrainResult, train as train
 from gradpaths._train._probe import Probe as Probe, probe as probe
 from gradpaths._train._records import (
+    MAX_DEPTH as MAX_DEPTH,
+    MAX_STEP as MAX_STEP,
     RecordWarning as RecordWarning,
     append_record as append_record,
     check_records_path as check_records_path,

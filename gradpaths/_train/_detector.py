@@ -19,10 +19,11 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from gradpaths import _checks
-from gradpaths._checks import InputError
+from gradpaths._checks import InputError, InputTypeError
 from gradpaths._train import _events
 from gradpaths._train._events import Event
 
@@ -42,6 +43,40 @@ def judged_steps(grad_norm: Any, explosion_window: int = 20) -> np.ndarray:
     t = np.arange(len(finite))
     before = count[t] - count[np.maximum(t - explosion_window, 0)]
     return before >= min(EXPLOSION_MIN_HISTORY, explosion_window)
+
+
+def _norm(value: Any, name: str) -> float:
+    """One gradient norm: a real number (:func:`gradpaths._checks.scalar`'s rule)
+    ``>= 0``, or NaN / ``+inf`` (a step that diverged)."""
+    shape = (len(value),) if isinstance(value, (list, tuple)) else getattr(value, "shape", ())
+    if tuple(shape) != ():
+        raise InputError(f"{name}: expected one number, got shape {tuple(shape)} (use feed "
+                         "for several steps)")
+    g = _checks.scalar(value, name, expected="a real number (a gradient norm)")
+    if g < 0:
+        raise InputError(f"{name}: expected a norm >= 0 (or NaN/inf for a step that "
+                         f"diverged), got {g}")
+    return g
+
+
+def _reals(values: Any, name: str, *, norms: bool) -> np.ndarray:
+    """Real numbers (S,) as float64: booleans, strings and objects refused (the rule of
+    :func:`gradpaths._checks.scalar` for each); with ``norms``, negative ones too."""
+    try:
+        a = np.asarray(values)
+    except ValueError as err:
+        raise InputError(f"{name}: expected real numbers of shape (S,), got a ragged "
+                         f"{type(values).__name__}") from err
+    if a.dtype.kind not in "iu" and not jnp.issubdtype(a.dtype, jnp.floating):
+        raise InputTypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
+    a = a.astype(np.float64)
+    if a.ndim != 1:
+        raise InputError(f"{name}: expected shape (S,), got {a.shape}")
+    if norms and (a < 0).any():
+        i = int(np.argmax(a < 0))
+        raise InputError(f"{name}: expected norms >= 0 (or NaN/inf for a step that diverged), "
+                         f"got {a[i]} at index {i}")
+    return a
 
 
 def _median(values: Iterable[float]) -> float:
@@ -78,9 +113,9 @@ class ExplosionDetector:
         self.factor = _checks.check_positive_float(factor, "factor", above=1.0)
         self.window = _checks.check_positive_int(window, "window")
         self.next_step = _checks.check_positive_int(start_step, "start_step", allow_zero=True)
+        previous = list(previous) if isinstance(previous, Iterable) else previous
         self._recent: collections.deque[float] = collections.deque(
-            (float(v) for v in np.asarray(list(previous), np.float64).reshape(-1)),
-            maxlen=self.window)
+            (float(v) for v in _reals(previous, "previous", norms=True)), maxlen=self.window)
 
     def __repr__(self) -> str:
         return (f"ExplosionDetector(factor={self.factor:g}, window={self.window}, "
@@ -102,23 +137,31 @@ class ExplosionDetector:
         """Judge one step and add its norm to the window.
 
         Args:
-          grad_norm: the step's gradient global norm (before any clipping).
-          step: its index (default: one after the previous step fed).
+          grad_norm: the step's gradient global norm (before any clipping): a real
+            number >= 0 (a Python or numpy number, a 0-d array), NaN or inf where the
+            step diverged.
+          step: its index (default: one after the previous step fed); steps only go
+            forward (at least :attr:`next_step`).
           finite: False when something other than the norm was NaN or inf (the loss,
             the new parameters); default: whether ``grad_norm`` (and ``loss``) are finite.
           loss: the step's loss, for the message (optional).
 
         Returns:
           An :class:`gradpaths.Event` (``"nonfinite"`` or ``"explosion"``), or None.
+
+        Raises:
+          TypeError, ValueError: ``grad_norm`` or ``loss`` not a real number, a negative
+            norm, ``step`` before :attr:`next_step`.
         """
-        norm = np.asarray(grad_norm, np.float64)
-        if norm.shape != ():
-            raise InputError(f"grad_norm: expected one number, got shape {norm.shape} (use feed "
-                             "for several steps)")
-        g = float(norm)
-        loss = None if loss is None else float(np.asarray(loss, np.float64))
+        g = _norm(grad_norm, "grad_norm")
+        loss = None if loss is None else _checks.scalar(loss, "loss",
+                                                        expected="None or a real number")
         if step is not None:
-            self.next_step = _checks.check_positive_int(step, "step", allow_zero=True)
+            step = _checks.check_positive_int(step, "step", allow_zero=True)
+            if step < self.next_step:
+                raise InputError(f"step: expected a step >= {self.next_step} (steps only go "
+                                 f"forward; the next step is {self.next_step}), got {step}")
+            self.next_step = step
         step = self.next_step
         if finite is None:
             finite = math.isfinite(g) and (loss is None or math.isfinite(loss))
@@ -135,11 +178,9 @@ class ExplosionDetector:
     def feed(self, grad_norms: Any, losses: Any = None) -> list[Event]:
         """:meth:`update` for each of ``grad_norms`` (S,) in order (and ``losses`` (S,),
         optional); the events, in step order."""
-        g = np.asarray(grad_norms, np.float64)
-        if g.ndim != 1:
-            raise InputError(f"grad_norms: expected shape (S,), got {g.shape}")
+        g = _reals(grad_norms, "grad_norms", norms=True)
         if losses is not None:
-            losses = np.asarray(losses, np.float64)
+            losses = _reals(losses, "losses", norms=False)
             _checks.check_shape(losses, g.shape, "losses")
         events = [self.update(v, loss=None if losses is None else losses[i])
                   for i, v in enumerate(g)]

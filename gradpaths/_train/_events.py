@@ -52,13 +52,22 @@ class Event(NamedTuple):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Event:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`; anything else is an :class:`InputError`."""
         number = _checks.number_from_json
-        return cls(int(d["step"]), _checks.check_choice(d["kind"], "kind", KINDS),
+        dominant, drop, message = d["dominant_route"], d["route_drop"], d["message"]
+        if dominant is not None and not isinstance(dominant, str):
+            raise _checks.InputTypeError(f"dominant_route: expected None or a route name, got "
+                                         f"{dominant!r:.60}")
+        if not isinstance(drop, dict):
+            raise _checks.InputTypeError(f"route_drop: expected a mapping route -> number, got "
+                                         f"{drop!r:.60}")
+        if not isinstance(message, str):
+            raise _checks.InputTypeError(f"message: expected a string, got {message!r:.60}")
+        return cls(_checks.check_positive_int(d["step"], "step", allow_zero=True),
+                   _checks.check_choice(d["kind"], "kind", KINDS),
                    number(d["grad_norm"], "grad_norm"), number(d["median"], "median"),
-                   d["dominant_route"],
-                   {str(k): number(v, f"route_drop[{k!r}]") for k, v in d["route_drop"].items()},
-                   str(d["message"]))
+                   dominant, {str(k): number(v, f"route_drop[{k!r}]") for k, v in drop.items()},
+                   message)
 
     def with_routes(self, probe: Any) -> Event:
         """This event with the dominant route and the route drops of ``probe`` (a

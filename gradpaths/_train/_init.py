@@ -3,7 +3,6 @@ training (time scales, the carousel's and the full product's exponents)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -39,10 +38,8 @@ def forget_bias_init(cell: Any, params: Any, scheme: Any, *, key: Any = None,
         t_max = _checks.check_positive_float(t_max, "t_max", above=2.0)
         b_f = jnp.log(jax.random.uniform(_checks.check_key(key), (n,), dtype, 1.0, t_max - 1.0))
         return params._replace(b=params.b._replace(f=b_f, i=-b_f))
-    if isinstance(scheme, bool) or not isinstance(scheme, (int, float)) or not math.isfinite(
-            scheme):
-        raise InputTypeError(f"scheme: expected a finite number or 'chrono', got {scheme!r}")
-    return params._replace(b=params.b._replace(f=jnp.full((n,), float(scheme), dtype)))
+    scheme = _checks.check_float(scheme, "scheme", expected="a finite number or 'chrono'")
+    return params._replace(b=params.b._replace(f=jnp.full((n,), scheme, dtype)))
 
 
 class InitDiagnostics(NamedTuple):

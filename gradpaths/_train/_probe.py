@@ -73,7 +73,7 @@ class Probe(NamedTuple):
         """Inverse of :meth:`to_dict`."""
         num = _checks.number_from_json
         opt = lambda v, name: None if v is None else num(v, name)
-        routes, gates = tuple(map(str, d["routes"])), tuple(map(str, d["gates"]))
+        routes, gates = _names(d["routes"], "routes"), _names(d["gates"], "gates")
         values = lambda name, width: np.array([num(v, name) for v in d[name]], np.float64
                                               ).reshape(width)
         step = d["step"]
@@ -89,6 +89,13 @@ class Probe(NamedTuple):
         if route not in self.routes:
             raise InputError(f"route: expected one of {self.routes}, got {route!r}")
         return float(np.asarray(self.route_exponents)[self.routes.index(route)])
+
+
+def _names(value: Any, name: str) -> tuple[str, ...]:
+    """A list of names read back from JSON, or :class:`InputTypeError`."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InputTypeError(f"{name}: expected a list of names, got {value!r:.60}")
+    return tuple(value)
 
 
 def route_names(cell: Any) -> tuple[str, ...]:
@@ -130,13 +137,10 @@ def _model_growth(model: Model, params: Any, batch: Batch) -> tuple[Array, ...]:
 
 
 def _optional_float(value: Any, name: str) -> float | None:
+    """None, or a real number by :func:`gradpaths._checks.scalar`'s rule."""
     if value is None:
         return None
-    value = np.asarray(jax.device_get(value))
-    if value.shape != () or not np.issubdtype(value.dtype, np.floating) and not np.issubdtype(
-            value.dtype, np.integer):
-        raise InputTypeError(f"{name}: expected None or a real number, got {value!r}")
-    return float(value)
+    return _checks.scalar(value, name, expected="None or a real number")
 
 
 def _xs_of(batch: Any) -> Any:
@@ -176,7 +180,9 @@ def probe(model: Any, params: Any, batch: Any, *, step: int | None = None,
       params: the model's :class:`gradpaths.ModelParams`, or the cell's parameters.
       batch: a :class:`gradpaths.Batch` or inputs ``xs`` (B, T, m) or (T, m). With a
         model and a Batch, ``loss`` is the task loss on it.
-      step, grad_norm, loss: recorded as given (``loss`` only without a model's Batch).
+      step, grad_norm, loss: recorded as given (``loss`` only without a model's Batch):
+        ``step`` an int >= 0, ``grad_norm`` a real number >= 0 (NaN or inf where the
+        step diverged), ``loss`` a real number; Python or numpy numbers or 0-d arrays.
       growth_only: leave saturation out (empty), the cheaper part for an event.
 
     Returns:
@@ -193,6 +199,9 @@ def probe(model: Any, params: Any, batch: Any, *, step: int | None = None,
     if step is not None:
         step = _checks.check_positive_int(step, "step", allow_zero=True)
     grad_norm = _optional_float(grad_norm, "grad_norm")
+    if grad_norm is not None and grad_norm < 0:
+        raise InputError(f"grad_norm: expected None or a norm >= 0 (NaN or inf where the step "
+                         f"diverged), got {grad_norm}")
     loss = _optional_float(loss, "loss")
     if isinstance(model, Model):
         model.check_params(params)

@@ -16,7 +16,12 @@ The file format (``gradpaths.records/1``), one JSON object per line:
   :func:`read_records`, so a resumed run's steps are never counted twice.
 
 Numbers follow one rule (:func:`gradpaths._checks.json_number`): JSON has no NaN,
-so NaN and infinities are the strings ``"nan"``, ``"inf"``, ``"-inf"``.
+so NaN and infinities are the strings ``"nan"``, ``"inf"``, ``"-inf"``, whatever their
+type (a Python ``float``, a numpy or JAX number or array), in probes, events and your
+own mappings alike; a mapping reads back with those strings (``float()`` turns them
+back). Mapping keys are strings (JSON's), lines are nested at most
+:data:`MAX_DEPTH` levels and steps are ints ``0 <= t < 2**63``
+(:data:`MAX_STEP`): what is written reads back as it was.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 try:                     # POSIX: writers lock the file while they check and append
@@ -43,41 +49,87 @@ from gradpaths._train._probe import Probe
 FORMAT = "gradpaths.records/1"
 _HEADER = (json.dumps({"type": "header", "format": FORMAT}) + "\n").encode()
 _TAIL = 1 << 20     # a torn line longer than this is not looked for (records are short)
+#: Steps are ints below this bound (a History holds them as int64).
+MAX_STEP = 2**63
+#: The deepest nesting of lists and mappings in a record (the record itself is one level).
+MAX_DEPTH = 100
 
 
 class RecordWarning(UserWarning):
     """A records file holds a torn line (a writer stopped mid-line); it was skipped."""
 
 
-def _plain(value: Any) -> Any:
-    """``json.dumps``' fallback: numpy and JAX numbers and arrays."""
-    if isinstance(value, np.generic) or hasattr(value, "__array__"):
-        a = np.asarray(value)
-        if a.dtype == bool or np.issubdtype(a.dtype, np.integer):
-            return a.tolist()
-        if np.issubdtype(a.dtype, np.floating):
-            return _checks.json_number(a) if a.ndim == 0 else [_plain(v) for v in a]
-    raise InputTypeError(f"record: expected JSON-safe values, got {type(value).__name__}")
+def check_step(step: Any, name: str = "step") -> int:
+    """A record's step: an int ``0 <= step <`` :data:`MAX_STEP` (by the rule of
+    :func:`gradpaths._checks.scalar`), or a clear error."""
+    step = _checks.check_positive_int(step, name, allow_zero=True)
+    if step >= MAX_STEP:
+        raise InputError(f"{name}: expected an int below 2**63, got {step}")
+    return step
+
+
+def _plain(value: Any, where: str, depth: int, inside: frozenset[int]) -> Any:
+    """``value``, at nesting level ``depth`` (the record is level 1), as JSON-safe
+    Python values: the one rule for numbers (:func:`gradpaths._checks.json_number`,
+    for every floating type), string keys, at most :data:`MAX_DEPTH` levels of lists
+    and mappings; anything else is an :class:`InputError` naming where it is."""
+    at = f" at {where if len(where) < 80 else where[:40] + '...' + where[-30:]}" if where \
+        else ""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return _checks.json_number(value)
+    array = None
+    if not isinstance(value, (Mapping, list, tuple)) and (
+            isinstance(value, np.generic) or hasattr(value, "__array__")):
+        try:
+            array = np.asarray(value)
+        except Exception:       # a traced value, or an __array__ that fails
+            raise InputTypeError(f"record: expected JSON-safe values, got "
+                                 f"{type(value).__name__}{at}") from None
+        if array.dtype == bool or np.issubdtype(array.dtype, np.integer):
+            if array.ndim == 0:
+                return array.item()
+        elif not jnp.issubdtype(array.dtype, jnp.floating):     # bfloat16 included
+            raise InputTypeError(f"record: expected JSON-safe values, got {type(value).__name__} "
+                                 f"of dtype {array.dtype}{at}")
+        elif array.ndim == 0:
+            return _checks.json_number(array)
+    elif not isinstance(value, (Mapping, list, tuple)):
+        raise InputTypeError(f"record: expected JSON-safe values, got {type(value).__name__}{at}")
+    if depth > MAX_DEPTH:
+        raise InputError(f"record: expected at most {MAX_DEPTH} levels of nested lists and "
+                         f"mappings, got more{at}")
+    if array is not None:
+        return [_plain(v, f"{where}[{i}]", depth + 1, inside) for i, v in enumerate(array)]
+    if id(value) in inside:
+        raise InputError(f"record: expected a tree of values, got a circular reference{at}")
+    inside = inside | {id(value)}
+    if isinstance(value, Mapping):
+        out = {}
+        for key, v in value.items():
+            if not isinstance(key, str):
+                raise InputTypeError(f"record: expected string keys (JSON's), got "
+                                     f"{type(key).__name__} {key!r:.60}{at}")
+            out[key] = _plain(v, f"{where}[{key!r}]", depth + 1, inside)
+        return out
+    return [_plain(v, f"{where}[{i}]", depth + 1, inside) for i, v in enumerate(value)]
 
 
 def _encode(record: Any) -> bytes:
-    if isinstance(record, Probe):
-        obj = {"type": "probe", **record.to_dict()}
-    elif isinstance(record, Event):
-        obj = {"type": "event", **record.to_dict()}
+    if isinstance(record, (Probe, Event)):
+        if record.step is not None:
+            check_step(record.step, "record.step")
+        obj = {"type": "probe" if isinstance(record, Probe) else "event",
+               **_plain(record.to_dict(), "", 1, frozenset())}
     elif isinstance(record, Mapping):
-        obj = {"type": "data", "data": dict(record)}
+        obj = {"type": "data", "data": _plain(record, "", 1, frozenset())}
     else:
         raise InputTypeError(f"record: expected a gradpaths.Probe, a gradpaths.Event or a mapping, "
                              f"got {type(record).__name__}")
-    try:
-        text = json.dumps(obj, allow_nan=False, default=_plain)
-    except _checks.InputError:      # from _plain: a value of the wrong type
-        raise
-    except ValueError as err:       # from json: NaN or an infinity
-        raise InputError(f"record: expected JSON-safe numbers (NaN and infinities as the "
-                         f"strings 'nan', 'inf', '-inf'), got {err}") from None
-    return (text + "\n").encode()
+    return (json.dumps(obj, allow_nan=False) + "\n").encode()
 
 
 def _torn(length: int) -> bytes:
@@ -109,8 +161,11 @@ def _repair(fd: int, path: str) -> bytes:
 def append_record(path: str | os.PathLike, record: Any, *, fsync: bool = True) -> None:
     """Append ``record`` to the JSON-lines file ``path`` as one line, atomically.
 
-    ``record``: a :class:`gradpaths.Probe`, a :class:`gradpaths.Event` or a mapping of
-    JSON-safe values (numpy numbers are converted). A new file is created whole, with
+    ``record``: a :class:`gradpaths.Probe`, a :class:`gradpaths.Event` or a mapping with
+    string keys of JSON-safe values: None, bools, strings, numbers, lists and mappings of
+    them, numpy and JAX numbers and arrays (converted to lists). Every NaN or infinity,
+    whatever its type, is written as the string ``"nan"``, ``"inf"`` or ``"-inf"`` (the
+    file's one rule for numbers). A new file is created whole, with
     the header and the line (written under a temporary name, then linked to ``path``).
     Otherwise the line (with any repair) goes to the file in one ``os.write`` on a
     descriptor opened with ``O_APPEND``, then ``fsync`` (unless ``fsync=False``),
@@ -123,8 +178,10 @@ def append_record(path: str | os.PathLike, record: Any, *, fsync: bool = True) -
     (skipped on every read) and the new records follow.
 
     Raises:
-      TypeError, ValueError: ``record`` is not one of the above or not JSON-safe;
-        ``path`` exists, is not empty and is not a gradpaths records file; its
+      TypeError, ValueError: ``record`` is not one of the above or not JSON-safe (a key
+        that is not a string, a circular or more than :data:`MAX_DEPTH` levels deep
+        value, a step outside ``0 <= step < 2**63``); ``path`` is a folder or not a
+        regular file, exists, is not empty and is not a gradpaths records file, or its
         folder does not exist.
     """
     _append(path, _encode(record), fsync)
@@ -134,8 +191,14 @@ def _append(path: Any, line: bytes, fsync: bool) -> None:
     if not isinstance(path, (str, os.PathLike)):
         raise InputTypeError(f"path: expected a file path, got {type(path).__name__}")
     path = os.fsdecode(os.fspath(path))
+    if os.path.isdir(path):
+        raise InputError(f"records: {path!r} is a folder; expected a file path (e.g. "
+                         f"{os.path.join(path, 'run.jsonl')!r})")
     if _create(path, _HEADER + line, fsync):
         return
+    if not os.path.isfile(path):
+        raise InputError(f"records: {path!r} exists and is not a regular file (a pipe, a "
+                         "device or a broken link); it is never appended to")
     fd = os.open(path, os.O_RDWR | os.O_APPEND)
     try:
         # The tail check and the write are one step under an exclusive lock: a reader
@@ -181,19 +244,24 @@ def _create(path: str, data: bytes, fsync: bool) -> bool:
         os.remove(tmp)
 
 
-def check_records_path(path: Any, resume: bool) -> str:
+def check_records_path(path: Any, resume: bool, *, name: str = "records",
+                       resume_name: str | None = "resume=True") -> str:
     """``path`` as a string, or a clear error before any training: its folder must exist
     and be writable; an existing file is appended to only when resuming
-    (``resume=True``), and only if it is a gradpaths records file."""
-    path = _checks.writable_file_path(path, "records")
+    (``resume=True``), and only if it is a gradpaths records file. ``name`` and
+    ``resume_name`` are how the messages name the path and the way to resume (the
+    command line's ``--records``; None where there is no way to resume)."""
+    path = _checks.writable_file_path(path, name)
     if os.path.lexists(path):
         if not resume:
-            raise InputError(f"records: {path!r} exists; pass resume=True to continue it or "
-                             "choose another path (it is never appended to otherwise)")
+            how = (f"pass {resume_name} to continue it or choose another path" if resume_name
+                   else "choose another path, or move the file away")
+            raise InputError(f"{name}: {path!r} exists; {how} (it is never appended to "
+                             "otherwise)")
         with open(path, "rb") as f:
             head = f.read(len(_HEADER))
         if head and not _HEADER.startswith(head):
-            raise InputError(f"records: {path!r} is not a gradpaths records file (its first "
+            raise InputError(f"{name}: {path!r} is not a gradpaths records file (its first "
                              f"line is not the {FORMAT} header); it is never appended to")
     return path
 
@@ -209,9 +277,10 @@ def mark_resume(path: str | os.PathLike, step: int, *, fsync: bool = True) -> No
     from your own loop when you restart from a checkpoint of step ``step``.
 
     Raises:
-      TypeError, ValueError: as :func:`append_record`; ``step`` not an integer >= 0.
+      TypeError, ValueError: as :func:`append_record`; ``step`` not an integer
+        ``0 <= step < 2**63``.
     """
-    step = _checks.check_positive_int(step, "step", allow_zero=True)
+    step = check_step(step)
     _append(path, (json.dumps({"type": "resume", "step": step}) + "\n").encode(), fsync)
 
 
@@ -225,6 +294,9 @@ def _decode(obj: Any, where: str) -> Probe | Event | dict[str, Any]:
         raise InputError(f"{where}: expected a JSON object with a 'type', got {obj!r:.80}")
     kind = obj["type"]
     body = {k: v for k, v in obj.items() if k != "type"}
+    if kind in ("probe", "event") and "step" in body and not (
+            kind == "probe" and body["step"] is None):
+        check_step(body["step"])
     if kind == "probe":
         return Probe.from_dict(body)
     if kind == "event":
@@ -235,9 +307,18 @@ def _decode(obj: Any, where: str) -> Probe | Event | dict[str, Any]:
                      f"got {kind!r}")
 
 
+def _load(line: bytes) -> Any:
+    """``json.loads`` of one line; a line nested too deeply for it is a ``ValueError``
+    too (not a ``RecursionError``)."""
+    try:
+        return json.loads(line)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def _marker_length(line: bytes) -> int | None:
     try:
-        obj = json.loads(line)
+        obj = _load(line)
     except ValueError:
         return None
     if isinstance(obj, dict) and obj.get("type") == "torn" and isinstance(obj.get("length"),
@@ -265,8 +346,12 @@ def read_records(path: str | os.PathLike) -> list[Probe | Event | dict[str, Any]
     if not isinstance(path, (str, os.PathLike)):
         raise InputTypeError(f"path: expected a file path, got {type(path).__name__}")
     path = os.fsdecode(os.fspath(path))
+    if os.path.isdir(path):
+        raise InputError(f"records: {path!r} is a folder; expected a file path")
     if not os.path.isfile(path):
-        raise InputError(f"records: no such file {path!r}")
+        raise InputError(f"records: no such file {path!r}" if not os.path.lexists(path) else
+                         f"records: {path!r} is not a regular file (a pipe, a device or a "
+                         "broken link)")
     with open(path, "rb") as f:
         data = f.read()
     lines = data.split(b"\n")
@@ -282,7 +367,7 @@ def read_records(path: str | os.PathLike) -> list[Probe | Event | dict[str, Any]
             i += 2
             continue
         try:
-            obj = json.loads(line)
+            obj = _load(line)
         except ValueError as err:
             if not header:
                 obj = None
@@ -296,7 +381,7 @@ def read_records(path: str | os.PathLike) -> list[Probe | Event | dict[str, Any]
         else:
             if isinstance(obj, dict) and obj.get("type") == "resume":
                 try:
-                    at = _checks.check_positive_int(obj.get("step"), "step", allow_zero=True)
+                    at = check_step(obj.get("step"))
                 except (ValueError, TypeError) as err:
                     raise InputError(f"{where} is damaged ({err})") from None
                 out = [r for r in out if (s := _step_of(r)) is None or s < at]
@@ -304,7 +389,7 @@ def read_records(path: str | os.PathLike) -> list[Probe | Event | dict[str, Any]
                 continue
             try:
                 out.append(_decode(obj, where))
-            except (ValueError, KeyError, TypeError) as err:
+            except (ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
                 raise InputError(f"{where} is damaged ({type(err).__name__}: {err})") from None
         i += 1
     if last:

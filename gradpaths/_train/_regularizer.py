@@ -9,7 +9,6 @@ r"""The growth regulariser: a loss term on finite-horizon Lyapunov exponents.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -77,10 +76,7 @@ class GrowthRegularizer:
 
     def __post_init__(self) -> None:
         for name in ("target", "strength"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
-                    value):
-                raise InputTypeError(f"{name}: expected a finite float, got {value!r}")
+            object.__setattr__(self, name, _checks.check_float(getattr(self, name), name))
         if self.strength < 0:
             raise InputError(f"strength: expected >= 0, got {self.strength}")
         if self.routes is not None:
