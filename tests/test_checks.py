@@ -206,3 +206,20 @@ def test_key_and_positive_float_validators():
         check_positive_float(np.inf, "lr")
     with pytest.raises(gp.InputTypeError, match="lr: expected a float, got bool True"):
         check_positive_float(True, "lr")
+
+
+def test_checked_outside_jit_only_and_host_functions_refuse_tracers(lstm):
+    """``jax.jit(gp.checked(f))`` cannot raise after the run: refused, naming the right
+    nesting; functions that return host values refuse traced arguments, naming the fix."""
+    cell, params, xs, s0 = lstm
+    f = gp.checked(lambda p, x: gp.step_jacobians(cell, p, x, s0).matrix)
+    with pytest.raises(gp.InputError, match=r"gp\.checked\(jax\.jit\(f\)\), not "
+                                            r"jax\.jit\(gp\.checked\(f\)\)"):
+        jax.jit(f)(params, xs)
+    for name, fn in [("explain", lambda p, x: gp.explain(cell, p, x)),
+                     ("growth_curves", lambda p, x: gp.growth_curves(cell, p, x)),
+                     ("gate_saturation", lambda p, x: gp.gate_saturation(cell, p, x)),
+                     ("input_events", lambda p, x: gp.input_events(x))]:
+        with pytest.raises(gp.InputError, match=rf"gp\.{name}: expected concrete arrays, "
+                                                r"got a traced (params|xs).*outside"):
+            jax.jit(fn)(params, xs)
