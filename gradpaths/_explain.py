@@ -190,7 +190,8 @@ class Explanation:
       units: the state units carrying most of the leading tangent direction,
         ``(label, weight)``; weights over all units sum to 1.
       saturation: gate -> ``{"low": fraction, "high": fraction}`` of (step, unit)
-        pairs where the gate's derivative is below 10% of its maximum.
+        pairs where the gate's derivative is below 10% of its maximum; for a stack,
+        ``"k:g"`` for gate g of each layer k that has gates.
       verdict: the answer in plain language.
       layers: for a :class:`gradpaths.Stack`, one :class:`gradpaths.Driver` per layer
         (its ``layer`` set): the layer's diagonal block ``ds^k/ds^k`` classified by
