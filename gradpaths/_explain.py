@@ -561,12 +561,13 @@ def _structure_sentences(st: dict[str, Any]) -> list[str]:
                 f"gate{horizon}); over the {st['units']} units the rates range from "
                 f"{low:+.4f} to {top:+.4f} nats/step.", bounded]
     top, low, unit = st["top"], st["low"], st["unit"]
+    modulus = f"{math.exp(top):.4f}" if top > math.log(1e-3) else f"{math.exp(top):.3g}"
     return ["The step Jacobian is one complex diagonal recurrence, the same at every step: "
             "per unit j a rotation by arg lambda_j scaled by |lambda_j|, a normal matrix.",
             f"Its exponents are log|lambda_j|, each twice: the top one {top:+.4f} nats/step "
-            f"(unit {unit}, |lambda| = {math.exp(top):.4g}), the lowest {low:+.4f}; the "
+            f"(unit {unit}, |lambda| = {modulus}), the lowest {low:+.4f}; the "
             f"product's norm is exactly max|lambda|^t, so nothing amplifies beyond "
-            f"max|lambda| = {math.exp(top):.4g}" + (" < 1." if top < 0 else "."),
+            f"max|lambda| = {modulus}" + (" < 1." if top < 0 else "."),
             "Its routes re and im are the two halves of this one recurrence (the state "
             "entering through its real or imaginary part), not separate paths, so they are "
             "not split."]

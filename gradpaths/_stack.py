@@ -113,7 +113,8 @@ def _output_size(cell: Any, k: int) -> int:
         raise InputTypeError(
             f"layers[{k - 1}]: expected a cell whose initial_state() is a pytree of arrays "
             f"with an output field h of shape (n,) or none (then its whole state is its "
-            f"output), got {type(cell).__name__} with initial_state() {state!r}"
+            f"output), got {type(cell).__name__} with initial_state() a "
+            f"{type(state).__name__}"
         )
     return int(h.shape[0])
 
