@@ -97,6 +97,20 @@ def is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def check_not_traced(function: str, **trees: Any) -> None:
+    """Raise :class:`InputError` when a leaf of ``trees`` is a tracer: ``function``
+    returns host values (numbers, text, numpy arrays), so it cannot run inside
+    ``jax.jit``, ``jax.vmap`` or ``jax.grad``. It compiles its own work (once per
+    shapes), so calling it outside costs nothing more."""
+    for arg, tree in trees.items():
+        if any(not is_concrete(leaf) for leaf in jax.tree_util.tree_leaves(tree)):
+            raise InputError(
+                f"{function}: expected concrete arrays, got a traced {arg} (called inside "
+                f"jax.jit, jax.vmap or jax.grad); {function} returns host values (numbers, "
+                f"text, numpy arrays) and compiles its own work once per shapes: call it "
+                f"outside the transformation")
+
+
 def as_array(x: Any, name: str) -> jax.Array | np.ndarray:
     """Array-like -> array (tracers pass through); anything else -> TypeError."""
     if isinstance(x, (jax.Array, np.ndarray)):
@@ -279,13 +293,16 @@ def checked(fn: Callable) -> Callable:
 
     Outside ``jit`` every public function checks its arguments for NaN and inf
     itself. Inside ``jit`` the values are unknown at trace time, so those checks
-    are skipped unless the traced function is wrapped by ``checked``::
+    are skipped unless the jitted function is wrapped by ``checked``, outermost::
 
         f = gp.checked(jax.jit(lambda p, xs: gp.step_jacobians(cell, p, xs).matrix))
         f(params, xs)   # raises NonFiniteError if params or xs hold NaN/inf
 
-    The wrapped function must not have been traced before without ``checked``
-    (a jit cache entry traced without checks would be reused).
+    ``checked`` raises after the compiled function has run, so it must itself run
+    outside ``jit``: ``jax.jit(gp.checked(f))`` is refused with an
+    :class:`InputError` that says so. The wrapped function must not have been traced
+    before without ``checked`` (a jit cache entry traced without checks would be
+    reused).
     """
 
     @functools.wraps(fn)
@@ -295,7 +312,14 @@ def checked(fn: Callable) -> Callable:
             err, out = checkify.checkify(fn, errors=checkify.user_checks)(*args, **kwargs)
         finally:
             _TRACED_CHECKS.reset(token)
-        message = err.get()
+        try:
+            message = err.get()
+        except jax.errors.ConcretizationTypeError:
+            raise InputError(
+                "gp.checked: expected to run outside jax.jit (it raises once the compiled "
+                "function has run, which a traced caller cannot), got a traced call: wrap "
+                "the jitted function, gp.checked(jax.jit(f)), not jax.jit(gp.checked(f))"
+            ) from None
         if message is not None:
             raise NonFiniteError(message.split(" (check failed at")[0])
         return out

@@ -192,7 +192,8 @@ class Explanation:
       units: the state units carrying most of the leading tangent direction,
         ``(label, weight)``; weights over all units sum to 1.
       saturation: gate -> ``{"low": fraction, "high": fraction}`` of (step, unit)
-        pairs where the gate's derivative is below 10% of its maximum.
+        pairs where the gate's derivative is below 10% of its maximum; for a stack,
+        ``"k:g"`` for gate g of each layer k that has gates.
       verdict: the answer in plain language.
       layers: for a :class:`gradpaths.Stack`, one :class:`gradpaths.Driver` per layer
         (its ``layer`` set): the layer's diagonal block ``ds^k/ds^k`` classified by
@@ -562,12 +563,13 @@ def _structure_sentences(st: dict[str, Any]) -> list[str]:
                 f"gate{horizon}); over the {st['units']} units the rates range from "
                 f"{low:+.4f} to {top:+.4f} nats/step.", bounded]
     top, low, unit = st["top"], st["low"], st["unit"]
+    modulus = f"{math.exp(top):.4f}" if top > math.log(1e-3) else f"{math.exp(top):.3g}"
     return ["The step Jacobian is one complex diagonal recurrence, the same at every step: "
             "per unit j a rotation by arg lambda_j scaled by |lambda_j|, a normal matrix.",
             f"Its exponents are log|lambda_j|, each twice: the top one {top:+.4f} nats/step "
-            f"(unit {unit}, |lambda| = {math.exp(top):.4f}), the lowest {low:+.4f}; the "
+            f"(unit {unit}, |lambda| = {modulus}), the lowest {low:+.4f}; the "
             f"product's norm is exactly max|lambda|^t, so nothing amplifies beyond "
-            f"max|lambda| = {math.exp(top):.4f}" + (" < 1." if top < 0 else "."),
+            f"max|lambda| = {modulus}" + (" < 1." if top < 0 else "."),
             "Its routes re and im are the two halves of this one recurrence (the state "
             "entering through its real or imaginary part), not separate paths, so they are "
             "not split."]
@@ -618,6 +620,7 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
         print(ex)                  # table and verdict
         ex.row("carousel").exponent, ex.driver.route
     """
+    _checks.check_not_traced("gp.explain", params=params, xs=xs, state0=state0)
     raw = _checks.as_array(xs, "xs")
     batched = raw.ndim == 3
     if batched and raw.shape[0] < 1:
@@ -669,10 +672,19 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
                                float(np.mean(out["horizon"][:, k])), tuple(float(v) for v in per),
                                bool(np.all(out["converged"][:, k])))
     local = np.mean(out["local"], axis=0)
-    peaks = np.argsort(np.where(np.isfinite(local), local, -np.inf))[::-1][:top_steps]
-    weights = np.mean(out["units"], axis=0)
     labels = [f"{name}[{j}]" for name, size in zip(p.layout.names, p.layout.sizes)
               for j in range(size)]
+    exact = _structure(structure, cell, p.params, out, labels)
+    if exact is not None and exact["kind"] == "complex-diagonal":
+        # J is the same normal matrix at every step: exponent, horizon and each step's
+        # stretching are exactly max_j log|lambda_j|, also where |lambda| underflows in
+        # the measured product (the LRU's nu_log >= 4.5 in float32)
+        top = exact["top"]
+        rows["full"] = dataclasses.replace(rows["full"], exponent=top, horizon=top,
+                                           per_sequence=(top,) * B, horizon_converged=True)
+        local = np.full_like(local, top)
+    peaks = np.argsort(np.where(np.isfinite(local), local, -np.inf))[::-1][:top_steps]
+    weights = np.mean(out["units"], axis=0)
     best = np.argsort(weights)[::-1][:top_units]
     saturation = {g: {"low": float(np.mean(out["activations"][g][0])),
                       "high": float(np.mean(out["activations"][g][1]))}
@@ -680,6 +692,8 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
     driver = _driver(rows, cell, margin)
     layer_drivers = _layer_drivers(rows, cell, driver.layer, margin)
     notes = _readout_notes(sets, fields)
+    if exact is not None and exact["kind"] == "complex-diagonal":
+        notes += (_COMPLEX_DIAGONAL_NOTE,)
     return Explanation(
         cell=repr(cell) if type(cell).__repr__ is not object.__repr__ else type(cell).__name__,
         steps=T, batch=B, warmup=warmup, margin=float(margin), rows=tuple(rows.values()),
@@ -689,7 +703,7 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
         saturation=saturation,
         verdict=_verdict(rows, driver, margin, T - warmup, warmup,
                          layers=_layer_exponents(rows, cell) if _is_stack(cell) else None,
-                         structure=_structure(structure, cell, p.params, out, labels)),
+                         structure=exact),
         horizon_method=horizon, layers=layer_drivers, notes=notes,
         horizon_tol=(None if horizon != "lanczos" else
                      horizon_tol if horizon_tol is not None else
@@ -717,6 +731,10 @@ def _readout_notes(sets: Any, fields: tuple[str | None, ...]) -> tuple[str, ...]
             "neutral and left out here",)
 
 
+_COMPLEX_DIAGONAL_NOTE = ("full: max_j log|lambda_j| in closed form, exact: the step Jacobian "
+                          "is the same normal matrix at every step")
+
+
 def _structure(structure: str, cell: Any, params: Any, out: dict[str, Any],
                labels: list[str]) -> dict[str, Any] | None:
     """What the verdict of a diagonal (``"diagonal"``) or complex diagonal
@@ -728,9 +746,8 @@ def _structure(structure: str, cell: Any, params: Any, out: dict[str, Any],
                     unit=labels[j], units=rates.size,
                     a_min=float(np.min(out["gates"]["low"])),
                     a_max=float(np.max(out["gates"]["high"])))
-    if structure == "complex-diagonal" and callable(getattr(cell, "eigenvalues", None)):
-        re, im = (np.asarray(v, np.float64) for v in cell.eigenvalues(params))
-        log_modulus = np.log(np.hypot(re, im))                   # log |lambda_j|
+    if structure == "complex-diagonal" and callable(getattr(cell, "log_moduli", None)):
+        log_modulus = np.asarray(cell.log_moduli(params), np.float64)   # log |lambda_j|
         j = int(np.argmax(log_modulus))
         return dict(kind="complex-diagonal", top=float(log_modulus[j]),
                     low=float(np.min(log_modulus)), unit=f"{j} (re[{j}], im[{j}])")

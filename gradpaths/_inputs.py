@@ -42,7 +42,19 @@ def is_builtin(cell: Any) -> bool:
 
 
 
+def check_cell(cell: Any) -> None:
+    """Raise :class:`InputTypeError` unless ``cell`` has ``step(params, state, x)``; an
+    object that is no single recurrence but says how to analyse it (a class attribute
+    ``analyse_instead``, e.g. :class:`gradpaths.Bidirectional`) gets that advice."""
+    if not callable(getattr(cell, "step", None)):
+        advice = getattr(type(cell), "analyse_instead", None)
+        raise InputTypeError(
+            f"cell: expected an object with step(params, state, x), got {type(cell).__name__}"
+            + (f"; {advice}" if isinstance(advice, str) else ""))
+
+
 def check_method(cell: Any, method: Any) -> str:
+    check_cell(cell)
     _checks.check_choice(method, "method", METHODS)
     if method == "analytic" and not has_closed_form(cell):
         raise InputError(
@@ -87,10 +99,7 @@ def prepare(cell: Any, params: Any, xs: Any, state0: Any) -> Prepared:
     float16 and bfloat16 arrays are computed in float32 (:func:`compute_dtype`);
     a custom cell's step must return each state field in the dtype it was given.
     """
-    if not callable(getattr(cell, "step", None)):
-        raise InputTypeError(
-            f"cell: expected an object with step(params, state, x), got {type(cell).__name__}"
-        )
+    check_cell(cell)
     xs = _checks.as_array(xs, "xs")
     if xs.ndim != 2:
         expected = f"(T, {cell.input_size})" if is_builtin(cell) else "(T, input_size)"

@@ -150,6 +150,12 @@ class LRU:
         phase = jnp.exp(params.theta_log)
         return modulus * jnp.cos(phase), modulus * jnp.sin(phase)
 
+    def log_moduli(self, params: LRUParams) -> Array:
+        """``log |lambda_j| = -exp(nu_log_j)`` (N,), nats/step: the exponents, each
+        twice, in closed form (finite where ``|lambda_j|`` itself underflows, e.g.
+        ``nu_log >= 4.5`` in float32, ``|lambda| < e^-90``)."""
+        return -jnp.exp(params.nu_log)
+
     def project(self, params: LRUParams, xs: Array) -> Array:
         """``gamma * (B u_t)`` for every step, real and imaginary parts: (T, 2, N)."""
         B = jnp.stack([params.B_re, params.B_im])                 # (2, N, H)

@@ -208,6 +208,7 @@ def projected_method(cell: Any, method: str) -> Callable[..., Any] | None:
 
 
 def has_activations(cell: Any) -> TypeGuard[SaturatingCell]:
-    """True when ``cell`` reports its activations (:class:`SaturatingCell`)."""
+    """True when ``cell`` reports at least one activation (:class:`SaturatingCell`)."""
     return (isinstance(getattr(cell, "activation_names", None), tuple)
+            and len(cell.activation_names) > 0
             and callable(getattr(cell, "activations", None)))

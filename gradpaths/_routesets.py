@@ -225,7 +225,10 @@ def standard_sets(cell: Any, layout: Any = None,
     * each route alone, the carousel with each other route (when the cell has a
       carousel), and all routes but each one (when the cell has more than two
       routes: with two, "all but one" is the other alone). Route sets need at least
-      two routes: a cell with fewer gets ``full`` and blocks only.
+      two routes: a cell with fewer gets ``full`` and blocks only. A complex
+      diagonal cell (the LRU) gets ``full`` only, also as a stack's layer its block
+      only: its fields and routes ``re`` and ``im`` are the two halves of one
+      recurrence, not separate paths.
 
     These are the rows of :func:`gradpaths.explain`; the driver rule
     (:func:`classify`) reads the ``alone``, ``with carousel`` and ``all but`` ones.
@@ -239,9 +242,10 @@ def standard_sets(cell: Any, layout: Any = None,
     out = []
     if "full" in kinds:
         out.append(full())
-    if "block" in kinds and layout is not None and len(layout.names) > 1:
+    halves = getattr(cell, "jacobian_structure", None) == "complex-diagonal"
+    if "block" in kinds and layout is not None and len(layout.names) > 1 and not halves:
         out += [block(f) for f in layout.names]
-    routes = tuple(cell.routes) if has_routes(cell) else ()
+    routes = _split_routes(cell)
     if len(routes) < 2:
         return tuple(out)
     if "alone" in kinds:
@@ -262,7 +266,7 @@ def _stack_sets(stack: Any, layout: Any, kinds: tuple[str, ...]) -> tuple[RouteS
     if not routes:
         return tuple(out)
     for k, cell in enumerate(stack.layers, 1):
-        own = [f"{k}:{r}" for r in cell.routes]
+        own = [f"{k}:{r}" for r in _split_routes(cell)]
         if "alone" in kinds and len(own) > 1:
             out += [alone(r) for r in own]
         carousel = f"{k}:{_CAROUSEL}"
@@ -270,8 +274,17 @@ def _stack_sets(stack: Any, layout: Any, kinds: tuple[str, ...]) -> tuple[RouteS
             out += [with_carousel(r, carousel) for r in own if r != carousel]
     if "all but" in kinds:
         out += [all_but(routes, r) for r in routes
-                if (lay := layer_of(r)) is None or len(stack.layers[lay - 1].routes) > 1]
+                if (lay := layer_of(r)) is None or len(_split_routes(stack.layers[lay - 1])) > 1]
     return tuple(out)
+
+
+def _split_routes(cell: Any) -> tuple[str, ...]:
+    """The routes the standard sets split ``cell``'s growth by: none for a complex
+    diagonal cell (the LRU's ``re`` and ``im`` are the two halves of one recurrence,
+    not separate paths), else all of them."""
+    if not has_routes(cell) or getattr(cell, "jacobian_structure", None) == "complex-diagonal":
+        return ()
+    return tuple(cell.routes)
 
 
 # --------------------------------------------------------------------------- the driver

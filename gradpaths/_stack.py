@@ -11,7 +11,9 @@ input ``x``, layer k reads the *new* output ``h^{k-1}_{t+1}`` of the layer below
 Its state is every layer's state, ``s = [s^1; ...; s^L]``, its fields named by
 layer (``"1:c"``, ``"1:h"``, ``"2:c"``, ...). With ``A_k = dF_k / ds^k`` (layer
 k's own step Jacobian), ``B_k = dF_k / dx`` (its input Jacobian) and ``H_k`` the
-rows of ``h`` in layer k's state, the step Jacobian is block lower-triangular:
+rows of its output in layer k's state (the field ``h``, or every row for a cell
+without one, such as the LRU, whose whole state is its output), the step Jacobian
+is block lower-triangular:
 
 .. math::
 
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -37,8 +39,8 @@ import jax.numpy as jnp
 from gradpaths import _checks, _operator
 from gradpaths._cells import Edge
 from gradpaths._checks import InputError, InputTypeError
-from gradpaths._protocols import has_gauge
-from gradpaths._state import _key_name, layout_of
+from gradpaths._protocols import Activation, has_activations, has_gauge, projected_method
+from gradpaths._state import _key_name, has_output_field, layout_of, output, output_rows
 
 Array = jax.Array
 
@@ -52,7 +54,8 @@ class StackState(tuple):
 
     A tuple (``state[0]`` is layer 1's state) whose leaves are named by layer in a
     :class:`~gradpaths.Layout`: ``"1:c"``, ``"1:h"``, ``"2:h"``, ...; ``state.h`` is
-    the top layer's output.
+    the top layer's output (its ``h``, or its whole state for a cell without one, e.g.
+    an LRU's ``[re; im]``).
     """
 
     __slots__ = ()
@@ -65,8 +68,9 @@ class StackState(tuple):
 
     @property
     def h(self) -> Array:
-        """The top layer's output (what a readout reads)."""
-        return self[-1].h
+        """The top layer's output (what a readout reads): its field ``h``, or its whole
+        state raveled when it has none (:func:`gradpaths._state.output`)."""
+        return output(self[-1])
 
     def tree_flatten_with_keys(self):
         children, aux = [], []
@@ -96,13 +100,21 @@ class StackState(tuple):
 
 
 def _output_size(cell: Any, k: int) -> int:
-    """Size of layer k's output ``h`` (what the layer above reads)."""
+    """Size of layer k's output (what the layer above and a readout read): its field
+    ``h``, or its whole state when it has none (:func:`gradpaths._state.output`)."""
     state = cell.initial_state() if callable(getattr(cell, "initial_state", None)) else None
-    h = getattr(state, "h", None)
+    h: Any = None
+    try:
+        h = output(state)
+        output_rows(state)                 # h must be a field: its rows are read
+    except (TypeError, ValueError):        # not a pytree of arrays, or h not a field
+        h = None
     if h is None or not hasattr(h, "shape") or len(h.shape) != 1:
         raise InputTypeError(
-            f"layers[{k - 1}]: expected a cell whose initial_state() has an output field h "
-            f"of shape (n,) that the layer above reads, got {type(cell).__name__}"
+            f"layers[{k - 1}]: expected a cell whose initial_state() is a pytree of arrays "
+            f"with an output field h of shape (n,) or none (then its whole state is its "
+            f"output), got {type(cell).__name__} with initial_state() a "
+            f"{type(state).__name__}"
         )
     return int(h.shape[0])
 
@@ -131,10 +143,22 @@ def _check_layers(layers: Any) -> tuple[Any, ...]:
         m = getattr(layers[k - 1], "input_size", None)
         if m is not None and m != below:
             raise InputError(
-                f"layers[{k - 1}]: expected input_size {below} (layer {k - 1}'s output h has "
-                f"size {below}), got {m}"
+                f"layers[{k - 1}]: expected input_size {below} (layer {k - 1}'s output "
+                f"{'h' if _has_h(layers[k - 2]) else '(its whole state)'} has size {below}), "
+                f"got {m}"
             )
+    if any(has_gauge(cell) for cell in layers) and not _has_h(layers[-1]):
+        # a gradient from the readout enters by one output field (the stack's
+        # readout_field "L:h"), which a top layer without h does not have
+        raise InputError(
+            f"layers[{len(layers) - 1}]: expected a top layer with an output h (a layer "
+            f"below declares gauge directions, read through the top layer's h), got "
+            f"{type(layers[-1]).__name__}, whose state has no h")
     return layers
+
+
+def _has_h(cell: Any) -> bool:
+    return has_output_field(cell.initial_state())
 
 
 def _all(layers: tuple[Any, ...], attribute: str) -> bool:
@@ -173,10 +197,14 @@ class Stack:
     one matrix-free edge (``B_k`` is the layer's input linearisation, applied without
     forming it). It exists when every layer has one.
 
+    A layer's output (what the layer above and a readout read) is its state's field
+    ``h``, or, for a cell without one (the LRU), its whole state raveled (an LRU's
+    ``[Re x; Im x]``, of which the next layer's input weights take the linear output
+    map ``Re(C x)``).
+
     Args:
       layers: the cells, layer 1 (reading ``x``) first. Layer k's ``input_size``
-        must equal layer k-1's output size; every layer below the top needs an output
-        field ``h`` in its state.
+        must equal layer k-1's output size.
 
     Example::
 
@@ -204,7 +232,8 @@ class Stack:
 
     @property
     def hidden_size(self) -> int:
-        """The size of the top layer's output ``h`` (what a readout reads)."""
+        """The size of the top layer's output (what a readout reads): its ``h``'s, or its
+        whole state's for a cell without ``h`` (an ``LRU(m, N)``: 2N)."""
         return _output_size(self.layers[-1], len(self.layers))
 
     @property
@@ -325,13 +354,44 @@ class Stack:
             if read is None:
                 s_new = cell.step(p, s, inp)
                 new.append(s_new)
-                inp = s_new.h
+                inp = output(s_new)
                 continue
             x_k = inp if k == 1 else read(f"{k - 1}>{k}", inp)
             new.append(cell.step(p, s, x_k, lambda r, v, k=k: read(f"{k}:{r}", v)))
             if k < len(self.layers):
-                inp = cell.step(p, s, inp).h
+                inp = output(cell.step(p, s, inp))
         return StackState(new)
+
+    # -- activations (gate saturation), of the layers that report theirs
+
+    @property
+    def activation_names(self) -> tuple[str, ...]:
+        """``"k:g"`` for each activation ``g`` of each layer that reports its
+        activations (e.g. ``"1:f"``, ``"2:tanh(c)"``), bottom up; empty when none does."""
+        return tuple(f"{k}:{g}" for k, cell in enumerate(self.layers, 1)
+                     if has_activations(cell) for g in cell.activation_names)
+
+    def activations(self, params: Any, state: Any, x: Array) -> dict[str, Activation]:
+        """``"k:g"`` -> layer k's :class:`~gradpaths.Activation` ``g`` at this step, each
+        layer reading the new output of the layer below (as :meth:`step`)."""
+        return self.step_activations(params, state, x)[1]
+
+    def step_activations(self, params: Any, state: Any, x: Array
+                         ) -> tuple[StackState, dict[str, Activation]]:
+        """:meth:`step` and :meth:`activations` in one pass (a layer with ``project``
+        and ``activations_projected`` gives both from one forward pass)."""
+        new, out, inp = [], {}, x
+        for k, (cell, p, s) in enumerate(zip(self.layers, params, state), 1):
+            fused = projected_method(cell, "activations_projected")
+            if fused is not None:
+                s_new, acts = fused(p, s, cell.project(p, inp[None])[0])
+            else:
+                s_new = cell.step(p, s, inp)
+                acts = cell.activations(p, s, inp) if has_activations(cell) else {}
+            out.update({f"{k}:{g}": a for g, a in acts.items()})
+            new.append(s_new)
+            inp = output(s_new)
+        return StackState(new), out
 
     # -- closed form (present when every layer has one)
 
@@ -364,13 +424,14 @@ class Stack:
         """The next state and the entry edges: each layer's own edges renamed by layer,
         and one :class:`~gradpaths._operator.MatrixFreeEdge` for all ``"k-1>k"``."""
         self._check_call(params, state, x)
-        new, own, inputs = [], [], []
+        new, own, inputs, rows = [], [], [], []
         edges: dict[str, Edge | _operator.MatrixFreeEdge] = {}
         inp = x
         for k, (cell, p, s) in enumerate(zip(self.layers, params, state), 1):
             s_new, layer_edges = _operator.linearise(cell, p, s, inp)
             lay = layout_of(s)
             own.append(_operator._Closed(lay, layer_edges, s_new, True, {}))
+            rows.append(output_rows(s))
             for r, e in layer_edges.items():
                 edges[f"{k}:{r}"] = Edge(
                     f"{k}:{e.source}", {f"{k}:{f}": v for f, v in e.rows.items()}, e.matrix)
@@ -380,15 +441,15 @@ class Stack:
                 _, B = jax.linearize(fk, inp)
                 inputs.append((B, jax.linear_transpose(B, inp)))
             new.append(s_new)
-            inp = s_new.h
+            inp = output(s_new)
         nxt = StackState(new)
         if len(self.layers) > 1:
-            between = self._between(own, inputs, layout_of(nxt).ravel(nxt).dtype)
+            between = self._between(own, inputs, rows, layout_of(nxt).ravel(nxt).dtype)
             for k in range(2, len(self.layers) + 1):
                 edges[f"{k - 1}>{k}"] = between
         return nxt, edges
 
-    def _between(self, own: list[Any], inputs: list[Any], dtype: Any
+    def _between(self, own: list[Any], inputs: list[Any], h_rows: list[slice], dtype: Any
                  ) -> _operator.MatrixFreeEdge:
         """The inter-layer routes as one matrix-free edge.
 
@@ -401,7 +462,6 @@ class Stack:
         L = len(self.layers)
         sl = [slice(sum(lay.layout.size for lay in own[:k]),
                     sum(lay.layout.size for lay in own[:k + 1])) for k in range(L)]
-        h_rows = [own[k].layout.slice("h") for k in range(L - 1)]
         routes = tuple(f"{k}>{k + 1}" for k in range(1, L))
         full = _operator.FULL
 
@@ -454,8 +514,9 @@ class Bidirectional:
 
     and the output at step t is ``[h^f_{t+1}; h^r_{T-t}]`` (PyTorch's and Keras'
     ``out``). The directions share no state, so each is its own cell, analysed over
-    its own input order: ``reverse`` over ``xs[::-1]``. Params are the pair
-    ``(forward params, reverse params)``.
+    its own input order: ``reverse`` over the sequence read backwards in time
+    (:func:`reverse_time`: ``xs[::-1]`` for one sequence (T, m), ``xs[:, ::-1]`` for a
+    batch (B, T, m)). Params are the pair ``(forward params, reverse params)``.
 
     A stack of bidirectional layers couples the directions (layer k reads both
     directions' outputs of layer k-1 at every step, and the reverse one is only known
@@ -468,6 +529,13 @@ class Bidirectional:
 
     forward: Any
     reverse: Any
+
+    #: What an analysis that takes one cell says when given a Bidirectional.
+    analyse_instead: ClassVar[str] = (
+        "a Bidirectional layer is two recurrences, one per direction: analyse "
+        "model.forward with params[0] over xs and model.reverse with params[1] over "
+        "model.inputs(xs)[1] (xs read backwards in time); gp.explain_bidirectional "
+        "explains both")
 
     def __post_init__(self) -> None:
         for name in ("forward", "reverse"):
@@ -489,21 +557,38 @@ class Bidirectional:
         kf, kr = jax.random.split(key)
         return self.forward.init(kf, **options), self.reverse.init(kr, **options)
 
-    def inputs(self, xs: Array) -> tuple[Array, Array]:
-        """What each direction reads: ``(xs, xs[::-1])``."""
-        return xs, xs[::-1]
+    def inputs(self, xs: Any) -> tuple[Array, Array]:
+        """What each direction reads: ``(xs, reverse_time(xs))``, for one sequence
+        (T, m) or a batch (B, T, m)."""
+        xs = jnp.asarray(xs)
+        return xs, reverse_time(xs)
 
     def outputs(self, params: tuple[Any, Any], xs: Any, state0: Any = None) -> Array:
-        """The layer's output (T, H_f + H_r): ``[h^f_{t+1}; h^r_{T-t}]`` at step t.
+        """The layer's output (T, H_f + H_r): ``[h^f_{t+1}; h^r_{T-t}]`` at step t; for
+        a batch ``xs`` (B, T, m), (B, T, H_f + H_r).
 
-        ``state0``: None (zeros) or the pair of the directions' initial states."""
+        ``state0``: None (zeros) or the pair of the directions' initial states (shared
+        by every sequence of a batch)."""
         from gradpaths._jacobians import unroll
 
-        f0, r0 = (None, None) if state0 is None else state0
         xs = jnp.asarray(xs)
-        h_f = unroll(self.forward, params[0], xs, f0).h[1:]
-        h_r = unroll(self.reverse, params[1], xs[::-1], r0).h[1:][::-1]
-        return jnp.concatenate([h_f, h_r], axis=1)
+        if xs.ndim == 3:
+            return jnp.stack([self.outputs(params, x, state0) for x in xs])
+        f0, r0 = (None, None) if state0 is None else state0
+        h_f = jax.vmap(output)(unroll(self.forward, params[0], xs, f0))[1:]
+        h_r = jax.vmap(output)(unroll(self.reverse, params[1], reverse_time(xs), r0))[1:]
+        return jnp.concatenate([h_f, reverse_time(h_r)], axis=-1)
+
+
+def reverse_time(xs: Array) -> Array:
+    """A sequence read backwards in time: ``xs[::-1]`` for (T, m), ``xs[:, ::-1]`` for a
+    batch (B, T, m) (time is the second-to-last axis either way)."""
+    if xs.ndim < 2:
+        raise InputError(f"xs: expected shape (T, m) or (B, T, m), got {tuple(xs.shape)}")
+    return jnp.flip(xs, axis=-2)
+
+
+_READS = ("x_0 .. x_{T-1}", "x_{T-1} .. x_0")     # the order each direction reads xs in
 
 
 class BidirectionalExplanation(tuple):
@@ -523,9 +608,20 @@ class BidirectionalExplanation(tuple):
     def reverse(self) -> Any:
         return self[1]
 
+    def to_dict(self) -> dict[str, Any]:
+        """Both explanations as plain JSON types (each :meth:`gradpaths.Explanation.to_dict`),
+        with the order each direction reads the sequence in: ``{"kind":
+        "bidirectional", "forward": {..., "reads": "x_0 .. x_{T-1}"}, "reverse": {...,
+        "reads": "x_{T-1} .. x_0"}}``. The reverse direction's steps (``local``,
+        ``peak_steps``) count from the sequence's last step: its step t reads
+        ``x_{T-1-t}``."""
+        return dict(kind="bidirectional",
+                    forward={**self.forward.to_dict(), "reads": _READS[0]},
+                    reverse={**self.reverse.to_dict(), "reads": _READS[1]})
+
     def __str__(self) -> str:
-        left = ["forward (reads x_0 .. x_{T-1})", ""] + str(self.forward).splitlines()
-        right = ["reverse (reads x_{T-1} .. x_0)", ""] + str(self.reverse).splitlines()
+        left = [f"forward (reads {_READS[0]})", ""] + str(self.forward).splitlines()
+        right = [f"reverse (reads {_READS[1]})", ""] + str(self.reverse).splitlines()
         width = max(len(line) for line in left) + 4
         rows = max(len(left), len(right))
         left += [""] * (rows - len(left))
@@ -536,13 +632,14 @@ class BidirectionalExplanation(tuple):
 def explain_bidirectional(model: Bidirectional, params: tuple[Any, Any], xs: Any,
                           state0: Any = None, **options: Any) -> BidirectionalExplanation:
     """:func:`gradpaths.explain` of each direction of a bidirectional layer over its own
-    input order (the reverse one over ``xs[::-1]``).
+    input order (the reverse one over each sequence read backwards in time).
 
     Args:
       model: a :class:`Bidirectional` (e.g. from ``gp.interop.from_torch`` of a
         one-layer ``bidirectional=True`` module).
       params: ``(forward params, reverse params)``.
-      xs: the layer's inputs (T, m), in the sequence's own order.
+      xs: the layer's inputs, one sequence (T, m) or a batch (B, T, m), in the
+        sequences' own order.
       state0: None or ``(forward state0, reverse state0)``.
       **options: passed to :func:`gradpaths.explain` (``warmup``, ``seed``...).
 
@@ -561,4 +658,4 @@ def explain_bidirectional(model: Bidirectional, params: tuple[Any, Any], xs: Any
     xs = jnp.asarray(xs)
     return BidirectionalExplanation(
         explain(model.forward, params[0], xs, f0, **options),
-        explain(model.reverse, params[1], xs[::-1], r0, **options))
+        explain(model.reverse, params[1], reverse_time(xs), r0, **options))

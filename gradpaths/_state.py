@@ -74,3 +74,30 @@ def layout_of(state: Any) -> Layout:
         names.append(".".join(_key_name(k) for k in path) or "s")
     shapes = tuple(tuple(int(n) for n in np.shape(leaf)) for _, leaf in pairs)
     return Layout(tuple(names), shapes, treedef)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def has_output_field(state: Any) -> bool:
+    """True when the state names its output: a field (or property) ``h``."""
+    try:
+        return getattr(state, "h", None) is not None
+    except AttributeError:                      # a property that cannot answer
+        return False
+
+
+def output(state: Any) -> jax.Array:
+    """What a cell shows the world at a step (what a readout and the layer above read):
+    its output field ``h`` when the state has one, else the whole state raveled,
+    ``s`` (d,) (the LRU: ``[Re x; Im x]``, which a linear map reads as ``Re(C x)``).
+    One state, no leading axes (``jax.vmap`` it over a trajectory)."""
+    if has_output_field(state):
+        return state.h
+    return layout_of(state).ravel(state)
+
+
+def output_rows(state: Any) -> slice:
+    """The rows of ``s`` that :func:`output` reads: those of the field ``h``, else all."""
+    layout = layout_of(state)
+    return layout.slice("h") if has_output_field(state) else slice(0, layout.size)

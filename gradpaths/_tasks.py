@@ -37,7 +37,7 @@ from gradpaths import _checks
 from gradpaths._checks import InputError, InputTypeError
 from gradpaths._inputs import is_builtin
 from gradpaths._protocols import Cell
-from gradpaths._state import layout_of
+from gradpaths._state import output
 
 Array = jax.Array
 LOSSES = ("mse", "xent")
@@ -478,10 +478,9 @@ class ModelParams(NamedTuple):
 
 
 def _features(state: Any) -> Array:
-    """What the readout sees: the output ``h`` when the state has one, else all of ``s``."""
-    if hasattr(state, "h"):
-        return state.h
-    return layout_of(state).ravel(state)
+    """What the readout sees: the output ``h`` when the state has one, else all of ``s``
+    (:func:`gradpaths._state.output`, the rule a stack's layers read each other by)."""
+    return output(state)
 
 
 def initial_state(cell: Any, dtype: Any) -> Any:

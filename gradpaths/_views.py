@@ -90,6 +90,7 @@ def growth_curves(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
         curves = gp.growth_curves(cell, params, xs, sets=["full", "carousel", "all but o"])
         fig = gp.plot.growth_curves(curves)
     """
+    _checks.check_not_traced("gp.growth_curves", params=params, xs=xs, state0=state0)
     p = _inputs.prepare(cell, params, xs, state0)
     names, specs = _specs(cell, p.layout, sets)
     out = np.asarray(_inputs.call(_products.growth_curves_scan, cell, p.params, p.xs, p.state0,
@@ -113,7 +114,8 @@ def gate_fractions(cell: SaturatingCell, params: Any, xs: Array, state0: Any) ->
     ``activations_projected`` (the built-in ones) takes the next state and the
     activations from one forward pass per step (XLA does not merge two); the input is
     projected inside the step, as ``forward`` does (projecting all steps first would
-    hold ``O(T d)``). Traceable.
+    hold ``O(T d)``); a :class:`gradpaths.Stack` gives both from its
+    ``step_activations``, one pass per layer (names ``"k:g"``). Traceable.
 
     Args:
       cell: a cell reporting its activations (``activation_names``, ``activations``).
@@ -133,10 +135,13 @@ def gate_fractions(cell: SaturatingCell, params: Any, xs: Array, state0: Any) ->
         return jnp.mean(mask, axis=-1, dtype=xs.dtype)
 
     fused_step = _protocols.projected_method(cell, "activations_projected")
+    joint_step = getattr(cell, "step_activations", None)      # a stack: one pass per layer
 
     def body(state, x):
         if fused_step is not None:
             new, acts = fused_step(params, state, cell.project(params, x[None])[0])
+        elif callable(joint_step):
+            new, acts = joint_step(params, state, x)
         else:
             new, acts = cell.step(params, state, x), cell.activations(params, state, x)
         out = {}
@@ -178,8 +183,9 @@ def gate_saturation(cell: SaturatingCell, params: Any, xs: Any, state0: Any = No
 
     Args:
       cell: a cell that reports its activations (the built-in ``LSTM``, ``GRU``,
-        ``RNN``: :class:`gradpaths.SaturatingCell`); params, xs (T, m),
-        state0 as in :func:`gradpaths.unroll`.
+        ``RNN``: :class:`gradpaths.SaturatingCell`), or a :class:`gradpaths.Stack`
+        with at least one such layer (gates ``"k:g"``, layer by layer); params,
+        xs (T, m), state0 as in :func:`gradpaths.unroll`.
 
     Returns:
       :class:`GateSaturation` with ``low`` and ``high`` of shape (T, G).
@@ -192,6 +198,7 @@ def gate_saturation(cell: SaturatingCell, params: Any, xs: Any, state0: Any = No
     if not _protocols.has_activations(cell):
         raise InputTypeError(f"cell: expected a cell that reports its activations "
                         f"(activation_names, activations()), got {type(cell).__name__}")
+    _checks.check_not_traced("gp.gate_saturation", params=params, xs=xs, state0=state0)
     p = _inputs.prepare(cell, params, xs, state0)
     out = _inputs.call(_saturation, cell, p.params, p.xs, p.state0)
     gates = tuple(cell.activation_names)
@@ -213,6 +220,7 @@ def input_events(xs: Any, *, top: int = 5) -> np.ndarray:
     Returns:
       (k,) int steps, ascending, ``k = min(top, T)`` (0 when m = 0 or x = 0).
     """
+    _checks.check_not_traced("gp.input_events", xs=xs)
     xs = np.asarray(xs)
     if xs.ndim != 2:
         raise InputError(f"xs: expected shape (T, m), got {xs.shape}")

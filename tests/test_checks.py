@@ -258,3 +258,20 @@ def test_the_api_follows_the_scalar_rule(lstm):
     driver = gp.classify(0.1, {"a": 0.2, "b": -0.3}, margin=np.float32(0.05))
     assert driver == gp.classify(0.1, {"a": 0.2, "b": -0.3}, margin=float(np.float32(0.05)))
     assert gp.ExplosionDetector(factor=np.float32(4.0), window=jnp.array(3)).window == 3
+
+
+def test_checked_outside_jit_only_and_host_functions_refuse_tracers(lstm):
+    """``jax.jit(gp.checked(f))`` cannot raise after the run: refused, naming the right
+    nesting; functions that return host values refuse traced arguments, naming the fix."""
+    cell, params, xs, s0 = lstm
+    f = gp.checked(lambda p, x: gp.step_jacobians(cell, p, x, s0).matrix)
+    with pytest.raises(gp.InputError, match=r"gp\.checked\(jax\.jit\(f\)\), not "
+                                            r"jax\.jit\(gp\.checked\(f\)\)"):
+        jax.jit(f)(params, xs)
+    for name, fn in [("explain", lambda p, x: gp.explain(cell, p, x)),
+                     ("growth_curves", lambda p, x: gp.growth_curves(cell, p, x)),
+                     ("gate_saturation", lambda p, x: gp.gate_saturation(cell, p, x)),
+                     ("input_events", lambda p, x: gp.input_events(x))]:
+        with pytest.raises(gp.InputError, match=rf"gp\.{name}: expected concrete arrays, "
+                                                r"got a traced (params|xs).*outside"):
+            jax.jit(fn)(params, xs)

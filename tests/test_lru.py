@@ -126,3 +126,18 @@ def test_bad_inputs():
     with pytest.raises(gp.NonFiniteError, match="params"):
         gp.unroll(cell, params._replace(nu_log=params.nu_log.at[0].set(jnp.inf)), xs, s0)
     assert isinstance(params, LRUParams)
+
+
+def test_explain_reports_the_exact_exponent_where_lambda_underflows():
+    """``nu_log >= 4.5`` in float32: ``|lambda| = e^{-e^{nu_log}}`` underflows to 0, but
+    ``log |lambda| = -e^{nu_log}`` is known: the table and the verdict give it, with no
+    warning (warnings are errors here)."""
+    cell, params, xs, _ = setup(dtype=jnp.float32)
+    nu_log = jnp.asarray([4.5, 5.0, 4.6], jnp.float32)
+    ex = gp.explain(cell, params._replace(nu_log=nu_log), xs)
+    top = -float(np.exp(np.float64(4.5)))                    # -90.0171
+    assert_close(ex.row("full").exponent, top, jnp.float32)
+    assert_close(ex.row("full").horizon, top, jnp.float32)
+    assert_close(cell.log_moduli(params._replace(nu_log=nu_log)),
+                 -np.exp(np.asarray(nu_log, np.float64)), jnp.float32)
+    assert f"{top:+.4f}" in ex.verdict and "-inf" not in str(ex)

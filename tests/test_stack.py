@@ -1,6 +1,8 @@
 """Stacks: a multi-layer network analysed as one cell (gradpaths/_stack.py)."""
 
 import dataclasses
+import functools
+import json
 from typing import NamedTuple
 
 import interop_cases as cases
@@ -8,8 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from cells import Linear
-from helpers import assert_close
+from helpers import HORIZON_ATOL, assert_close
 
 import gradpaths as gp
 from gradpaths import _operator, _protocols
@@ -397,7 +398,7 @@ def test_a_custom_layer_takes_autodiff_and_has_no_routes():
     with pytest.raises(ValueError, match="'analytic' needs a cell with a closed form"):
         gp.step_jacobians(stack, params, xs)
     with pytest.raises(TypeError, match=r"layers\[0\]: expected a cell whose initial_state"):
-        gp.Stack([Linear(3), lstm])        # a layer below the top must output h
+        gp.Stack([_NoOutput(), lstm])      # h a property, not a field: no rows to read
 
 
 def test_a_stack_declares_its_layers_gauge_directions():
@@ -432,3 +433,150 @@ def test_a_stack_declares_its_layers_gauge_directions():
         x_2 = stack.layers[0].step(params[0], at(t)[0], xs[t]).h     # what layer 2 reads
         sel = np.asarray(slstm.forward(params[1], at(t)[1], x_2)["sel"])
         assert_close(J[t] @ G, np.asarray(stack.gauge_directions(at(t + 1))) * sel[None, :])
+
+
+class _PropertyH(NamedTuple):
+    s: jax.Array
+
+    @property
+    def h(self):
+        return jnp.tanh(self.s)
+
+
+@dataclasses.dataclass(frozen=True)
+class _NoOutput:
+    """A cell whose ``h`` is computed from its state, not a field of it."""
+
+    def step(self, params, state, x):
+        return _PropertyH(state.s)
+
+    def initial_state(self, dtype=None):
+        return _PropertyH(jnp.zeros((2,)))
+
+
+# --------------------------------------------------------------------------- layers without h
+
+
+def _lru_stacks():
+    """An LRU on top of an LSTM, and below one: a layer without h outputs its whole state."""
+    out = []
+    for k, stack in enumerate((gp.Stack([gp.LSTM(3, 4), gp.LRU(4, 3)]),
+                               gp.Stack([gp.LRU(3, 2), gp.LSTM(4, 3)]))):
+        keys = jax.random.split(jax.random.key(k), 2)
+        out.append((stack, tuple(
+            cell.init(key, r_min=0.6, r_max=0.95) if isinstance(cell, gp.LRU)
+            else cell.init(key, recurrent_gain=1.5) for cell, key in zip(stack.layers, keys))))
+    return out
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _central_differences(cell, params, state, x, eps=1e-6):
+    """d step / d s at ``state`` by central differences, (d, d)."""
+    lay = layout_of(state)
+    f = jax.vmap(lambda v: lay.ravel(cell.step(params, lay.unravel(v), x)))
+    E = eps * jnp.eye(lay.size)
+    s = lay.ravel(state)
+    return (f(s[None] + E) - f(s[None] - E)).T / (2 * eps)
+
+
+def test_a_layer_without_h_outputs_its_whole_state():
+    """Each layer reads the layer below's output, h or (the LRU) [re; im]; the readout
+    reads the top's. Forward, Jacobians (closed form, autodiff, finite differences,
+    routes summing to J), the inter-layer route's matrix-free edge and a model's
+    gradients all take it."""
+    xs = jax.random.normal(jax.random.key(5), (6, 3))
+    for stack, params in _lru_stacks():
+        lru_top = isinstance(stack.layers[-1], gp.LRU)
+        assert stack.hidden_size == (6 if lru_top else 3)
+        states = gp.unroll(stack, params, xs)
+        u = xs
+        for k, (cell, p) in enumerate(zip(stack.layers, params)):      # layer by layer
+            alone = gp.unroll(cell, p, u)
+            for a, b in zip(states[k], alone):
+                assert_close(a, b, err_msg=f"layer {k + 1}")
+            u = (jnp.concatenate([alone.re, alone.im], axis=1) if isinstance(cell, gp.LRU)
+                 else alone.h)[1:]
+        assert_close(jax.vmap(lambda s: s.h)(states), jnp.concatenate(
+            [states[-1].re, states[-1].im], axis=1) if lru_top else states[-1].h)
+        J = gp.step_jacobians(stack, params, xs)
+        assert_close(gp.step_jacobians(stack, params, xs, method="jacfwd").matrix, J.matrix)
+        state = jax.tree_util.tree_map(lambda a: a[2], states)
+        np.testing.assert_allclose(J.matrix[2], _central_differences(stack, params, state, xs[2]),
+                                   atol=1e-8)
+        routes = gp.route_jacobians(stack, params, xs)
+        assert "1>2" in routes
+        assert_close(sum(R.matrix for R in routes.values()), J.matrix)
+        model = gp.Model(stack, 2)
+        assert model.feature_size == stack.hidden_size
+        mp = model.init(jax.random.key(3))._replace(cell=params)
+        targets = jax.random.normal(jax.random.key(4), (6, 2))
+        auto = gp.state_gradients(model, mp, xs, targets, weights="all")
+        closed = gp.state_gradients(model, mp, xs, targets, weights="all", method="jacobians")
+        assert_close(closed.g, auto.g)
+
+
+def test_an_lru_on_top_is_explained_with_its_exact_block():
+    """The LRU's block is the same normal matrix every step: its horizon growth is
+    exactly max_j log|lambda_j| = -exp(min nu_log); the full product's exponent is the
+    larger of the two blocks'."""
+    (stack, params), _ = _lru_stacks()
+    xs = jax.random.normal(jax.random.key(6), (40, 3))
+    ex = gp.explain(stack, params, xs, warmup=10)
+    top = float(jnp.max(stack.layers[1].log_moduli(params[1])))
+    assert_close(ex.row("ds^2/ds^2").horizon, top, bias=HORIZON_ATOL[jnp.dtype("float64")])
+    assert ex.layers[1].exponent == ex.row("ds^2/ds^2").exponent
+    lam = gp.lyapunov_exponents(stack, params, xs, warmup=10, k=2)
+    assert np.all(np.isfinite(lam))
+
+
+# --------------------------------------------------------------------------- bidirectional
+
+
+def test_bidirectional_batch_reads_each_sequence_backwards_in_time():
+    """For a batch (B, T, m) the reverse direction reads each sequence from its last step
+    (time is axis -2), not the batch in reverse order: its per-sequence rows equal
+    explain of the reverse cell over ``xs[b][::-1]``; the outputs of a batch are the
+    outputs of each sequence; ``to_dict`` holds both explanations."""
+    bi = gp.Bidirectional(gp.LSTM(2, 3), gp.LSTM(2, 3))
+    params = bi.init(jax.random.key(0), recurrent_gain=1.5)
+    xs = jax.random.normal(jax.random.key(1), (2, 12, 2))
+    ex = gp.explain_bidirectional(bi, params, xs, warmup=2)
+    for b in range(2):
+        alone = gp.explain(bi.reverse, params[1], xs[b][::-1], warmup=2)
+        for row in alone.rows:
+            assert_close(ex.reverse.row(row.name).per_sequence[b], row.exponent,
+                         err_msg=f"sequence {b}, {row.name}")
+        assert_close(bi.inputs(xs)[1][b], xs[b][::-1])
+        assert_close(bi.outputs(params, xs)[b], bi.outputs(params, xs[b]))
+    data = ex.to_dict()
+    assert data["kind"] == "bidirectional" and data["reverse"]["reads"] == "x_{T-1} .. x_0"
+    assert {k: v for k, v in data["forward"].items() if k != "reads"} == ex.forward.to_dict()
+    assert json.loads(json.dumps(data)) == data
+    with pytest.raises(TypeError, match="model.reverse with params\\[1\\] over "
+                                        "model.inputs\\(xs\\)\\[1\\]"):
+        gp.step_jacobians(bi, params, xs[0], method="jacfwd")
+    with pytest.raises(TypeError, match="two recurrences, one per direction"):
+        gp.step_jacobians(bi, params, xs[0])        # not "use method='jacfwd'"
+
+
+def test_a_stack_reports_each_layers_gate_saturation():
+    """``"k:g"`` per layer that has activations (the LRU has none), each equal to the
+    layer's own saturation on the inputs it reads; explain reports them."""
+    stack = gp.Stack([gp.LSTM(3, 4), gp.LRU(4, 2), gp.GRU(4, 2)])
+    keys = jax.random.split(jax.random.key(0), 3)
+    params = (stack.layers[0].init(keys[0], input_gain=3.0), stack.layers[1].init(keys[1]),
+              stack.layers[2].init(keys[2], input_gain=3.0))
+    xs = 2 * jax.random.normal(jax.random.key(1), (10, 3))
+    sat = gp.gate_saturation(stack, params, xs)
+    assert sat.gates == ("1:z", "1:i", "1:f", "1:o", "1:tanh(c)", "3:r", "3:z", "3:n")
+    states = gp.unroll(stack, params, xs)
+    lru_out = jnp.concatenate([states[1].re, states[1].im], axis=1)[1:]
+    for k, u in ((0, xs), (2, lru_out)):
+        own = gp.gate_saturation(stack.layers[k], params[k], u)
+        cols = [sat.gates.index(f"{k + 1}:{g}") for g in own.gates]
+        assert_close(sat.low[:, cols], own.low)
+        assert_close(sat.high[:, cols], own.high)
+    assert sat.high.max() > 0          # something saturates, so the comparison can fail
+    ex = gp.explain(stack, params, xs)
+    assert set(ex.saturation) == set(sat.gates)
+    assert_close(ex.saturation["3:z"]["high"], sat.high[:, sat.gates.index("3:z")].mean())
