@@ -531,7 +531,7 @@ float64. What this notebook asserts are the statistics over seeds, with margins
 measured over 32 seeds and under emulated older CPUs (`XLA_FLAGS=--xla_cpu_max_isa=AVX2`
 or `SSE4_2`); the printed per-seed numbers are those of the machine that ran it.
 
-The knobs are in the next cell: `SIZE = "small"` runs in under a minute (the run
+The knobs are in the next cell: `SIZE = "small"` runs in a minute or two (the run
 checked in CI); `benchmarks/papers.py --size full` runs this notebook with the larger
 settings."""),
     code(PAPER_SETUP + """import jax.numpy as jnp
