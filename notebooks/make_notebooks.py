@@ -344,21 +344,23 @@ gp.plot.training_curves(runs, clip=CLIP)"""),
 training diverges: loss and gradient norm run off together (the trivial baseline,
 predicting the mean, is the dashed line). With clipping, a step is never longer than
 `learning rate x threshold`: the gradient norm before clipping (plotted) still exceeds
-the threshold at most steps, but the updates stay bounded and training goes on; in
-these 50 steps the loss stays near the baseline (learning the adding task takes far
-longer). Clipping treats the symptom; the routes say where it comes from.
+the threshold at most steps, but the updates stay bounded and the loss stays finite,
+within a few tens of the baseline (learning the adding task takes far longer).
+Clipping treats the symptom; the routes say where it comes from.
 
 What varies between machines: different CPUs round differently (XLA's generated code
-depends on the processor's vector instructions), and training amplifies it. The
-clipped run's first 40 steps or so come out the same everywhere; after that it is one
-draw of the rounding: its final loss was 0.36 with 1 explosion event in an earlier run
-of this notebook, 0.40 with 4 on the machine that wrote this one, 0.26 with 2 under an
-emulated older CPU (`XLA_FLAGS=--xla_cpu_max_isa=AVX2`). The run without clipping
-diverges every time. The asserts below hold in each case."""),
+depends on the processor's vector instructions), and this clipped run amplifies the
+difference: after its first ten steps or so it is one draw of the rounding. Its final
+loss was 0.36 with 1 explosion event in an earlier run of this notebook, 0.40 with 4
+on the machine that wrote this one, 0.26 with 2 under an emulated older CPU
+(`XLA_FLAGS=--xla_cpu_max_isa=AVX2`), 1.2 with 7 under `SSE4_2`; from the start
+nudged by a relative 1e-9 its loss peaked at 21 x the baseline, with 12 events. The
+run without clipping diverges every time. The asserts below hold in each case; a
+statement about one clipped run beyond that would not."""),
     code("""# The text above relies on these numbers:
 free, clipped = runs["no clipping"], runs[f"clip {CLIP:g}"]
 assert free.loss[-1] > 1e6 * free.baseline and np.nanmax(free.grad_norm) > 1e6   # diverges
-assert np.all(np.isfinite(clipped.loss)) and clipped.loss.max() < 10 * clipped.baseline
+assert np.all(np.isfinite(clipped.loss)) and clipped.loss.max() < 100 * clipped.baseline
 assert np.mean(clipped.grad_norm > CLIP) > 0.5       # the raw norm mostly exceeds the threshold"""),
     md("""## 3. Each run's history in detail"""),
     code("""print("probe steps:              ", clipped.probe_step)
@@ -367,20 +369,19 @@ print("largest single-route exponent at any probe:",
       f"{np.nanmax(clipped.route_exponents):+.4f} nats/step")
 gp.plot.training_curves(clipped, clip=CLIP)"""),
     code("""# The text below relies on these numbers:
-assert np.nanmax(clipped.route_exponents) < 0            # no route grows alone, ever
-assert clipped.top_exponent[0] > 0                       # the start grows ...
-assert np.all(clipped.top_exponent[1:5] < -0.02)         # ... steps 10 to 40 contract
-assert np.median(clipped.top_exponent[1:]) < 0            # the last one: see below"""),
+assert np.nanmax(clipped.route_exponents[:2]) < 0        # no route grows alone at 0, 10
+assert clipped.top_exponent[0] > 0 > clipped.top_exponent[1]   # grows, then contracts"""),
     md("""The lower panel shows the top exponent of the whole product on fixed probe
-sequences, and of each route alone. As in notebook 01, no route grows on its own at any
-probe. The whole grows only at the start (step 0), where routes act together; by the
-next probe (step 10) the clipped updates have already moved the parameters out of that
-regime and the whole product contracts (about -0.03 nats/step at steps 10 to 40). The
-last probe, at step 50, comes after this run has become sensitive to rounding (see the
-note on machines above): it has read -0.04 on one machine and -0.001 on another, so only
-the earlier probes are asserted below 0. The gradient norm can still exceed the
-threshold after that: the probes measure the growth rate of the Jacobian product, only
-one factor of the gradient's size.
+sequences, and of each route alone. At the start (step 0) the whole grows while no
+route grows alone, as in notebook 01: routes act together. By the next probe (step 10)
+the clipped updates have moved the parameters out of that regime and the whole product
+contracts. The later probes belong to the part of the run that depends on rounding
+(see the note on machines above): on the machine that wrote this notebook they stay
+below 0; under an emulated SSE4_2 CPU the last one read +0.23, with one route growing
+alone (+0.09), and from the start nudged by 1e-9 those at steps 20 to 50 were above 0.
+So only steps 0 and 10 are asserted. The gradient norm can exceed the threshold at any
+probe: the probes measure the growth rate of the Jacobian product, only one factor of
+the gradient's size.
 
 From the shell, `gradpaths train --compare --optimizer sgd --learning-rate 0.3 --length 30
 --steps 50 --out run` runs this comparison and writes the histories and the figures
