@@ -344,13 +344,23 @@ gp.plot.training_curves(runs, clip=CLIP)"""),
 training diverges: loss and gradient norm run off together (the trivial baseline,
 predicting the mean, is the dashed line). With clipping, a step is never longer than
 `learning rate x threshold`: the gradient norm before clipping (plotted) still exceeds
-the threshold at most steps, but the updates stay bounded and training goes on; in
-these 50 steps the loss stays near the baseline (learning the adding task takes far
-longer). Clipping treats the symptom; the routes say where it comes from."""),
+the threshold at most steps, but the updates stay bounded and the loss stays finite,
+within a few tens of the baseline (learning the adding task takes far longer).
+Clipping treats the symptom; the routes say where it comes from.
+
+What varies between machines: different CPUs round differently (XLA's generated code
+depends on the processor's vector instructions), and this clipped run amplifies the
+difference: after its first ten steps or so it is one draw of the rounding. Its final
+loss was 0.36 with 1 explosion event in an earlier run of this notebook, 0.40 with 4
+on the machine that wrote this one, 0.26 with 2 under an emulated older CPU
+(`XLA_FLAGS=--xla_cpu_max_isa=AVX2`), 1.2 with 7 under `SSE4_2`; from the start
+nudged by a relative 1e-9 its loss peaked at 21 x the baseline, with 12 events. The
+run without clipping diverges every time. The asserts below hold in each case; a
+statement about one clipped run beyond that would not."""),
     code("""# The text above relies on these numbers:
 free, clipped = runs["no clipping"], runs[f"clip {CLIP:g}"]
 assert free.loss[-1] > 1e6 * free.baseline and np.nanmax(free.grad_norm) > 1e6   # diverges
-assert np.all(np.isfinite(clipped.loss)) and clipped.loss.max() < 10 * clipped.baseline
+assert np.all(np.isfinite(clipped.loss)) and clipped.loss.max() < 100 * clipped.baseline
 assert np.mean(clipped.grad_norm > CLIP) > 0.5       # the raw norm mostly exceeds the threshold"""),
     md("""## 3. Each run's history in detail"""),
     code("""print("probe steps:              ", clipped.probe_step)
@@ -359,16 +369,19 @@ print("largest single-route exponent at any probe:",
       f"{np.nanmax(clipped.route_exponents):+.4f} nats/step")
 gp.plot.training_curves(clipped, clip=CLIP)"""),
     code("""# The text below relies on these numbers:
-assert np.nanmax(clipped.route_exponents) < 0            # no route grows alone, ever
-assert clipped.top_exponent[0] > 0                       # the start grows ...
-assert np.all(clipped.top_exponent[1:] < 0)              # ... the later probes do not"""),
+assert np.nanmax(clipped.route_exponents[:2]) < 0        # no route grows alone at 0, 10
+assert clipped.top_exponent[0] > 0 > clipped.top_exponent[1]   # grows, then contracts"""),
     md("""The lower panel shows the top exponent of the whole product on fixed probe
-sequences, and of each route alone. As in notebook 01, no route grows on its own at any
-probe. The whole grows only at the start (step 0), where routes act together; by the
-next probe (step 10) the clipped updates have already moved the parameters out of that
-regime and the whole product contracts. The gradient norm can still exceed the threshold
-after that: the probes measure the growth rate of the Jacobian product, only one factor
-of the gradient's size.
+sequences, and of each route alone. At the start (step 0) the whole grows while no
+route grows alone, as in notebook 01: routes act together. By the next probe (step 10)
+the clipped updates have moved the parameters out of that regime and the whole product
+contracts. The later probes belong to the part of the run that depends on rounding
+(see the note on machines above): on the machine that wrote this notebook they stay
+below 0; under an emulated SSE4_2 CPU the last one read +0.23, with one route growing
+alone (+0.09), and from the start nudged by 1e-9 those at steps 20 to 50 were above 0.
+So only steps 0 and 10 are asserted. The gradient norm can exceed the threshold at any
+probe: the probes measure the growth rate of the Jacobian product, only one factor of
+the gradient's size.
 
 From the shell, `gradpaths train --compare --optimizer sgd --learning-rate 0.3 --length 30
 --steps 50 --out run` runs this comparison and writes the histories and the figures
@@ -505,87 +518,183 @@ among others, character-level language modelling.
 English text, the docstrings of standard-library modules (`gp.make_task("text", T)`,
 no download), with plain SGD at a learning rate large enough to meet cliffs, from a
 recurrent gain of 1.5 (spectral radius about 1.5, where the paper places exploding
-gradients). Twice, from the same start on the same batches: as is, and with the global
-norm clipped at 1. `gp.train` marks an *explosion event* when a step's gradient norm is
+gradients). For each of `SEEDS` seeds, twice from the same start on the same batches:
+as is, and with the global norm clipped at `CLIP`, in float32 (as networks are
+usually trained). `gp.train` marks an *explosion event* when a step's gradient norm is
 more than 10 times the median of the previous 20.
 
-The knobs are in the next cell: `SIZE = "small"` runs in seconds (the run checked in
-CI); `benchmarks/papers.py --size full` runs this notebook with the larger settings."""),
-    code(PAPER_SETUP + """import optax
+**What varies between machines.** One training run at this learning rate is chaotic:
+a difference in the last bit of one number grows until the runs have nothing in
+common (section 2). Different CPUs round differently (XLA's generated code depends on
+the processor's vector instructions), so the loss curve of any one seed, the steps of
+its events, even whether it has one, differ between machines, in float32 and in
+float64. What this notebook asserts are the statistics over seeds, with margins
+measured over 32 seeds and under emulated older CPUs (`XLA_FLAGS=--xla_cpu_max_isa=AVX2`
+or `SSE4_2`); the printed per-seed numbers are those of the machine that ran it.
+
+The knobs are in the next cell: `SIZE = "small"` runs in a minute or two (the run
+checked in CI); `benchmarks/papers.py --size full` runs this notebook with the larger
+settings."""),
+    code(PAPER_SETUP + """import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import optax
 
 LENGTH = {"small": 40, "full": 100}[SIZE]      # characters per sequence (T)
 HIDDEN = {"small": 32, "full": 128}[SIZE]      # units of the RNN (n)
 STEPS = {"small": 100, "full": 2000}[SIZE]     # SGD steps
+SEEDS = {"small": 8, "full": 20}[SIZE]         # runs with and without clipping
 BATCH = 32
 LEARNING_RATE = 3.0    # plain SGD
 GAIN = 1.5             # initial recurrent gain
-CLIP = 1.0             # global-norm threshold of the clipped run
-SEED = 0
+CLIP = 0.25            # global-norm threshold of the clipped runs: steps <= 0.75 long
+PROBE_EVERY = 10       # steps between the probes of the top exponent
 
 task = gp.make_task("text", LENGTH)
 print(task, f"| corpus: {len(task.corpus)} characters, Python {task.python}, "
       f"sha256 {task.checksum[:12]}... | baseline (unigram) {task.baseline:.3f} nats/char")
-print(repr(task.decode(task.sample(jax.random.key(SEED), 1).targets[0])))
+print(repr(task.decode(task.sample(jax.random.key(0), 1).targets[0])))
 model = gp.Model.for_task(gp.RNN(task.input_size, HIDDEN), task)
-k_init, k_train = jax.random.split(jax.random.key(SEED))
-params = model.init(k_init, recurrent_gain=GAIN)"""),
-    md("""## Training with and without clipping"""),
-    code("""runs = {}
-for label, clip in [("no clipping", None), (f"clip {CLIP:g}", CLIP)]:
-    h = gp.train(model, params, task, key=k_train, steps=STEPS, batch_size=BATCH,
-                 optimizer=optax.sgd(LEARNING_RATE), clip=clip, probe_every=STEPS // 10,
-                 n_probes=2, on_nonfinite="skip").history
-    runs[label] = h
-    print(f"{label:>12}: loss {h.task_loss[0]:.2f} -> {h.task_loss[-1]:.2f} "
-          f"(best {np.nanmin(h.task_loss):.2f}), largest gradient norm "
-          f"{np.nanmax(h.grad_norm):.3g}, explosion events at steps "
-          f"{[e.step for e in h.events]}")
-free, clipped = runs["no clipping"], runs[f"clip {CLIP:g}"]
-gp.plot.training_curves(runs, clip=CLIP)"""),
-    md("""Without clipping, the first steps are already long (`learning rate x |g|`, with
-norms near 10) and throw the loss far above where it started and above the trivial
-baseline (dashed: the unigram entropy of the training text); then the gradient norm
-jumps by orders of magnitude within a step (the crosses: the cliffs, up to thousands),
-and the loss never comes back: the run ends worse than it started. With clipping,
-every step is at most `learning rate x threshold` long: in this run the gradient norm
-before clipping (plotted) never even jumps tenfold (no event), the parameters are never
-thrown onto a cliff, and the loss goes down. This is the paper's picture. In these few
-steps the clipped run has not yet reached the baseline (a model that has learned the
-letter frequencies); the full-size run trains longer."""),
-    code("""# The text above relies on these numbers:
-assert len(free.explosions) >= 1 and np.nanmax(free.grad_norm) > 100 * np.nanmedian(free.grad_norm)
-assert np.nanmax(free.task_loss) > 2 * task.baseline               # the loss jumps far up
-assert free.task_loss[-10:].mean() > free.task_loss[0]             # ends worse than it started
-assert len(clipped.events) == 0 and np.all(np.isfinite(clipped.task_loss))
-assert clipped.task_loss[-10:].mean() < clipped.task_loss[:10].mean() < free.task_loss[-10:].mean()
-if SIZE == "small":
-    assert clipped.task_loss[-10:].mean() > task.baseline          # not there yet"""),
-    md("""## The top exponent at the probes
+sgd = optax.sgd(LEARNING_RATE)   # one optimizer object: the training step compiles once
 
-Every `STEPS // 10` steps `gp.train` measures the top Lyapunov exponent of the RNN's
+def train(params, key, clip):
+    return gp.train(model, params, task, key=key, steps=STEPS, batch_size=BATCH,
+                    optimizer=sgd, clip=clip, probe_every=PROBE_EVERY, n_probes=2,
+                    on_nonfinite="skip").history"""),
+    md("""## 1. With and without clipping, over seeds"""),
+    code("""runs = {"no clipping": [], f"clip {CLIP:g}": []}
+for seed in range(SEEDS):
+    k_init, k_train = jax.random.split(jax.random.key(seed))
+    params = model.init(k_init, recurrent_gain=GAIN, dtype=jnp.float32)
+    for label, clip in [("no clipping", None), (f"clip {CLIP:g}", CLIP)]:
+        runs[label].append(train(params, k_train, clip))
+free, clipped = runs["no clipping"], runs[f"clip {CLIP:g}"]
+
+def stats(hs):
+    \"\"\"Per run: mean loss of the first and of the last 10 steps, peak loss, events.\"\"\"
+    return (np.array([np.mean(h.task_loss[:10]) for h in hs]),
+            np.array([np.mean(h.task_loss[-10:]) for h in hs]),
+            np.array([np.nanmax(h.task_loss) for h in hs]),
+            np.array([len(h.explosions) for h in hs]))
+
+summary = {label: stats(hs) for label, hs in runs.items()}
+for label, (first, last, peak, events) in summary.items():
+    print(f"{label:>12}: final loss median {np.median(last):.2f} [{last.min():.2f}, "
+          f"{last.max():.2f}], peak loss median {np.median(peak):.1f} [{peak.min():.1f}, "
+          f"{peak.max():.1f}], explosion events in {np.sum(events > 0)} of {SEEDS} runs "
+          f"({events.sum()} events)")
+    print(f"{'':>14}per seed, first 10 -> last 10 steps: "
+          + ", ".join(f"{a:.2f}->{b:.2f}" for a, b in zip(first, last)))
+
+fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+for color, (label, hs) in zip(("C3", "C0"), runs.items()):
+    for k, h in enumerate(hs):
+        axes[0].plot(h.step, h.task_loss, color=color, lw=0.8, alpha=0.6,
+                     label=label if k == 0 else None)
+    last = summary[label][1]
+    x = (0 if color == "C3" else 1) + np.linspace(-0.15, 0.15, SEEDS)
+    axes[1].plot(x, last, "o", color=color)
+    axes[1].plot([x[0] - 0.05, x[-1] + 0.05], [np.median(last)] * 2, color="k", lw=2)
+for ax in axes:
+    ax.axhline(task.baseline, color="grey", ls="--", lw=1)
+axes[0].set(yscale="log", xlabel="step", ylabel="loss (nats/char)",
+            title=f"{SEEDS} seeds, float32 (dashed: unigram baseline)")
+axes[0].legend()
+axes[1].set(xticks=[0, 1], xticklabels=list(runs), yscale="log",
+            ylabel="mean loss of the last 10 steps",
+            title="final loss per seed (bar: median)");"""),
+    md("""Without clipping, the first steps are already long (`learning rate x |g|`, with
+norms near 10) and throw the loss far above the trivial baseline (dashed: the unigram
+entropy of the training text): the median run peaks above twice the baseline. In most
+runs the gradient norm then jumps tenfold or more within a step (an explosion event,
+a cliff), and the runs end far above where the clipped ones end. With clipping, every
+step is at most `learning rate x threshold` long: the loss falls in every run, the
+runs stay together, none peaks above twice the baseline, and cliffs are rare.
+
+The margins, measured on the machine that wrote this notebook over 32 seeds (the
+asserts below are set well inside them): without clipping, explosion events in 26 of
+32 runs, final loss 3.8 to 26 nats/char (median 10.9); with clipping at 0.25, no event
+in 32 runs, every final loss 3.0 to 3.2, each at least 0.58 below its start. The
+asserts allow for rare events: at least 3 of 8 runs without clipping have one, at most
+2 of 8 with it. Emulating older CPUs changes the runs: under `--xla_cpu_max_isa=SSE4_2`
+(no AVX) every run without clipping of this notebook took another course (the float64
+run of section 2 ended at a loss of 32 instead of 13), the clipped runs changed in their
+later digits; `AVX2` changed only the clipped runs. Nudging every starting parameter by
+a relative 1e-6 (float32's last bits) also changed the runs without clipping
+altogether. The statistics, and every assert below, held in each case.
+
+The threshold matters: at `CLIP = 1` (steps up to 3 long) the clipped runs are
+themselves at the edge, with events in 4 of 8 runs and final losses from 3.6 to 5.4,
+above their start in some seeds, and which seeds depends on the machine. This is why
+the threshold here is 0.25 (with the learning rate of 3, steps of at most 0.75)."""),
+    code("""# The text above relies on these numbers:
+(f_first, f_last, f_peak, f_events), (c_first, c_last, c_peak, c_events) = summary.values()
+assert all(np.all(np.isfinite(h.task_loss)) for h in clipped)
+assert np.all(c_last < c_first - 0.3)                               # falls in every clipped run
+assert np.median(f_peak) > 2 * task.baseline > c_peak.max()          # thrown up; never when clipped
+assert np.median(f_last) > np.median(c_last) + 1.0                   # ends far above
+if SIZE == "small":
+    assert np.sum(f_events > 0) >= 3 and np.sum(c_events > 0) <= 2  # cliffs: most runs; rare"""),
+    md("""## 2. One trajectory does not survive a change in the last bit
+
+In float64, the first run without clipping once more, from the same parameters with
+each multiplied by `1 + 1e-15 u` (`u` standard normal: a change in the last bit or
+two, what a different order of additions does on another CPU). Both runs take the
+same batches."""),
+    code("""k_init, k_train = jax.random.split(jax.random.key(0))
+params = model.init(k_init, recurrent_gain=GAIN, dtype=jnp.float64)
+leaves, tree = jax.tree_util.tree_flatten(params)
+noise = [jax.random.normal(k, a.shape, a.dtype)
+         for k, a in zip(jax.random.split(jax.random.key(99), len(leaves)), leaves)]
+nudged = jax.tree_util.tree_unflatten(tree, [a * (1 + 1e-15 * u) for a, u in zip(leaves, noise)])
+pair = {"float64": train(params, k_train, None),
+        "float64, nudged by 1e-15": train(nudged, k_train, None)}
+a, b = (h.task_loss for h in pair.values())
+gap = np.abs(a - b)
+apart = int(np.argmax(gap > 0.1))
+print(f"largest loss difference over the first 5 steps: {gap[:5].max():.1e} nats/char; "
+      f"first step with a difference above 0.1: {apart}; final losses {a[-1]:.2f} and {b[-1]:.2f}")
+print("explosion events at steps:", {k: [e.step for e in h.explosions] for k, h in pair.items()})
+gp.plot.training_curves(pair, title="no clipping, float64: the same run, nudged")"""),
+    md("""The two runs agree to round-off for the first steps, then part: from there on, the
+loss, the cliffs and where the run ends are those of one draw of the rounding, not of
+the method. So is any single curve of section 1, in float32 sooner than in float64.
+A claim about clipping is a claim about the distribution over runs."""),
+    code("""# The text above relies on these numbers:
+assert gap[:5].max() < 1e-6              # the same run, to round-off, at first ...
+assert gap.max() > 0.1                   # ... until it is not"""),
+    md("""## 3. The top exponent at the probes
+
+Every `PROBE_EVERY` steps `gp.train` measures the top Lyapunov exponent of the RNN's
 Jacobian product on two fixed probe sequences (nats per character). Exploding
 gradients need it above 0 somewhere along the way; whether it rises *before* a cliff,
 early enough to warn, is measured over seeds by `benchmarks/predict.py`
-(`gp.predict_events`). Here the run-up of each event in the unclipped run:"""),
-    code("""pred = gp.history_prediction(free, window=2)
-for e, hit, lead in zip(pred.event_step, pred.hit, pred.lead):
-    print(f"event at step {e}: " + (f"an alarm {lead:.0f} steps before" if hit else
-                                     "no probe with exponent > 0 in the 2 probes before"))
-print("probe steps:  ", free.probe_step)
-print("top exponents:", np.round(free.top_exponent, 3))
-gp.plot.training_curves(free, title="no clipping: gradient norm and top exponent")"""),
-    md("""At the start the product grows slightly (top exponent just above 0 at step 0), and
-the first cliff follows: that event is announced by the probe before it. The second is
-not: after the first cliff the units saturate and the top exponent falls far below 0
-(about -8 nats per character at step 20), so gradients through long products are
-negligible; the second jump of the gradient norm comes through the short paths (the
-last few steps, the readout and input weights), which no exponent of a long product
-can see. One run is an anecdote; `benchmarks/predict.py` counts hits, misses and false
-alarms over seeds."""),
+(`gp.predict_events`). Here the runs of section 1: at the start (before any step,
+so the same on every machine up to round-off) the exponent is near 0 in every seed.
+Without clipping, after the first long steps the units saturate and the exponent
+falls far below 0 (from the third probe on, below -1 in the median run, often `-inf`:
+an exactly zero product, where a float32 `tanh` saturated to exactly ±1 has
+derivative exactly 0); some events are announced by a probe with exponent above 0 in
+the two probes before them, the others come through the short paths (the last few
+steps, the readout and input weights), which no exponent of a long product can see.
+With clipping, the exponent stays near 0, between -0.6 and +0.1 at every probe (over
+32 seeds: -0.43 to -0.04, never above 0)."""),
+    code("""top0 = np.array([h.top_exponent[0] for h in free])
+late_free = np.array([np.max(h.top_exponent[2:]) for h in free])
+late_clip = np.array([[h.top_exponent[2:].min(), h.top_exponent[2:].max()] for h in clipped])
+preds = [gp.history_prediction(h, window=2) for h in free]
+hits = sum(int(np.sum(p.hit)) for p in preds)
+events = sum(len(p.hit) for p in preds)
+print(f"top exponent at step 0: {np.round(top0, 3)}")
+print(f"largest top exponent from the third probe on, without clipping: {np.round(late_free, 2)}")
+print(f"with clipping: from {late_clip[:, 0].min():+.2f} to {late_clip[:, 1].max():+.2f}")
+print(f"events announced by a probe above 0 in the 2 probes before: {hits} of {events}")
+gp.plot.training_curves(free[0], title="no clipping, seed 0: gradient norm and top exponent")"""),
     code("""# The text above relies on these numbers:
+assert np.all(np.abs(top0) < 0.2)                                   # near 0 at the start
 if SIZE == "small":
-    assert free.top_exponent[0] > 0 and free.top_exponent[2] < -5
-    assert list(pred.hit) == [True, False] and pred.lead[0] == pred.event_step[0] - 0"""),
+    assert np.median(late_free) < -1                                # saturated after the cliffs
+    assert -0.6 < late_clip.min() and late_clip.max() < 0.1         # clipped: near 0
+    assert 0 < hits < events                                        # some announced, not all"""),
 ]
 
 # --------------------------------------------------------------------------- 06
@@ -611,8 +720,20 @@ seen. A tanh RNN (`gp.RNN`, recurrent gain 1.5) is trained with adam, clipped at
 with and without flossing, over several seeds; a run *succeeds* when its final loss is
 below `SUCCESS` times the task's baseline (blanks, then uniform guesses).
 
-Knobs first; `SIZE = "small"` is the CI run (two delays, two seeds: a success *rate*
-from two seeds is a coarse thing), `benchmarks/papers.py --size full` the larger one."""),
+**What varies between machines.** Each run is one float64 trajectory of adam, and
+over 300 steps a difference in the last bits (another CPU's order of additions, or a
+relative nudge of 1e-12 to the starting parameters) grows into a different final
+loss: at delay 20, seed 0 without flossing ends at 0.07 x the baseline on the machine
+that wrote this notebook and at 0.35 x after the nudge, on the other side of
+`SUCCESS`; its flossed twin at 0.16 x and 0.21 x. So a success *rate* from two seeds
+can differ between machines. What does not differ is the kind of failure: a run
+without flossing that stays at the baseline (loss about 1 x, top exponent about
+-0.6: gradients vanish) stays there after the nudge and on an emulated older CPU
+(`XLA_FLAGS=--xla_cpu_max_isa=AVX2`), and no flossed run does. The asserts rely on
+that, not on the rates.
+
+Knobs first; `SIZE = "small"` is the CI run (two delays, two seeds),
+`benchmarks/papers.py --size full` the larger one."""),
     code(PAPER_SETUP + """import matplotlib.pyplot as plt
 
 HIDDEN = {"small": 32, "full": 64}[SIZE]
@@ -654,20 +775,29 @@ ax.plot(DELAYS, success[True], "s-", label="with flossing")
 ax.set(xlabel="delay (steps)", ylabel=f"success rate ({SEEDS} seeds)", ylim=(-0.05, 1.05),
        title="copy task, tanh RNN")
 ax.legend();"""),
-    md("""At the short delay every run learns, with or without flossing. Flossing does at least
-as well at every delay, and better at the longest (at delay 20 both flossed runs learn,
-one of the two others does not): the paper's claim, in miniature. With two seeds per
-point the small run can only hint at a rate; the full run has ten."""),
+    md("""At the short delay every run learns, with or without flossing, far below `SUCCESS`.
+At the longest delay, runs without flossing can stay at the baseline (the loss of
+blanks and uniform guesses: nothing learned) with a top exponent far below 0, the
+vanishing-gradient regime the paper describes; no flossed run does, and the flossed
+runs end lower on average: the paper's claim, in miniature. The rates above are
+this machine's: with two seeds per point, and runs that can end near `SUCCESS`, the
+small run can only hint at a rate (over six seeds on the machine that wrote this
+notebook: at delay 20, 4 of 6 without flossing and 5 of 6 with it below 0.3 x, the
+sixth flossed run at 0.31 x; two of the six without flossing at the baseline, none
+with it). The full run has ten seeds."""),
     code("""# The text above relies on these numbers:
-assert success[False][0] == success[True][0] == 1.0
-assert np.all(success[True] >= success[False])
-assert success[True][-1] > success[False][-1]
-if SIZE == "small":
-    assert list(success[True]) == [1.0, 1.0] and list(success[False]) == [1.0, 0.5]"""),
+short, long = delay == DELAYS[0], delay == DELAYS[-1]
+assert success[False][0] == success[True][0] == 1.0 and np.all(loss[short] < 0.1 * SUCCESS)
+stuck = long & ~flossed & (loss > 0.9)              # at the baseline: nothing learned
+assert stuck.any() and np.all(top[stuck] < -0.3)    # ... with vanishing gradients
+assert np.all(loss[long & flossed] < 0.5)           # no flossed run stays there
+assert loss[long & flossed].mean() < loss[long & ~flossed].mean()"""),
     md("""## What flossing did to the exponents
 
 The top exponent of each run at the end of training, on its probe sequences: flossing
-holds it near 0 (the target); without it, it ends wherever training left it."""),
+holds it near 0, the target (within 0.15: over six seeds the farthest was -0.10);
+without it, it ends wherever training left it, far below 0 in the runs that stayed at
+the baseline."""),
     code("""fig, ax = plt.subplots(figsize=(6, 3.5))
 for f, marker, label in [(False, "o", "without flossing"), (True, "s", "with flossing")]:
     sel = flossed == f
@@ -678,7 +808,7 @@ ax.legend()
 print("largest |top exponent|: flossed", np.round(np.max(np.abs(top[flossed])), 3),
       "| not flossed", np.round(np.max(np.abs(top[~flossed])), 3))"""),
     code("""# The text above relies on these numbers:
-assert np.max(np.abs(top[flossed])) < 0.05 < np.max(np.abs(top[~flossed]))"""),
+assert np.max(np.abs(top[flossed])) < 0.15 < 0.3 < np.max(np.abs(top[~flossed]))"""),
 ]
 
 # --------------------------------------------------------------------------- 07
@@ -700,6 +830,17 @@ training, `gp.lyapunov_exponents` gives the top `N_EXPONENTS` exponents of the
 Jacobian product along `N_SEQ` task sequences run one after the other. A model has
 *learned* when its final loss is below `SUCCESS` times the task's baseline.
 
+**What varies between machines.** One training run per grid point, a float64
+trajectory of adam over 300 steps: a difference in the last bits (another CPU's
+rounding, or a relative nudge of 1e-12 to the starting parameters) changes its final
+loss and exponents, for some models in the second digit (after the nudge, one top
+exponent of a model that learned moved from -0.05 to -0.03). What stays is the
+grouping: the final losses fall into two groups, at the baseline (about 1 x, nothing
+learned) and well below it (below 0.4 x), and `SUCCESS = 0.5` lies in the gap; a
+threshold of 0.3 would put the model at forget bias 0, gain 0.3, which ends near
+0.3 x (0.28 x after the nudge), in either group depending on the machine. The asserts rely on the gaps, not on the
+digits.
+
 Knobs first; `SIZE = "small"` is the CI run (a 3 × 3 grid),
 `benchmarks/papers.py --size full` a finer grid, longer training."""),
     code(PAPER_SETUP + """import matplotlib.pyplot as plt
@@ -712,7 +853,7 @@ STEPS = {"small": 300, "full": 3000}[SIZE]
 LEARNING_RATE = 2e-2   # adam
 N_EXPONENTS = 8
 N_SEQ = 4              # task sequences run one after the other for the spectrum
-SUCCESS = 0.3          # learned: final loss < SUCCESS x baseline
+SUCCESS = 0.5          # learned: final loss < SUCCESS x baseline (in the gap: see above)
 SEED = 0
 
 task = gp.make_task("copy", LENGTH, n_symbols=4, n_copy=2)
@@ -743,7 +884,9 @@ ax.set(xticks=range(shape[1]), xticklabels=GAINS, yticks=range(shape[0]),
        yticklabels=FORGET_BIASES, xlabel="recurrent gain", ylabel="forget bias",
        title="final loss / baseline (numbers: top exponent after training)")
 fig.colorbar(im, ax=ax)
-print(f"learned: {learned.sum()} of {learned.size} models")"""),
+print(f"learned: {learned.sum()} of {learned.size} models; final loss / baseline "
+      f"(rows: forget bias {FORGET_BIASES}, columns: gain {GAINS}):")
+print(np.round(loss, 3))"""),
     code("""fig, ax = plt.subplots(figsize=(6, 3.5))
 for a in range(shape[0]):
     for b in range(shape[1]):
@@ -769,6 +912,7 @@ without error here, as the paper reports for its spectra. With a 3 × 3 grid thi
 a separation of few points; the full run's finer grid tests it on more."""),
     code("""# The text above relies on these numbers:
 assert 0 < learned.sum() < learned.size                      # both kinds present
+assert np.all((loss < 0.4) | (loss > 0.9))                   # two groups, SUCCESS between
 assert top[~learned].max() < -0.5 < top[learned].min()       # the top exponent separates
 assert mean[~learned].max() < mean[learned].min()            # so does the spectrum's mean
 assert np.all(np.abs(top[learned]) < 0.15)
@@ -810,7 +954,18 @@ the first step left out). `gp.classify`, `explain`'s driver rule, names the rout
 cut lowers the growth most.
 
 One seed and tiny sizes, so that it runs in seconds: a single run shows what can happen,
-not how often. Knobs first."""),
+not how often.
+
+**What varies between machines.** Different CPUs round differently (XLA's generated
+code depends on the processor's vector instructions), and training amplifies
+differences in the last bits. These runs (adam, gradient clipped at 1, float64) damp
+them: nudging every starting parameter by a relative 1e-12 changes the final losses
+and exponents in the fourth digit at most, and by 1e-9 moves them by up to 0.003
+(sLSTM final loss 0.038 -> 0.035 x baseline); an emulated older CPU
+(`XLA_FLAGS=--xla_cpu_max_isa=AVX2`) moved two route exponents of the trained sLSTM
+by up to 0.02 (i: -4.51 -> -4.49). So the printed numbers can differ in their last
+digits between machines; the asserts leave room for that, and everything before
+training (the `before` rows) is the same up to round-off. Knobs first."""),
     code(SETUP + """import matplotlib.pyplot as plt
 
 LENGTH = 60           # adding task: sequence length (the longest delay is LENGTH - 1)

@@ -35,6 +35,18 @@ def exploding_params():
     return p._replace(cell=p.cell._replace(R=p.cell.R._replace(o=R_o)))
 
 
+def nudged(params, eps):
+    """``params`` with each entry times ``1 + eps u``, ``u`` standard normal: a difference
+    of the size that another CPU's rounding makes (XLA's code depends on the processor's
+    vector instructions), which training can amplify. An assertion on a training outcome
+    must hold from the nudged start too."""
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.key(1000), len(leaves))
+    return jax.tree_util.tree_unflatten(
+        tree, [a * (1 + eps * jax.random.normal(k, a.shape, a.dtype))
+               for a, k in zip(leaves, keys, strict=True)])
+
+
 @dataclasses.dataclass(frozen=True)
 class NaNAddingTask(gp.AddingTask):
     """The adding task with a NaN input in about one batch in ten."""
@@ -94,8 +106,9 @@ def test_history_is_json_safe_and_round_trips(learned):
         h.route_exponent("R")
 
 
-def test_explosion_recorded_without_clipping_and_finite_with_it():
-    params = exploding_params()
+@pytest.mark.parametrize("nudge", [0.0, 1e-9])
+def test_explosion_recorded_without_clipping_and_finite_with_it(nudge):
+    params = nudged(exploding_params(), nudge)
     wild = gp.train(MODEL, params, TASK, key=jax.random.key(1), steps=30, optimizer=SGD,
                     **SMALL).history
     assert len(wild.explosions) >= 1
@@ -114,7 +127,11 @@ def test_explosion_recorded_without_clipping_and_finite_with_it():
     tame = gp.train(MODEL, params, TASK, key=jax.random.key(1), steps=30, optimizer=SGD,
                     clip=1.0, **SMALL).history
     assert np.all(np.isfinite(tame.loss)) and np.all(np.isfinite(tame.grad_norm))
-    assert tame.loss.max() < 10 * tame.loss[0] and not tame.explosions    # measured 2.1 x
+    assert tame.loss.max() < 10 * tame.loss[0]                          # measured 2.1 to 2.8 x
+    # Clipping bounds the steps, not the gradient: a norm can still jump tenfold now and
+    # then (an event at step 7 from the start nudged by 1e-9, none from the start as is),
+    # but far more rarely than without (measured 0 or 1 events against 23 to 25).
+    assert len(tame.explosions) < len(wild.explosions) / 5
     assert tame.clipped.sum() > 0
     np.testing.assert_array_equal(tame.clipped, tame.grad_norm > 1.0)
     assert tame.stopped is None
