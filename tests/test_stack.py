@@ -580,3 +580,11 @@ def test_a_stack_reports_each_layers_gate_saturation():
     ex = gp.explain(stack, params, xs)
     assert set(ex.saturation) == set(sat.gates)
     assert_close(ex.saturation["3:z"]["high"], sat.high[:, sat.gates.index("3:z")].mean())
+
+
+def test_a_gauged_layer_needs_a_top_layer_with_h():
+    # the readout's gradient enters a stack with an sLSTM layer by the top layer's h
+    with pytest.raises(gp.InputError, match=r"layers\[1\]: expected a top layer with an "
+                                            r"output h.*got LRU"):
+        gp.Stack([gp.SLSTM(3, 4), gp.LRU(4, 3)])
+    gp.Stack([gp.SLSTM(3, 4), gp.LSTM(4, 3)])
