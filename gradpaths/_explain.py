@@ -27,7 +27,8 @@ Whole models and modern cells (docs/maths.md):
 * a diagonal cell (``jacobian_structure == "diagonal"``: minGRU, minLSTM) has no
   recurrent-matrix route: the verdict gives the units' mean log gates; the LRU
   (``"complex-diagonal"``) gives ``log |lambda_j|`` and is not split into its
-  ``re``/``im`` halves;
+  ``re``/``im`` halves; the rows of both show the exact exponent and horizon (the
+  largest unit's mean log modulus over the window), not an estimate;
 * a cell with gauge directions (the sLSTM's stabiliser shifts) is measured as a loss of
   ``h`` sees it (rows other than blocks read the h rows at the last step).
 """
@@ -588,7 +589,9 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
       warmup: steps left out of the exponents, ``0 <= warmup < T``.
       margin: exponents within ``+/- margin`` nats/step of 0 count as neutral.
       top_steps, top_units: how many peak steps and leading units to report.
-      key: the random start of the tangent vectors: a PRNG key or an int seed.
+      key: the random start of the tangent vectors, at step 0 and again at the
+        window's first step ``warmup`` (the window never inherits the warm-up's
+        tangent): a PRNG key or an int seed.
       shard: shard a batch over ``jax.devices()`` when there are several.
       horizon: how the horizon growth ``log ||J_{T-1} ... J_w||_2 / (T - w)`` is
         computed. ``"lanczos"`` (default): matrix-free Golub-Kahan-Lanczos

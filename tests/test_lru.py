@@ -126,3 +126,13 @@ def test_bad_inputs():
     with pytest.raises(gp.NonFiniteError, match="params"):
         gp.unroll(cell, params._replace(nu_log=params.nu_log.at[0].set(jnp.inf)), xs, s0)
     assert isinstance(params, LRUParams)
+
+
+def test_explain_shows_the_exact_top_log_modulus():
+    """The LRU's product is normal: exponent and horizon are max log|lambda| exactly,
+    not a start-dependent estimate (issue 24, item 4)."""
+    cell, params, xs, _ = setup(moduli=MODULI)
+    for key in (0, 1):
+        ex = gp.explain(cell, params, xs[:30], warmup=5, key=key)
+        assert_close(ex.exponent, np.log(max(MODULI)))
+        assert_close(ex.row("full").horizon, np.log(max(MODULI)))
