@@ -46,7 +46,6 @@ import numpy as np
 from gradpaths import _checks, _inputs, _lyapunov, _render, _routesets
 from gradpaths._checks import InputError
 from gradpaths._operator import FULL, step_operator
-from gradpaths._products import kahan_add, safe_log
 from gradpaths._protocols import Cell
 from gradpaths._routesets import DEFAULT_MARGIN, Driver
 from gradpaths._stack import Stack
@@ -79,30 +78,31 @@ def _analyse_one(cell, params, xs, state0, key, *, specs, warmup, horizon, tol, 
 
 
 def _diagonal_gates(cell, params, xs, state0, warmup):
-    """For a diagonal step Jacobian ``J_t = diag(a_t)``: ``a_t = J_t 1`` along the
-    trajectory; per unit the mean of ``log |a_{t,j}|`` over the window (its exact
-    growth rate), and the smallest and largest ``a`` in the window. Reduced inside
-    the scan (memory ``O(d)``, not ``O(T d)``)."""
+    """For a diagonal step Jacobian ``J_t = diag(a_t)``: per unit the mean of
+    ``log |a_{t,j}|`` over the window (its exact growth rate, the same
+    :func:`gradpaths._lyapunov._unit_rates` the rows read), and the smallest and largest
+    ``a`` in the window. Reduced inside the scans (memory ``O(d)``, not ``O(T d)``)."""
     layout = layout_of(state0)
     dtype = layout.ravel(state0).dtype
     op = step_operator(cell, params, layout)
+    counted = (jnp.arange(xs.shape[0]) >= warmup)[:, None]
+    rates = _lyapunov._unit_rates(op, layout, (FULL,), state0, xs, "diagonal",
+                                  counted=counted)[:, 0]
     ones = jnp.ones((layout.size, 1), dtype)
 
     def body(carry, inp):
-        state, total, comp, low, high = carry
+        state, low, high = carry
         t, x = inp
         lin = op.at(state, x)
         a = lin.apply(FULL, ones)[:, 0]
         counted = t >= warmup
-        total, comp = kahan_add(total, comp, jnp.where(counted, safe_log(jnp.abs(a)), 0))
         low = jnp.where(counted, jnp.minimum(low, jnp.min(a)), low)
         high = jnp.where(counted, jnp.maximum(high, jnp.max(a)), high)
-        return (lin.next, total, comp, low, high), None
+        return (lin.next, low, high), None
 
-    zeros = jnp.zeros((layout.size,), dtype)
-    init = (state0, zeros, zeros, jnp.array(jnp.inf, dtype), jnp.array(-jnp.inf, dtype))
-    (_, total, comp, low, high), _ = jax.lax.scan(body, init, (jnp.arange(xs.shape[0]), xs))
-    return dict(rates=(total - comp) / (xs.shape[0] - warmup), low=low, high=high)
+    init = (state0, jnp.array(jnp.inf, dtype), jnp.array(-jnp.inf, dtype))
+    (_, low, high), _ = jax.lax.scan(body, init, (jnp.arange(xs.shape[0]), xs))
+    return dict(rates=rates, low=low, high=high)
 
 
 def _analyse_batch(cell, params, xs, state0, key, **kw):

@@ -317,8 +317,8 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     if any(closed):
         # (complex-)diagonal steps: the exponent and the horizon are the largest unit's
         # mean log modulus over the window, exactly (no start, no iteration)
-        rate = _unit_rates(op, layout, specs, state_w, xs[warmup:],
-                           getattr(cell, "jacobian_structure", "dense"))
+        rate = jnp.max(_unit_rates(op, layout, specs, state_w, xs[warmup:],
+                                   getattr(cell, "jacobian_structure", "dense")), axis=0)
         mask = jnp.asarray(closed)
         exponent = jnp.where(mask, rate, exponent)
         if all(closed) or horizon is None:
@@ -566,9 +566,10 @@ def _closed_form_specs(cell: Any, layout: Any, specs: Sequence[Spec]) -> tuple[b
     return (False,) * len(specs)
 
 
-def _unit_rates(op, layout, specs, state_w, win_xs, structure):
-    r"""(S,) exact top exponent of each spec whose steps are (complex-)diagonal: the
-    largest over units ``j`` of the window's mean ``log |a_{t,j}|``, ``a_t`` the step's
+def _unit_rates(op, layout, specs, state_w, win_xs, structure, counted=None):
+    r"""(units, S) the window's mean ``log |a_{t,j}|`` of each unit ``j`` and spec whose
+    steps are (complex-)diagonal (-inf outside a spec's block); their largest is the
+    spec's exact top exponent, ``a_t`` the step's
     diagonal (``J_t 1``, restricted to the spec's block), or ``|lambda_{t,j}|`` of a
     complex diagonal one (the modulus of unit ``j``'s image of ``e_{re_j}``).
 
@@ -587,20 +588,25 @@ def _unit_rates(op, layout, specs, state_w, win_xs, structure):
         E = jnp.concatenate([jnp.zeros((d, 1), dtype).at[block_rows(layout, sp)].set(1)
                              for sp in specs], axis=1)
 
-    def body(carry, x):
+    T = win_xs.shape[0]
+    if counted is None:
+        counted = jnp.ones((T, 1), bool)
+
+    def body(carry, inp):
         state, total, comp = carry
+        x, on = inp
         lin = op.at(state, x)
         image = lin.apply_many(specs, E)
         modulus = jnp.hypot(image[:half], image[half:]) if complex_ else jnp.abs(image)
-        total, comp = kahan_add(total, comp, safe_log(modulus))
+        total, comp = kahan_add(total, comp, jnp.where(on, safe_log(modulus), 0))
         return (lin.next, total, comp), None
 
     zeros = jnp.zeros((half, S) if complex_ else (d, S), dtype)
-    (_, total, comp), _ = jax.lax.scan(body, (state_w, zeros, zeros), win_xs)
+    (_, total, comp), _ = jax.lax.scan(body, (state_w, zeros, zeros), (win_xs, counted))
     logs = total - comp
     if not complex_:       # rows outside a spec's block are not its units
         logs = jnp.where(E > 0, logs, -jnp.inf)
-    return jnp.max(logs, axis=0) / win_xs.shape[0]
+    return logs / jnp.sum(counted).astype(dtype)
 
 
 def _widths(S: int) -> tuple[int, ...]:
@@ -746,6 +752,20 @@ def _unresolved(diag, probed, size):
 
 def _exponents(cell, params, xs, state0, warmup, key, **kw):
     # warmup and key are traced: changing them does not recompile
+    layout = layout_of(state0)
+    if _closed_form_specs(cell, layout, (kw["spec"],))[0]:
+        # (complex-)diagonal steps: the exponents are the units' mean log moduli over
+        # the window, exactly (each twice for a complex unit)
+        structure = getattr(cell, "jacobian_structure", "dense")
+        op = step_operator(cell, params, layout, (kw["spec"],))
+        T = xs.shape[0]
+        in_window = (jnp.arange(T) >= warmup)[:, None]
+        rates = _unit_rates(op, layout, (kw["spec"],), state0, xs, structure,
+                            counted=in_window)[:, 0]
+        if structure == "complex-diagonal":
+            rates = jnp.repeat(rates, 2)
+        k = kw["k"]
+        return jnp.sort(rates)[::-1][:k], jnp.array(False), jnp.array(-1, jnp.int32)
     total, overflow, unresolved = _qr_logs(cell, params, xs, state0, warmup, key,
                                            per_step=False, **kw)
     return (jnp.sort(total / (xs.shape[0] - warmup).astype(total.dtype))[::-1], overflow,
