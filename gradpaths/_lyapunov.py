@@ -818,7 +818,11 @@ def lyapunov_exponents(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
     warm-up and of the sequence), and average ``log |R_ii|`` over steps
     ``warmup .. T-1``. The frame starts from the seeded random frame at step 0 and
     again at step ``warmup``: the window's exponents are those of its own product,
-    whatever the warm-up did to the frame (it only moves the trajectory):
+    whatever the warm-up did to the frame (it only moves the trajectory). A cell that
+    declares its step Jacobian diagonal (``jacobian_structure``: minGRU, minLSTM; any
+    routes and block) or complex diagonal (the LRU; the whole state) gets the exact
+    answer instead, the units' mean ``log |a_{t,j}|`` (``log |lambda_{t,j}|``, each twice)
+    over the window, sorted:
 
     .. math::
 
