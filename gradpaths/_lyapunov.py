@@ -783,7 +783,7 @@ def _raise_unresolved(unresolved, dtype, name):
     if not _checks.is_concrete(unresolved) or not (steps >= 0).any():
         return
     t = int(steps[steps >= 0].min())
-    raise _checks.NonFiniteError(
+    raise InputError(
         f"{name}: at step {t} the step Jacobian stretches directions the QR frame does "
         f"not track by more than 1 / eps of {jnp.dtype(dtype).name} times what it does to "
         "the frame, so the stretches the frame records are round-off of the "
@@ -856,7 +856,7 @@ def lyapunov_exponents(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
       ``-inf`` where the (restricted) product is exactly singular.
 
     Raises:
-      NonFiniteError: with ``k >= 2``, where a step's stretches of the frame are
+      InputError: with ``k >= 2``, where a step's stretches of the frame are
         round-off: the step stretches some direction (a random probe) by more than
         ``1 / (size eps)`` times its largest ``|R_jj|``, so the error of the
         orthonormalised frame (``eps`` in norm) outgrows what the frame measures (a
