@@ -209,6 +209,13 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     cell with directions no later output depends on (the sLSTM's stabiliser gauge),
     this leaves them out.
 
+    A cell that declares its step Jacobian diagonal (``jacobian_structure ==
+    "diagonal"``: every spec) or complex diagonal (``"complex-diagonal"``: the
+    whole-state, all-route spec) gets both numbers of those specs in closed form
+    (:func:`_unit_rates`): the largest unit's mean log modulus over the window is the
+    exponent of the window's product and its horizon, exactly (``sweeps`` 0 when every
+    spec is such, ``converged`` True).
+
     ``compact`` (closed-form cells): each Lanczos half-sweep pushes only the specs not
     yet converged, in the narrowest of the widths ``S``, ``3 S // 4``, ``S // 2``,
     ``S // 8`` that holds them (``lax.switch``; the results are those of the full
@@ -321,9 +328,8 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
                                    getattr(cell, "jacobian_structure", "dense")), axis=0)
         mask = jnp.asarray(closed)
         exponent = jnp.where(mask, rate, exponent)
-        if all(closed) or horizon is None:
-            return Growth(exponent, jnp.where(mask, rate, jnp.nan), local.T, units,
-                          jnp.zeros((), jnp.int32), mask)
+        if all(closed):
+            return Growth(exponent, rate, local.T, units, jnp.zeros((), jnp.int32), mask)
 
     def sweep(V, method, which=None):
         """``P V`` (forward, from the window's first state) or ``P^T V`` (backward),
