@@ -785,8 +785,10 @@ def _exponents_batch(cell, params, xs, state0, warmup, key, **kw):
 def _raise_unresolved(unresolved, dtype, name):
     """The error for a QR run whose frame was not resolved (:func:`_unresolved`) at
     ``unresolved`` (a step, or -1 / a batch of them)."""
+    if not _checks.is_concrete(unresolved):
+        return
     steps = np.asarray(unresolved).ravel()
-    if not _checks.is_concrete(unresolved) or not (steps >= 0).any():
+    if not (steps >= 0).any():
         return
     t = int(steps[steps >= 0].min())
     raise InputError(
@@ -902,8 +904,9 @@ def lyapunov_exponents(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
             f"lyapunov_exponents: the tangent frame overflowed {out.dtype} between two QR "
             f"factorisations (reorth_every={reorth_every}) while the trajectory stayed "
             "finite: lower reorth_every (1 is always safe)")
+    out = check_result(out, "lyapunov_exponents")       # a diverging trajectory first
     _raise_unresolved(unresolved, out.dtype, "lyapunov_exponents")
-    return check_result(out, "lyapunov_exponents")
+    return out
 
 
 def _local(cell, params, xs, state0, key, **kw):
@@ -936,8 +939,8 @@ def local_stretching(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
                                              1 if k is None else k, method, key)
     out, unresolved = _inputs.call(_local, cell, p.params, p.xs, p.state0, key, spec=spec,
                                    k=kk, method=method)
-    _raise_unresolved(unresolved, out.dtype, "local_stretching")
     check_result(out, "local_stretching")
+    _raise_unresolved(unresolved, out.dtype, "local_stretching")
     return out[:, 0] if k is None else out
 
 
@@ -972,7 +975,8 @@ def finite_time_exponents(cell: Cell, params: Any, xs: Any, state0: Any = None, 
         raise InputError(f"window: expected 1 <= window <= T = {T}, got {window}")
     logs, unresolved = _inputs.call(_local, cell, p.params, p.xs, p.state0, key, spec=spec,
                                     k=k, method=method, period=window)
-    _raise_unresolved(unresolved, logs.dtype, "finite_time_exponents")
     windows = T // window
     means = jnp.mean(jnp.reshape(logs[: windows * window], (windows, window, k)), axis=1)
-    return check_result(jnp.sort(means, axis=1)[:, ::-1], "finite_time_exponents")
+    out = check_result(jnp.sort(means, axis=1)[:, ::-1], "finite_time_exponents")
+    _raise_unresolved(unresolved, logs.dtype, "finite_time_exponents")
+    return out
