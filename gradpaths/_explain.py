@@ -27,7 +27,8 @@ Whole models and modern cells (docs/maths.md):
 * a diagonal cell (``jacobian_structure == "diagonal"``: minGRU, minLSTM) has no
   recurrent-matrix route: the verdict gives the units' mean log gates; the LRU
   (``"complex-diagonal"``) gives ``log |lambda_j|`` and is not split into its
-  ``re``/``im`` halves;
+  ``re``/``im`` halves; the rows of both show the exact exponent and horizon (the
+  largest unit's mean log modulus over the window), not an estimate;
 * a cell with gauge directions (the sLSTM's stabiliser shifts, or a stack with such a
   layer: :class:`gradpaths._protocols.GaugedCell`) is measured as a loss of its output
   sees it (rows other than blocks read the output's rows at the last step, a stack
@@ -48,7 +49,6 @@ import numpy as np
 from gradpaths import _checks, _inputs, _lyapunov, _render, _routesets
 from gradpaths._checks import InputError
 from gradpaths._operator import FULL, step_operator
-from gradpaths._products import kahan_add, safe_log
 from gradpaths._protocols import Cell
 from gradpaths._routesets import DEFAULT_MARGIN, Driver
 from gradpaths._stack import Stack
@@ -80,30 +80,31 @@ def _analyse_one(cell, params, xs, state0, key, *, specs, warmup, horizon, tol, 
 
 
 def _diagonal_gates(cell, params, xs, state0, warmup):
-    """For a diagonal step Jacobian ``J_t = diag(a_t)``: ``a_t = J_t 1`` along the
-    trajectory; per unit the mean of ``log |a_{t,j}|`` over the window (its exact
-    growth rate), and the smallest and largest ``a`` in the window. Reduced inside
-    the scan (memory ``O(d)``, not ``O(T d)``)."""
+    """For a diagonal step Jacobian ``J_t = diag(a_t)``: per unit the mean of
+    ``log |a_{t,j}|`` over the window (its exact growth rate, the same
+    :func:`gradpaths._lyapunov._unit_rates` the rows read), and the smallest and largest
+    ``a`` in the window. Reduced inside the scans (memory ``O(d)``, not ``O(T d)``)."""
     layout = layout_of(state0)
     dtype = layout.ravel(state0).dtype
     op = step_operator(cell, params, layout)
+    counted = (jnp.arange(xs.shape[0]) >= warmup)[:, None]
+    rates = _lyapunov._unit_rates(op, layout, (FULL,), state0, xs, "diagonal",
+                                  counted=counted)[:, 0]
     ones = jnp.ones((layout.size, 1), dtype)
 
     def body(carry, inp):
-        state, total, comp, low, high = carry
+        state, low, high = carry
         t, x = inp
         lin = op.at(state, x)
         a = lin.apply(FULL, ones)[:, 0]
         counted = t >= warmup
-        total, comp = kahan_add(total, comp, jnp.where(counted, safe_log(jnp.abs(a)), 0))
         low = jnp.where(counted, jnp.minimum(low, jnp.min(a)), low)
         high = jnp.where(counted, jnp.maximum(high, jnp.max(a)), high)
-        return (lin.next, total, comp, low, high), None
+        return (lin.next, low, high), None
 
-    zeros = jnp.zeros((layout.size,), dtype)
-    init = (state0, zeros, zeros, jnp.array(jnp.inf, dtype), jnp.array(-jnp.inf, dtype))
-    (_, total, comp, low, high), _ = jax.lax.scan(body, init, (jnp.arange(xs.shape[0]), xs))
-    return dict(rates=(total - comp) / (xs.shape[0] - warmup), low=low, high=high)
+    init = (state0, jnp.array(jnp.inf, dtype), jnp.array(-jnp.inf, dtype))
+    (_, low, high), _ = jax.lax.scan(body, init, (jnp.arange(xs.shape[0]), xs))
+    return dict(rates=rates, low=low, high=high)
 
 
 def _analyse_batch(cell, params, xs, state0, key, **kw):
@@ -592,7 +593,9 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
       warmup: steps left out of the exponents, ``0 <= warmup < T``.
       margin: exponents within ``+/- margin`` nats/step of 0 count as neutral.
       top_steps, top_units: how many peak steps and leading units to report.
-      key: the random start of the tangent vectors: a PRNG key or an int seed.
+      key: the random start of the tangent vectors, at step 0 and again at the
+        window's first step ``warmup`` (the window never inherits the warm-up's
+        tangent): a PRNG key or an int seed.
       shard: shard a batch over ``jax.devices()`` when there are several.
       horizon: how the horizon growth ``log ||J_{T-1} ... J_w||_2 / (T - w)`` is
         computed. ``"lanczos"`` (default): matrix-free Golub-Kahan-Lanczos

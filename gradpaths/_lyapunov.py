@@ -41,6 +41,7 @@ from gradpaths._operator import block_rows, can_project, dot, step_operator
 from gradpaths._orthonormal import default_method, orthonormalise
 from gradpaths._products import (
     Spec,
+    as_key,
     check_result,
     check_spec,
     choose_method,
@@ -185,7 +186,12 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     For each spec ``s = (routes, block)`` (validated: ``routes`` a tuple of route
     names or None, ``block`` a pair ``(f, f)`` or None) with step Jacobian ``J^s_t``,
     one scan carries a unit tangent per spec, all specs pushed as one block of
-    tangents by the step operator (one product per stacked group of edges):
+    tangents by the step operator (one product per stacked group of edges). Each
+    tangent starts from a seeded random unit vector ``v`` (``key``) at step 0, and again
+    from the same ``v`` at the window's first step ``w``: the window's numbers do not
+    depend on what the warm-up did to the tangent (a direction the warm-up annihilated,
+    e.g. a unit whose gate closed, would otherwise be missing from the window), and a
+    zero product is decided from a generic start:
 
     .. math::
 
@@ -197,8 +203,8 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     * ``horizon="lanczos"`` (default, matrix-free): Golub-Kahan-Lanczos
       bidiagonalisation of ``P`` by backward sweeps (``P^T u``, VJPs) and forward
       sweeps (``P v``, JVPs) over the window, logs carried, started from the
-      exponents' tangent at step ``w`` (so the exponents' scan is the first forward
-      sweep); each new vector is orthogonalised twice against the earlier ones (kept
+      exponents' random start at step ``w`` (so the exponents' scan is the first
+      forward sweep); each new vector is orthogonalised twice against the earlier ones (kept
       at the window's ends, ``O(max_sweeps d)`` per spec). The estimate ``theta``,
       the top singular value of the small bidiagonal ``B = U^T P V`` (by warm-started
       power steps on ``B``, whose own residual enters the test below), is a lower
@@ -238,6 +244,13 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     step. The other specs and ``local``/``units`` are unchanged. By default a cell
     with directions no later output depends on (the sLSTM's stabiliser gauge, a
     stack with such a layer) is measured through its output, which leaves them out.
+
+    A cell that declares its step Jacobian diagonal (``jacobian_structure ==
+    "diagonal"``: every spec) or complex diagonal (``"complex-diagonal"``: the
+    whole-state, all-route spec) gets both numbers of those specs in closed form
+    (:func:`_unit_rates`): the largest unit's mean log modulus over the window is the
+    exponent of the window's product and its horizon, exactly (``sweeps`` 0 when every
+    spec is such, ``converged`` True).
 
     ``compact`` (closed-form cells): each Lanczos half-sweep pushes only the specs not
     yet converged, in the narrowest of the widths ``S``, ``3 S // 4``, ``S // 2``,
@@ -315,7 +328,13 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     if warmup:
         carry, (_, local_warm) = jax.lax.scan(forward, carry,
                                               (xs[:warmup], jnp.zeros((warmup,), bool)))
-    v_w = carry[1]       # the tangent entering the window: the Lanczos start v_1
+    # The window starts afresh from the seeded random start, whatever the warm-up did to
+    # the tangent: where the step Jacobians are (block-)diagonal, a unit the warm-up
+    # closed has zero weight in the pushed tangent, and the window's product would never
+    # be seen to grow in it. The warm-up only moves the trajectory. v_w is generic (a
+    # random direction), so P v_w = 0 exactly says the product is zero.
+    v_w = start          # the tangent entering the window: the Lanczos start v_1
+    carry = (carry[0], v_w, *carry[2:])
 
     def forward_segment(carry, seg):
         out, (states, local) = jax.lax.scan(
@@ -336,6 +355,17 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         coefficients = jax.tree_util.tree_map(lambda a: a[0], coefficients)
     # flat: kept[0] holds the window's states; else kept[i] enters segment i
     state_w = jax.tree_util.tree_map(lambda a: a[0, 0] if flat else a[0], kept)
+
+    closed = _closed_form_specs(cell, layout, specs)
+    if any(closed):
+        # (complex-)diagonal steps: the exponent and the horizon are the largest unit's
+        # mean log modulus over the window, exactly (no start, no iteration)
+        rate = jnp.max(_unit_rates(op, layout, specs, state_w, xs[warmup:],
+                                   getattr(cell, "jacobian_structure", "dense")), axis=0)
+        mask = jnp.asarray(closed)
+        exponent = jnp.where(mask, rate, exponent)
+        if all(closed):
+            return Growth(exponent, rate, local.T, units, jnp.zeros((), jnp.int32), mask)
 
     def sweep(V, method, which=None):
         """``P V`` (forward, from the window's first state) or ``P^T V`` (backward),
@@ -441,11 +471,13 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
                       jnp.zeros((), jnp.int32), jnp.zeros((S,), bool))
     if horizon == "exact":
         log_norm = _exact_horizon(op, specs, layout, state_w, xs[warmup:], dtype, fields)
+        if any(closed):
+            log_norm = jnp.where(mask, rate * window, log_norm)
         return Growth(exponent, log_norm / window, local.T, units, jnp.zeros((), jnp.int32),
                       jnp.ones((S,), bool))
 
     # Golub-Kahan-Lanczos bidiagonalisation of P (of H P with a readout), one column
-    # per spec, started from the exponents' tangent at step w (a generic vector): the
+    # per spec, started from the exponents' random start at step w (generic): the
     # exponents' scan is the first forward half-sweep. Forward half-sweeps give
     # alpha_j u_j = P v_j - beta_{j-1} u_{j-1}, backward ones beta_j v_{j+1} = P^T u_j
     # - alpha_j v_j, each vector orthogonalised twice against the earlier ones (kept at
@@ -532,7 +564,7 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
         return out[:2] + tuple(frozen(a, b, k < 4)
                                for k, (a, b) in enumerate(zip(out[2:], old[2:])))
 
-    # v_1 (the tangent entering the window), u_1 = P v_1 / alpha_1, alpha_1 = ||P v_1||
+    # v_1 (the random start of the window), u_1 = P v_1 / alpha_1, alpha_1 = ||P v_1||
     U1, first = observe(V, total - total_c)
     zero = ~jnp.isfinite(first)                # P v_1 = 0 exactly: the product is 0
     ref = jnp.where(zero, 0.0, first)
@@ -558,8 +590,69 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     state = jax.lax.while_loop(cond, body, state)
     sweeps, log_norm, rest = state[0], state[-2], state[-1]
     log_norm = jnp.where(zero, -jnp.inf, log_norm)
-    return Growth(exponent, log_norm / window, local.T, units, sweeps,
-                  zero | (rest <= tol * window))
+    converged = zero | (rest <= tol * window)
+    if any(closed):
+        log_norm = jnp.where(mask, rate * window, log_norm)
+        converged = converged | mask
+    return Growth(exponent, log_norm / window, local.T, units, sweeps, converged)
+
+
+def _closed_form_specs(cell: Any, layout: Any, specs: Sequence[Spec]) -> tuple[bool, ...]:
+    """Which specs' step Jacobians are (complex-)diagonal by the cell's declared
+    ``jacobian_structure``: every spec of a ``"diagonal"`` cell (the routes and blocks of
+    a diagonal matrix are diagonal), the whole state of a ``"complex-diagonal"`` one
+    (state ``[re; im]``, per unit a rotation times ``|lambda_j|``; its route halves are
+    not normal)."""
+    structure = getattr(cell, "jacobian_structure", "dense")
+    if structure == "diagonal":
+        return (True,) * len(specs)
+    if structure == "complex-diagonal" and len(layout.sizes) == 2 \
+            and layout.sizes[0] == layout.sizes[1]:
+        return tuple(s.routes is None and s.block is None for s in specs)
+    return (False,) * len(specs)
+
+
+def _unit_rates(op, layout, specs, state_w, win_xs, structure, counted=None):
+    r"""(units, S) the window's mean ``log |a_{t,j}|`` of each unit ``j`` and spec whose
+    steps are (complex-)diagonal (-inf outside a spec's block); their largest is the
+    spec's exact top exponent, ``a_t`` the step's
+    diagonal (``J_t 1``, restricted to the spec's block), or ``|lambda_{t,j}|`` of a
+    complex diagonal one (the modulus of unit ``j``'s image of ``e_{re_j}``).
+
+    For ``P = diag(prod_t a_t)`` (or its complex analogue, per unit a rotation times
+    ``prod_t |lambda_{t,j}|``) this is both ``log ||P||_2 / W`` and the growth rate of
+    ``P`` on its top direction, whatever the start: the exponent of the window and its
+    horizon. ``-inf`` only where every unit's product is exactly zero."""
+    dtype = layout.ravel(state_w).dtype
+    S = len(specs)
+    d = layout.size
+    complex_ = structure == "complex-diagonal"
+    if complex_:
+        half = layout.sizes[0]
+        E = jnp.zeros((d, S), dtype).at[:half].set(1)
+    else:
+        E = jnp.concatenate([jnp.zeros((d, 1), dtype).at[block_rows(layout, sp)].set(1)
+                             for sp in specs], axis=1)
+
+    T = win_xs.shape[0]
+    if counted is None:
+        counted = jnp.ones((T, 1), bool)
+
+    def body(carry, inp):
+        state, total, comp = carry
+        x, on = inp
+        lin = op.at(state, x)
+        image = lin.apply_many(specs, E)
+        modulus = jnp.hypot(image[:half], image[half:]) if complex_ else jnp.abs(image)
+        total, comp = kahan_add(total, comp, jnp.where(on, safe_log(modulus), 0))
+        return (lin.next, total, comp), None
+
+    zeros = jnp.zeros((half, S) if complex_ else (d, S), dtype)
+    (_, total, comp), _ = jax.lax.scan(body, (state_w, zeros, zeros), (win_xs, counted))
+    logs = total - comp
+    if not complex_:       # rows outside a spec's block are not its units
+        logs = jnp.where(E > 0, logs, -jnp.inf)
+    return logs / jnp.sum(counted).astype(dtype)
 
 
 def _widths(S: int) -> tuple[int, ...]:
@@ -618,15 +711,25 @@ def _exact_horizon(op, specs, layout, state_w, win_xs, dtype, fields):
 
 
 def _qr_logs(cell, params, xs, state0, warmup, key, *, spec, k, method, reorth_every,
-             per_step):
-    """Scan of the QR method. Returns the summed ``log |R_ii|`` over steps ``>= warmup``
-    (k,), or with ``per_step`` the (T, k) logs of every step (``reorth_every`` = 1)."""
+             per_step, period=None):
+    """Scan of the QR method. Returns ``(logs, overflow, unresolved)``: the summed
+    ``log |R_ii|`` over steps ``>= warmup`` (k,), or with ``per_step`` the (T, k) logs
+    of every step (``reorth_every`` = 1); whether the frame outgrew the dtype between
+    two factorisations; and the first counted step at which the frame was not resolved
+    (:func:`_unresolved`), -1 if none.
+
+    The frame starts from the seeded random frame at step 0 and again at step
+    ``warmup`` (and every ``period`` steps after it): the measured steps do not depend
+    on what earlier steps did to the frame (a direction they annihilated would never
+    come back)."""
     layout = layout_of(state0)
     dtype = layout.ravel(state0).dtype
     size = spec_size(layout, spec)
     op = step_operator(cell, params, layout, (spec,))
     T = xs.shape[0]
     r = reorth_every
+    start = orthonormal_start(key, size, k, dtype)
+    probe = _probe(key, size, dtype)
 
     method_qr = default_method()
 
@@ -637,40 +740,109 @@ def _qr_logs(cell, params, xs, state0, warmup, key, *, spec, k, method, reorth_e
         return Z, jnp.ones((k,), Z.dtype)
 
     def body(carry, inp):
-        state, Q, total, comp, overflow = carry
+        state, Q, total, comp, overflow, unresolved = carry
         t, x = inp
+        fresh = (t == warmup) if period is None else (
+            (t >= warmup) & ((t - warmup) % period == 0))
+        Q = jnp.where(fresh, start, Q)
         # a finite state with a non-finite frame: the columns outgrew the dtype
         # between two factorisations (reorth_every too large), not a diverging cell
         finite_state = jnp.all(jnp.isfinite(layout.ravel(state)))
         lin = op.at(state, x)
         state = lin.next
-        Z = dot(lin.matrix(spec), Q) if method == "matrix" else lin.apply(spec, Q)
+        QP = jnp.concatenate([Q, probe], axis=1) if k > 1 else Q
+        ZP = dot(lin.matrix(spec), QP) if method == "matrix" else lin.apply(spec, QP)
+        Z = ZP[:, :k]
         overflow = overflow | (finite_state & ~jnp.all(jnp.isfinite(Z)))
         if r == 1:
             Q, diag = qr(Z, t)
         else:
-            due = ((t + 1) % r == 0) | (t == T - 1) | (t == warmup - 1)
+            due = ((t + 1) % r == 0) | (t == T - 1) | (t == warmup - 1) | (
+                False if period is None else (t + 1 - warmup) % period == 0)
             Q, diag = jax.lax.cond(due, qr, skip, Z, t)
+        if k > 1:
+            bad = (t >= warmup) & (unresolved < 0) & _unresolved(diag, ZP[:, k], size)
+            unresolved = jnp.where(bad, t.astype(jnp.int32), unresolved)
         logs = safe_log(diag)
         if per_step:
-            return (state, Q, total, comp, overflow), logs
+            return (state, Q, total, comp, overflow, unresolved), logs
         total, comp = kahan_add(total, comp, jnp.where(t >= warmup, logs, 0))
-        return (state, Q, total, comp, overflow), None
+        return (state, Q, total, comp, overflow, unresolved), None
 
     zeros = jnp.zeros((k,), dtype)
-    init = (state0, orthonormal_start(key, size, k, dtype), zeros, zeros, jnp.array(False))
-    (_, _, total, comp, overflow), logs = jax.lax.scan(body, init, (jnp.arange(T), xs))
-    return (logs if per_step else total - comp), overflow
+    init = (state0, start, zeros, zeros, jnp.array(False), jnp.array(-1, jnp.int32))
+    (_, _, total, comp, overflow, unresolved), logs = jax.lax.scan(
+        body, init, (jnp.arange(T), xs))
+    return (logs if per_step else total - comp), overflow, unresolved
+
+
+def _probe(key, size, dtype):
+    """(size, 1) seeded random unit vector, independent of the frame's columns."""
+    v = jax.random.normal(jax.random.fold_in(as_key(key), 0x9B0BE), (size, 1), dtype)
+    return v / jnp.linalg.norm(v)
+
+
+def _unresolved(diag, probed, size):
+    r"""Whether a QR step's stretches ``diag`` (k >= 2) are round-off.
+
+    The orthonormalised frame is exact only to ``eps`` in norm, in every direction
+    (Householder or Cholesky: normwise accurate, unlike the one column's plain
+    normalisation, accurate entry by entry), and the next step stretches that error by
+    up to ``||J_t||_2``. When even the largest ``|R_jj|`` is at most
+    ``size eps ||J_t r||`` (``r`` a random unit vector, ``||J_t r|| <= ||J_t||_2``), the
+    frame's stretches are not resolved: what the step did to the frame's own
+    directions is below the round-off it adds (a state whose entries differ by more
+    than the dtype's range of resolution, e.g. an sLSTM normaliser near e^-80, whose
+    Jacobian stretches ``c``, ``n`` by ``1 / n``). A step that annihilates the frame
+    exactly (``diag`` all 0) is exact, not round-off."""
+    top = jnp.max(diag)
+    floor = size * jnp.finfo(diag.dtype).eps * jnp.linalg.norm(probed)
+    return (top > 0) & (top <= floor)
 
 
 def _exponents(cell, params, xs, state0, warmup, key, **kw):
     # warmup and key are traced: changing them does not recompile
-    total, overflow = _qr_logs(cell, params, xs, state0, warmup, key, per_step=False, **kw)
-    return jnp.sort(total / (xs.shape[0] - warmup).astype(total.dtype))[::-1], overflow
+    layout = layout_of(state0)
+    if _closed_form_specs(cell, layout, (kw["spec"],))[0]:
+        # (complex-)diagonal steps: the exponents are the units' mean log moduli over
+        # the window, exactly (each twice for a complex unit)
+        structure = getattr(cell, "jacobian_structure", "dense")
+        op = step_operator(cell, params, layout, (kw["spec"],))
+        T = xs.shape[0]
+        in_window = (jnp.arange(T) >= warmup)[:, None]
+        rates = _unit_rates(op, layout, (kw["spec"],), state0, xs, structure,
+                            counted=in_window)[:, 0]
+        if structure == "complex-diagonal":
+            rates = jnp.repeat(rates, 2)
+        k = kw["k"]
+        return jnp.sort(rates)[::-1][:k], jnp.array(False), jnp.array(-1, jnp.int32)
+    total, overflow, unresolved = _qr_logs(cell, params, xs, state0, warmup, key,
+                                           per_step=False, **kw)
+    return (jnp.sort(total / (xs.shape[0] - warmup).astype(total.dtype))[::-1], overflow,
+            unresolved)
 
 
 def _exponents_batch(cell, params, xs, state0, warmup, key, **kw):
     return jax.vmap(lambda x: _exponents(cell, params, x, state0, warmup, key, **kw))(xs)
+
+
+def _raise_unresolved(unresolved, dtype, name):
+    """The error for a QR run whose frame was not resolved (:func:`_unresolved`) at
+    ``unresolved`` (a step, or -1 / a batch of them)."""
+    if not _checks.is_concrete(unresolved):
+        return
+    steps = np.asarray(unresolved).ravel()
+    if not (steps >= 0).any():
+        return
+    t = int(steps[steps >= 0].min())
+    raise InputError(
+        f"{name}: at step {t} the step Jacobian stretches directions the QR frame does "
+        f"not track by more than 1 / eps of {jnp.dtype(dtype).name} times what it does to "
+        "the frame, so the stretches the frame records are round-off of the "
+        "orthonormalisation, not exponents (the state mixes scales beyond the dtype's "
+        "resolution, e.g. an sLSTM normaliser near e^-80). Use k=1 (one tangent, "
+        "normalised without QR, stays accurate) or gp.explain, float64 if in float32, "
+        "or parameters that keep the state's scales within the dtype's resolution")
 
 
 def _check_common(cell, params, xs, state0, routes, block, k, method, key):
@@ -696,7 +868,13 @@ def lyapunov_exponents(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
     ``Q`` (size, k) through ``Z = J_t Q``, re-orthonormalise ``Z = Q' R``
     (positive diagonal) every ``reorth_every`` steps (and at the end of the
     warm-up and of the sequence), and average ``log |R_ii|`` over steps
-    ``warmup .. T-1``:
+    ``warmup .. T-1``. The frame starts from the seeded random frame at step 0 and
+    again at step ``warmup``: the window's exponents are those of its own product,
+    whatever the warm-up did to the frame (it only moves the trajectory). A cell that
+    declares its step Jacobian diagonal (``jacobian_structure``: minGRU, minLSTM; any
+    routes and block) or complex diagonal (the LRU; the whole state) gets the exact
+    answer instead, the units' mean ``log |a_{t,j}|`` (``log |lambda_{t,j}|``, each twice)
+    over the window, sorted:
 
     .. math::
 
@@ -735,6 +913,13 @@ def lyapunov_exponents(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
       (k,) exponents in nats per step, descending, dtype of the inputs.
       ``-inf`` where the (restricted) product is exactly singular.
 
+    Raises:
+      InputError: with ``k >= 2``, where a step's stretches of the frame are
+        round-off: the step stretches some direction (a random probe) by more than
+        ``1 / (size eps)`` times its largest ``|R_jj|``, so the error of the
+        orthonormalised frame (``eps`` in norm) outgrows what the frame measures (a
+        state mixing scales beyond the dtype's resolution). ``k = 1`` is exact there.
+
     Example::
 
         lam = gp.lyapunov_exponents(cell, params, xs, warmup=100)
@@ -756,24 +941,28 @@ def lyapunov_exponents(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
         _checks.check_finite(raw, "xs")
         B = raw.shape[0]
         batch = _inputs.shard_batch(jnp.asarray(raw, p.xs.dtype))
-        out, overflow = _inputs.call(_exponents_batch, cell, p.params, batch, p.state0,
-                                     np.int32(warmup), key, spec=spec, k=k,
-                                     method=method, reorth_every=reorth_every)
-        out, overflow = out[:B], jnp.any(overflow[:B])
+        out, overflow, unresolved = _inputs.call(
+            _exponents_batch, cell, p.params, batch, p.state0, np.int32(warmup), key,
+            spec=spec, k=k, method=method, reorth_every=reorth_every)
+        out, overflow, unresolved = out[:B], jnp.any(overflow[:B]), unresolved[:B]
     else:
-        out, overflow = _inputs.call(_exponents, cell, p.params, p.xs, p.state0,
-                                     np.int32(warmup), key, spec=spec, k=k,
-                                     method=method, reorth_every=reorth_every)
+        out, overflow, unresolved = _inputs.call(
+            _exponents, cell, p.params, p.xs, p.state0, np.int32(warmup), key, spec=spec,
+            k=k, method=method, reorth_every=reorth_every)
     if _checks.is_concrete(overflow) and bool(overflow):
         raise _checks.NonFiniteError(
             f"lyapunov_exponents: the tangent frame overflowed {out.dtype} between two QR "
             f"factorisations (reorth_every={reorth_every}) while the trajectory stayed "
             "finite: lower reorth_every (1 is always safe)")
-    return check_result(out, "lyapunov_exponents")
+    out = check_result(out, "lyapunov_exponents")       # a diverging trajectory first
+    _raise_unresolved(unresolved, out.dtype, "lyapunov_exponents")
+    return out
 
 
 def _local(cell, params, xs, state0, key, **kw):
-    return _qr_logs(cell, params, xs, state0, 0, key, reorth_every=1, per_step=True, **kw)[0]
+    logs, _, unresolved = _qr_logs(cell, params, xs, state0, 0, key, reorth_every=1,
+                                   per_step=True, **kw)
+    return logs, unresolved
 
 
 def local_stretching(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
@@ -783,8 +972,10 @@ def local_stretching(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
 
     ``out[t, i] = log |(R_t)_{ii}|`` from the QR method with re-orthonormalisation
     every step (:func:`lyapunov_exponents`): the growth, at step ``t``, of the
-    ``i``-th Gram-Schmidt direction of the frame carried from the start. Column
-    means over ``t >= w`` are the Lyapunov exponents (in QR order, not sorted).
+    ``i``-th Gram-Schmidt direction of the frame carried from the start. Its column
+    means are the exponents of :func:`lyapunov_exponents` without warm-up (in QR order,
+    not sorted); with a warm-up ``w`` those restart the frame at ``w``, as a run of this
+    function from the state at step ``w`` does.
 
     Args:
       k: None for the leading direction only (returns (T,)), or an int for the
@@ -796,9 +987,10 @@ def local_stretching(cell: Cell, params: Any, xs: Any, state0: Any = None, *,
     """
     p, spec, kk, method, key = _check_common(cell, params, xs, state0, routes, block,
                                              1 if k is None else k, method, key)
-    out = _inputs.call(_local, cell, p.params, p.xs, p.state0, key, spec=spec, k=kk,
-                       method=method)
+    out, unresolved = _inputs.call(_local, cell, p.params, p.xs, p.state0, key, spec=spec,
+                                   k=kk, method=method)
     check_result(out, "local_stretching")
+    _raise_unresolved(unresolved, out.dtype, "local_stretching")
     return out[:, 0] if k is None else out
 
 
@@ -809,10 +1001,13 @@ def finite_time_exponents(cell: Cell, params: Any, xs: Any, state0: Any = None, 
     r"""Lyapunov exponents over consecutive windows of ``window`` steps.
 
     ``out[w, i]`` is the mean of ``log |(R_t)_{ii}|`` over steps
-    ``t = w W .. (w + 1) W - 1`` of one continuing QR run
-    (:func:`local_stretching`), sorted descending within each window: the
-    finite-time exponents along the trajectory. A trailing partial window
-    (``T mod W`` steps) is left out.
+    ``t = w W .. (w + 1) W - 1`` of a QR run (:func:`local_stretching`) whose frame
+    starts afresh, from the seeded random frame, at the first step of every window,
+    sorted descending within each window: the finite-time exponents along the
+    trajectory. Each window's exponents are those of its own product, whatever earlier
+    windows did to the frame (a direction an earlier window annihilated, e.g. a unit
+    whose gate closed, would never come back to a carried frame). A trailing partial
+    window (``T mod W`` steps) is left out.
 
     Args:
       window: W, ``1 <= W <= T``.
@@ -828,8 +1023,10 @@ def finite_time_exponents(cell: Cell, params: Any, xs: Any, state0: Any = None, 
     window = _checks.check_positive_int(window, "window")
     if window > T:
         raise InputError(f"window: expected 1 <= window <= T = {T}, got {window}")
-    logs = _inputs.call(_local, cell, p.params, p.xs, p.state0, key, spec=spec, k=k,
-                        method=method)
+    logs, unresolved = _inputs.call(_local, cell, p.params, p.xs, p.state0, key, spec=spec,
+                                    k=k, method=method, period=window)
     windows = T // window
     means = jnp.mean(jnp.reshape(logs[: windows * window], (windows, window, k)), axis=1)
-    return check_result(jnp.sort(means, axis=1)[:, ::-1], "finite_time_exponents")
+    out = check_result(jnp.sort(means, axis=1)[:, ::-1], "finite_time_exponents")
+    _raise_unresolved(unresolved, logs.dtype, "finite_time_exponents")
+    return out

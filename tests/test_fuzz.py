@@ -63,6 +63,13 @@ records files (arbitrary JSON lines and bytes: records or an ``InputError``) and
 unsafe load). Properties that fail because of a bug still open are separate tests
 marked ``xfail(strict=False)`` naming it.
 
+A second invariant (issue 24), for the window's start: the window's exponent and
+horizon do not depend on what the warm-up did to a direction the window's own product
+grows in (:func:`test_invariant_window_does_not_inherit_the_warm_up`: an LSTM whose
+unit 0 carousel the warm-up shuts or leaves open, every row against a run started at the
+window's first state; 3 generated cases and the issue's reproducer in CI, 40 in the long
+profile; before the fix all 4 failed, the shut carousel reading log 0.9 = -0.105).
+
 Known defect classes have their own ``test_defect_*`` tests (each with the reproducer
 from the issue as an ``@example``) so they can be re-run by name after the fixes. Set
 ``HYPOTHESIS_PROFILE=fuzz-long`` for a deeper run (more examples, with shrinking).
@@ -1303,3 +1310,44 @@ def test_fuzz_slstm_alone_and_in_a_stack(n, T, seed):
     assert abs(alone.exponent - stacked.exponent) < 1e-6, (
         f"SLSTM(4, {n}), T = {T}, seed {seed}: alone {alone.exponent:+.4f}, in a Stack "
         f"{stacked.exponent:+.4f}")
+
+# --------------------------------------------------------------------------- the window's start
+
+
+def _closing_lstm(w_f0, b_f1):
+    """LSTM(1, 2) with R = 0: the forget gate of unit 0 reads ``w_f0 x``, unit 1's is
+    ``sigma(b_f1)``; a negative input shuts unit 0's carousel, a positive one opens it."""
+    cell = gp.LSTM(1, 2)
+    p = cell.init(jax.random.key(0))
+    return cell, p._replace(R=jax.tree_util.tree_map(jnp.zeros_like, p.R),
+                            W=p.W._replace(f=jnp.array([[w_f0], [0.0]])),
+                            b=p.b._replace(f=jnp.array([0.0, b_f1])))
+
+
+@_fuzz_settings(ci=3, long=40)
+@example(w_f0=20.0, b_f1=2.2, level=1.0, seed=0)      # issue 24's reproducer, shorter
+@given(w_f0=st.floats(8.0, 30.0), b_f1=st.floats(0.5, 4.0), level=st.floats(0.3, 1.5),
+       seed=st.integers(0, 2**16))
+def test_invariant_window_does_not_inherit_the_warm_up(w_f0, b_f1, level, seed):
+    """The window's exponent and horizon do not depend on what the warm-up did to a
+    direction the window's own product grows in (issue 24, item 1): a warm-up that shuts
+    unit 0's carousel (inputs ``-level``) and one that leaves it open give the same
+    ``dc/dc`` row (whose steps read the window's inputs only), and every row equals a run
+    started at the window's first state with no warm-up."""
+    w, T = 20, 60
+    cell, p = _closing_lstm(w_f0, b_f1)
+    window = level * (0.5 + jax.random.uniform(jax.random.key(seed), (T - w, 1)))
+    shut = jnp.concatenate([-level * jnp.ones((w, 1)), window])
+    open_ = jnp.concatenate([level * jnp.ones((w, 1)), window])
+    runs = [gp.explain(cell, p, xs, warmup=w) for xs in (shut, open_)]
+    a, b = (r.row("dc/dc") for r in runs)
+    np.testing.assert_allclose([a.exponent, a.horizon], [b.exponent, b.horizon],
+                               rtol=1e-9, atol=1e-12)
+    sw = jax.tree_util.tree_map(lambda v: v[-1], gp.unroll(cell, p, shut[:w]))
+    fresh = gp.explain(cell, p, window, sw)
+    for row, ref in zip(runs[0].rows, fresh.rows, strict=True):
+        np.testing.assert_allclose([row.exponent, row.horizon], [ref.exponent, ref.horizon],
+                                   rtol=1e-9, atol=1e-12, err_msg=row.name)
+    lam = [gp.lyapunov_exponents(cell, p, xs, warmup=w, k=1, block=("c", "c"))
+           for xs in (shut, open_)]
+    np.testing.assert_allclose(lam[0], lam[1], rtol=1e-9, atol=1e-12)

@@ -141,3 +141,13 @@ def test_explain_reports_the_exact_exponent_where_lambda_underflows():
     assert_close(cell.log_moduli(params._replace(nu_log=nu_log)),
                  -np.exp(np.asarray(nu_log, np.float64)), jnp.float32)
     assert f"{top:+.4f}" in ex.verdict and "-inf" not in str(ex)
+
+
+def test_explain_shows_the_exact_top_log_modulus():
+    """The LRU's product is normal: exponent and horizon are max log|lambda| exactly,
+    not a start-dependent estimate (issue 24, item 4)."""
+    cell, params, xs, _ = setup(moduli=MODULI)
+    for key in (0, 1):
+        ex = gp.explain(cell, params, xs[:30], warmup=5, key=key)
+        assert_close(ex.exponent, np.log(max(MODULI)))
+        assert_close(ex.row("full").horizon, np.log(max(MODULI)))

@@ -132,13 +132,22 @@ def test_local_and_finite_time_exponents():
     local = gp.local_stretching(cell, params, xs, s0, k=4)
     assert local.shape == (60, 4)
     lam = gp.lyapunov_exponents(cell, params, xs, s0, warmup=20)
-    assert_close(np.sort(np.asarray(local[20:]).mean(axis=0))[::-1], lam)
+    # the window restarts from the seeded frame at step 20: the exponents are those of a
+    # run started there; the volume (k = d: log |det|) is the carried frame's too
+    s20 = gp.unroll(cell, params, xs[:20], s0)
+    s20 = jax.tree_util.tree_map(lambda a: a[-1], s20)
+    fresh = gp.local_stretching(cell, params, xs[20:], s20, k=4)
+    assert_close(np.sort(np.asarray(fresh).mean(axis=0))[::-1], lam)
+    assert_close(np.sum(lam), np.asarray(local[20:]).mean(axis=0).sum())
     lead = gp.local_stretching(cell, params, xs, s0)
     assert lead.shape == (60,)
     assert_close(lead, local[:, 0])
     windows = gp.finite_time_exponents(cell, params, xs, s0, window=25, k=4)
     assert windows.shape == (2, 4)
-    expected = np.sort(np.asarray(local[:50]).reshape(2, 25, 4).mean(axis=1), axis=1)[:, ::-1]
+    s25 = jax.tree_util.tree_map(lambda a: a[-1], gp.unroll(cell, params, xs[:25], s0))
+    second = gp.local_stretching(cell, params, xs[25:50], s25, k=4)
+    expected = np.stack([np.sort(np.asarray(run).mean(axis=0))[::-1]
+                         for run in (local[:25], second)])
     assert_close(windows, expected)
 
 
@@ -159,7 +168,11 @@ def test_growth_many_matches_the_single_functions():
     lam = gp.lyapunov_exponents(cell, params, xs, s0, k=1, warmup=5, key=3, **kw)
     assert_close(g.exponent[3], lam[0])
     local = gp.local_stretching(cell, params, xs, s0, key=3, method="jvp", **kw)
-    assert_close(g.local[3], local)
+    assert_close(g.local[3, :5], local[:5])
+    # the window restarts from the same seeded start at step 5
+    s5 = jax.tree_util.tree_map(lambda a: a[-1], gp.unroll(cell, params, xs[:5], s0))
+    assert_close(g.local[3, 5:], gp.local_stretching(cell, params, xs[5:], s5, key=3,
+                                                     method="jvp", **kw))
     assert_close(g.exponent, np.asarray(g.local)[:, 5:].mean(axis=1))
     # the horizon is the product over the exponent's window, steps 5..49
     curve = gp.growth_curve(cell, params, xs, s0, block=("c", "c"), start=5)
@@ -504,3 +517,71 @@ def test_readouts_say_what_a_gradient_from_the_readout_sees():
         _lyapunov.readouts(lstm, lay_l, (full,), "y")
     with pytest.raises(ValueError, match="readout: expected 'auto', None or a state field"):
         _lyapunov.readouts(lstm, lay_l, (full,), 3)
+
+
+# --------------------------------------------------------------------------- the window's start
+
+
+def closed_gate_lstm(w=50, T=200):
+    """LSTM(1, 2) with R = 0: unit 0's forget gate is shut by the warm-up (x = -1,
+    ``W_f = 20``) and open in the window (x = +1); unit 1's is 0.9 throughout. The
+    window's product grows at 0 (unit 0's carousel), not at log 0.9."""
+    cell = gp.LSTM(1, 2)
+    p = cell.init(jax.random.key(0))
+    p = p._replace(R=jax.tree_util.tree_map(jnp.zeros_like, p.R),
+                   W=p.W._replace(f=jnp.array([[20.0], [0.0]])),
+                   b=p.b._replace(f=jnp.array([0.0, 2.2])))
+    xs = jnp.concatenate([-jnp.ones((w, 1)), jnp.ones((T - w, 1))])
+    return cell, p, xs
+
+
+def test_window_starts_from_a_generic_direction():
+    """The warm-up annihilated unit 0's carousel in the pushed tangent (and frame): the
+    window's exponents and horizon must still find it (issue 24, item 1)."""
+    cell, p, xs = closed_gate_lstm()
+    w, T = 50, 200
+    # the window's own product, from a fresh start at step w, is the reference
+    sw = jax.tree_util.tree_map(lambda a: a[-1], gp.unroll(cell, p, xs[:w]))
+    lam = gp.lyapunov_exponents(cell, p, xs, k=1, warmup=w)
+    assert_close(lam, gp.lyapunov_exponents(cell, p, xs[w:], sw, k=1))
+    assert abs(float(lam[0])) < finite_horizon(T - w)          # not log 0.9 = -0.105
+    assert abs(float(gp.lyapunov_exponents(cell, p, xs, k=2, warmup=w)[0])) \
+        < finite_horizon(T - w)
+    ex = gp.explain(cell, p, xs, warmup=w)
+    exact = gp.explain(cell, p, xs, warmup=w, horizon="exact")
+    for name in ("full", "dc/dc", "carousel"):
+        assert abs(exact.row(name).horizon) < 1e-6                # unit 0: f = 1 - 2e-9
+        np.testing.assert_allclose(ex.row(name).horizon, exact.row(name).horizon,
+                                   atol=HORIZON_ATOL[jnp.dtype("float64")])
+        assert abs(ex.row(name).exponent) < finite_horizon(T - w)
+    # finite-time exponents: every window restarts (window 0 lies in the warm-up)
+    ft = gp.finite_time_exponents(cell, p, xs, window=50, k=1)
+    assert np.all(np.abs(np.asarray(ft[1:, 0])) < finite_horizon(50)), ft
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def huge_normaliser_slstm(dtype):
+    """sLSTM with ``b_f = 40, b_i = -40``: the normaliser stays near e^-80, so the step
+    stretches ``c`` and ``n`` by about e^80 while the dynamics are O(1)."""
+    cell = gp.SLSTM(3, 4)
+    p = cell.init(jax.random.key(0), dtype=dtype)
+    p = p._replace(b=p.b._replace(f=jnp.full((4,), 40.0, dtype), i=jnp.full((4,), -40.0, dtype)))
+    return cell, p, jax.random.normal(jax.random.key(1), (30, 3), dtype)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_unresolved_frame_is_refused_not_returned(dtype):
+    """The QR frame's round-off (eps in norm), stretched by e^80, outgrows what the frame
+    measures: [60.8, 39.9] nats/step came back where the top exponent is about 2.8
+    (issue 24, item 5). k >= 2 is refused; one tangent (no QR) stays exact."""
+    cell, p, xs = huge_normaliser_slstm(dtype)
+    for fn, kw in ((gp.lyapunov_exponents, {}), (gp.local_stretching, {}),
+                   (gp.finite_time_exponents, {"window": 10})):
+        with pytest.raises(gp.InputError, match="round-off"):
+            fn(cell, p, xs, k=2, **kw)
+    if dtype == jnp.float64:
+        top = float(gp.lyapunov_exponents(cell, p, xs, k=1)[0])
+        curve = gp.growth_curve(cell, p, xs)          # the exact product's norm
+        assert np.isfinite(top) and top <= float(curve[-1]) / 30 + 1e-9

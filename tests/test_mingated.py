@@ -170,3 +170,17 @@ def test_bad_inputs():
         gp.lyapunov_exponents(cell, params, xs, routes={"z"})
     with pytest.raises(gp.NonFiniteError, match="xs"):
         gp.unroll(cell, params, xs.at[2, 1].set(jnp.nan), s0)
+
+
+@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+def test_explain_shows_the_exact_rate_of_the_diagonal_product(name):
+    """The table's exponent and horizon are the slowest unit's mean log gate over the
+    window, exactly and whatever the key (issue 24, item 4: -0.5474 .. -0.5754 for keys
+    0-3 beside the exact -0.5208)."""
+    cell, params, xs, _ = setup(name, n=5, T=150)
+    exact = np.log(reference_diagonal(name, params, xs))[30:].mean(axis=0).max()
+    for key in (0, 3):
+        ex = gp.explain(cell, params, xs, warmup=30, key=key)
+        assert_close(ex.exponent, exact)
+        assert_close(ex.row("full").horizon, exact)
+        assert ex.row("full").horizon_converged

@@ -293,3 +293,19 @@ def test_bad_inputs():
         SLSTM(3, 0)
     with pytest.raises(gp.NonFiniteError, match="state0"):
         gp.step_jacobians(cell, params, xs, s0._replace(m=s0.m.at[0].set(jnp.inf)))
+
+
+def test_explain_rows_do_not_inherit_the_warm_up_tangent():
+    """At default init some units pass through the input branch in the warm-up, which
+    zeroes their m component in the pushed tangent: dm/dm and the stabiliser read -inf
+    ("exactly zero") and the carousel horizon converged to the wrong value (issue 24,
+    item 1). Every Lanczos horizon must match the exact one."""
+    cell = SLSTM(3, 8)
+    params = cell.init(jax.random.key(0))
+    xs = jax.random.normal(jax.random.key(1), (120, 3))
+    ex = gp.explain(cell, params, xs, warmup=40)
+    exact = gp.explain(cell, params, xs, warmup=40, horizon="exact")
+    for row, ref in zip(ex.rows, exact.rows, strict=True):
+        assert np.isfinite(ref.horizon) == np.isfinite(row.horizon), row.name
+        if np.isfinite(ref.horizon):
+            np.testing.assert_allclose(row.horizon, ref.horizon, atol=1e-7, err_msg=row.name)

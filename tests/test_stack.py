@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import HORIZON_ATOL, assert_close
+from helpers import HORIZON_ATOL, assert_close, finite_horizon
 
 import gradpaths as gp
 from gradpaths import _operator, _protocols
@@ -203,8 +203,12 @@ def test_lyapunov_exponents_of_linear_layers_are_the_union_of_the_layers():
     params = (gp.RNNParams(jnp.full((2, 2), 0.3), jnp.diag(d1), jnp.ones(2)),
               gp.RNNParams(jnp.full((3, 2), 0.2), jnp.diag(d2), jnp.ones(3)))
     xs = jnp.abs(jax.random.normal(jax.random.key(0), (260, 2)))
-    lam = gp.lyapunov_exponents(stack, params, xs, warmup=200)
-    assert_close(lam, np.sort(np.log(np.concatenate([d1, d2])))[::-1])
+    lam = gp.lyapunov_exponents(stack, params, xs)
+    expected = np.sort(np.log(np.concatenate([d1, d2])))[::-1]
+    # the volume (k = d: mean log |det J|) is exact; each exponent carries the random
+    # start frame's transient (the window restarts the frame: a warm-up cannot align it)
+    assert_close(np.sum(lam), np.sum(expected))
+    assert_close(lam, expected, bias=finite_horizon(260))
 
 
 def test_inter_layer_route_alone_is_nilpotent():
