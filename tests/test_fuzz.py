@@ -60,8 +60,9 @@ bidirectional layers (outputs and each direction's ``explain`` against the cell'
 records files (arbitrary JSON lines and bytes: records or an ``InputError``) and
 ``gp.interop.load`` on hostile files (random bytes, truncated or corrupted zips, a
 ``.npy`` or pickle, any suffix: a layer or an ``InputError`` that never advises an
-unsafe load). Properties that fail because of a bug still open are separate tests
-marked ``xfail(strict=False)`` naming it.
+unsafe load). The properties that first failed (a top layer without ``h``, a batch
+reversed instead of time, hostile records lines, the sLSTM's gauge in a stack) have
+their own tests, each named after the defect it found.
 
 A second invariant (issue 24), for the window's start: the window's exponent and
 horizon do not depend on what the warm-up did to a direction the window's own product
@@ -856,8 +857,7 @@ def test_defect_custom_cell_changes_state_dtype(how, fn):
 # bidirectional layers, the newer cells (sLSTM, minGRU, minLSTM, LRU), records files and
 # weights files. The invariant is the same (a clear error, or a finite result where the
 # exact one is finite), and where two public routes compute one number they must agree.
-# Properties that fail because of a known open bug are in their own tests, marked xfail
-# (strict=False) with the bug named, so that they turn green when it is fixed.
+# Properties that found a defect are in their own tests, named after it.
 
 ALL_KINDS = {**CONFIGS, **MODERN}
 """Every built-in cell configuration: LSTM, GRU, RNN variants and the newer cells."""
@@ -995,8 +995,6 @@ def test_fuzz_explain_stacks_of_every_cell(case):
     _check_stack(case)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 24 item 8 (helper h3): a Stack whose top "
-                   "layer has no h (LRU) is accepted, then raises a raw AttributeError")
 @_fuzz_settings(ci=1, long=40)
 @example(case=StackCase(("lstm", "lru"), (4, 3), 3, 12, "float64", 0, "explain", 2))
 @given(case=stack_cases(top=_NO_H, depth=(2, 3)))
@@ -1080,8 +1078,6 @@ def test_fuzz_bidirectional(case):
     assert not bad, "\n".join([repr(case), *bad])
 
 
-@pytest.mark.xfail(strict=False, reason="issue 24 item 3 (helper h3): explain_bidirectional "
-                   "of a batch reverses the batch (xs[::-1]), not time")
 @_fuzz_settings(ci=1, long=30)
 @example(case=BiCase("lstm", "lstm", 3, 3, 16, 2, 0))
 @given(case=bi_cases(batches=(2, 3)))
@@ -1101,7 +1097,7 @@ _RECORD_FIELDS = ("type", "step", "data", "length", "format", "routes", "exponen
 
 
 _SAFE_INTS = st.integers(-2**53, 2**53)
-"""Integers a float64 holds exactly (larger ones are their own, xfail, test)."""
+"""Integers a float64 holds exactly (larger ones have their own test)."""
 
 
 def _json_values(ints):
@@ -1157,9 +1153,6 @@ def test_fuzz_records_files(lines, newline):
     assert not bad, "\n".join([repr(lines), *bad])
 
 
-@pytest.mark.xfail(strict=False, reason="issue 24 item 9 (helper h4): a step of 2**70 "
-                   "(OverflowError) and a line nested 100 000 deep (RecursionError) escape "
-                   "as raw errors")
 @_fuzz_settings(ci=3, long=60)
 @example(lines=[b'{"type": "probe", "step": ' + str(2**70).encode() + b"}"])
 @example(lines=[b"[" * 100_000 + b"]" * 100_000])
@@ -1197,10 +1190,6 @@ def mutated_records(draw, ints=_SAFE_INTS) -> list[bytes]:
     return lines
 
 
-@pytest.mark.xfail(strict=False, reason="records reader (found by this fuzz, not in issue "
-                   "24's list; helper h4's area): a field of the wrong JSON type, e.g. an "
-                   "event's route_drop as a list, raises a raw AttributeError/TypeError, and "
-                   "a number beyond float range (10**400) a raw OverflowError")
 @_fuzz_settings(ci=10, long=300)
 @example(lines=[json.dumps({**_RECORD_TEMPLATES[1], "route_drop": [1]}).encode()])
 @given(lines=mutated_records())
@@ -1293,8 +1282,6 @@ def test_fuzz_load_hostile_files(file):
 # --------------------------------------------------------------------------- sLSTM gauge
 
 
-@pytest.mark.xfail(strict=False, reason="issue 24 item 2 (helper h2): the sLSTM's gauge "
-                   "correction exists only in explain of a bare SLSTM, not of a Stack of it")
 @_fuzz_settings(ci=1, long=20)
 @example(n=8, T=160, seed=0)
 @given(n=st.sampled_from((3, 6)), T=st.sampled_from((80, 160)), seed=st.integers(0, 2**16))
