@@ -157,6 +157,15 @@ class GrowthRow:
     horizon_converged: bool = True
 
     @property
+    def rate(self) -> float:
+        """The window's growth that the verdict and the driver rule read, nats/step:
+        the larger of the horizon and the exponent, both lower bounds of the product's
+        ``log ||J_{T-1} ... J_w||_2 / (T - w)``. The converged horizon is that value to
+        its tolerance; the exponent of one tangent started in a random direction carries
+        that start's ``log |cos theta| / (T - w)`` (about ``-log(d) / (2 (T - w))``)."""
+        return max(self.horizon, self.exponent)
+
+    @property
     def focus_route(self) -> str | None:
         """The one route the row is about (the route alone, beside the carousel, or
         cut); None for ``full`` and blocks."""
@@ -382,12 +391,12 @@ def _driver(rows: dict[str, GrowthRow], cell: Cell, margin: float) -> Driver:
     model's :class:`Driver` (for a stack, of the driving layer's routes, ``layer``
     set)."""
     if not _is_stack(cell):
-        return _routesets.classify(rows["full"].exponent, _of(rows, cell, "alone"),
+        return _routesets.classify(rows["full"].rate, _of(rows, cell, "alone"),
                                    _of(rows, cell, "all but"), _of(rows, cell, "with carousel"),
                                    margin=margin)
     blocks = _layer_exponents(rows, cell)
     lead = max(blocks, key=blocks.__getitem__)
-    return _routesets.classify(rows["full"].exponent, _of(rows, cell, "alone", lead),
+    return _routesets.classify(rows["full"].rate, _of(rows, cell, "alone", lead),
                                _of(rows, cell, "all but", lead),
                                _of(rows, cell, "with carousel", lead),
                                margin=margin)._replace(layer=lead)
@@ -407,9 +416,10 @@ def _layer_drivers(rows: dict[str, GrowthRow], cell: Cell, lead: int | None,
 
 def _of(rows: dict[str, GrowthRow], cell: Cell, kind: str, layer: int | None = None
         ) -> dict[str, float]:
-    """focus route -> exponent of the measured rows of ``kind`` (of one stack layer)."""
+    """focus route -> rate (:attr:`GrowthRow.rate`) of the measured rows of ``kind``
+    (of one stack layer)."""
     sets = _routesets.standard_sets(cell, kinds=(kind,))
-    return {s.focus: rows[s.name].exponent for s in sets
+    return {s.focus: rows[s.name].rate for s in sets
             if s.name in rows and s.focus is not None
             and (layer is None or _routesets.layer_of(s.focus) == layer)}
 
@@ -419,8 +429,8 @@ def _is_stack(cell: Any) -> bool:
 
 
 def _layer_exponents(rows: dict[str, GrowthRow], cell: Any) -> dict[int, float]:
-    """Layer k -> the top exponent of its diagonal block ``ds^k/ds^k``."""
-    return {k: rows[_routesets.layer_block_name(k)].exponent
+    """Layer k -> the rate (:attr:`GrowthRow.rate`) of its diagonal block ``ds^k/ds^k``."""
+    return {k: rows[_routesets.layer_block_name(k)].rate
             for k in range(1, cell.num_layers + 1)}
 
 
@@ -450,7 +460,7 @@ def _verdict(rows: dict[str, GrowthRow], driver: Driver, margin: float,
     (after a warm-up of ``warmup`` steps), so ``e^{exponent * steps}`` is the factor
     over that window. ``layers``: a stack's layer -> diagonal-block exponent;
     ``structure``: what a diagonal cell's verdict reads (:func:`_structure`)."""
-    full = rows["full"].exponent
+    full = rows["full"].rate
     parts = []
     span = "the step" if steps == 1 else f"the {steps} steps"
     if warmup:
@@ -483,7 +493,7 @@ def _verdict(rows: dict[str, GrowthRow], driver: Driver, margin: float,
                      "nats/step" + (f"; {others}" if others else "") + ").")
         within = len(parts)
     if carousel in rows:
-        c = rows[carousel].exponent
+        c = rows[carousel].rate
         carries = c <= margin < full
         name = "The carousel" if carousel == "carousel" else f"Its carousel {carousel}"
         parts.append(f"{name} alone is exactly zero over the window." if c == -math.inf
@@ -494,7 +504,7 @@ def _verdict(rows: dict[str, GrowthRow], driver: Driver, margin: float,
     kind, dom = driver.kind, driver.route
     if kind == "route" and dom is not None:
         parts.append(f"{_sentence(_edge(dom))} grows on its own at "
-                     f"{rows[dom].exponent:+.4f} nats/step: its recurrent matrix is multiplied "
+                     f"{rows[dom].rate:+.4f} nats/step: its recurrent matrix is multiplied "
                      "step after step, as a vanilla RNN's W is.")
         if driver.necessary:
             parts.append("Removing " + " or ".join(driver.necessary)
@@ -506,7 +516,7 @@ def _verdict(rows: dict[str, GrowthRow], driver: Driver, margin: float,
             parts.append("Cutting any of " + ", ".join(driver.necessary) + " stops it.")
         if dom is not None:
             parts.append(f"Of the routes that can amplify, cutting {_edge(dom)} lowers it "
-                         f"most (all but {dom}: {rows[f'all but {dom}'].exponent:+.4f} "
+                         f"most (all but {dom}: {rows[f'all but {dom}'].rate:+.4f} "
                          "nats/step).")
         if driver.with_carousel:
             parts.append(f"With {'the carousel' if carousel == 'carousel' else carousel} "

@@ -28,7 +28,8 @@ def test_question_scenario(story):
     assert ex.driver.growth == "explodes" and ex.driver.kind == "interaction"
     assert ex.driver.route == ex.driver.cut == ex.driver.dominant == "o"
     assert "o" in ex.driver.necessary and ex.driver.alone == ()
-    assert ex.driver.exponent == ex.exponent and ex.driver.margin == ex.margin
+    assert ex.driver.exponent == ex.row("full").rate and ex.driver.margin == ex.margin
+    assert ex.row("full").rate == max(ex.row("full").horizon, ex.exponent)
     assert "Gradients explode" in ex.verdict and "R_o" in ex.verdict
     names = [r.name for r in ex.rows]
     assert names[:3] == ["full", "dc/dc", "dh/dh"]
@@ -125,7 +126,7 @@ def test_to_dict_is_json_and_table_prints(story):
     assert d["driver"] == dict(growth="explodes", kind="interaction", route="o", cut="o",
                                dominant="o", alone=[], necessary=list(ex.driver.necessary),
                                with_carousel=list(ex.driver.with_carousel),
-                               exponent=ex.exponent, margin=1e-3, layer=None)
+                               exponent=ex.row("full").rate, margin=1e-3, layer=None)
     assert d["layers"] == [] and d["notes"] == []
     text = str(ex)
     assert "top exponent" in text and "verdict:" in text and "carousel+o" in text
@@ -224,3 +225,23 @@ def test_verdict_wording():
     zero = gp.GrowthRow("full", "full", None, None, -np.inf, -np.inf, (-np.inf,))
     text = _verdict({"full": zero}, classify(-np.inf, {}), 1e-3, 10)
     assert "exactly zero" in text and "inf" not in text
+
+
+def test_the_verdict_reads_the_window_rate_not_a_random_start():
+    """LSTM(1, 2), R = 0: unit 0's forget gate is shut in the warm-up and open (f = 1 -
+    2e-9) in the window, so the window's product is neutral. A tangent started in a
+    random direction at the window's start measures it with that start's bias
+    (log |cos theta| / (T - w), -0.003 here, past the margin); the verdict reads the
+    certified horizon and says neutral (it said "vanish" at -0.1053)."""
+    w, T = 50, 200
+    cell = gp.LSTM(1, 2)
+    p = cell.init(jax.random.key(0))
+    p = p._replace(R=jax.tree_util.tree_map(jnp.zeros_like, p.R),
+                   W=p.W._replace(f=jnp.array([[20.0], [0.0]])),
+                   b=p.b._replace(f=jnp.array([0.0, 2.2])))
+    xs = jnp.concatenate([-jnp.ones((w, 1)), jnp.ones((T - w, 1))])
+    ex = gp.explain(cell, p, xs, warmup=w)
+    full = ex.row("full")
+    assert abs(full.horizon) < 1e-6 and full.rate == full.horizon
+    assert ex.driver.growth == "neutral" and "Gradients are marginal" in ex.verdict
+    assert f"{full.rate:+.4f} nats/step" in ex.verdict

@@ -92,17 +92,17 @@ def test_the_driving_layer_is_the_largest_block(case, lead, xs, request):
     assert abs(ex.exponent - full) < 0.01 and abs(blocks[lead] - dense[lead]) < 0.01
     # the whole driver speaks of the driving layer's routes; per-layer drivers agree
     d = ex.driver
-    assert d.layer == lead and d.growth == "explodes" and d.exponent == ex.exponent
+    assert d.layer == lead and d.growth == "explodes" and d.exponent == ex.row("full").rate
     assert d.route is not None and d.route.startswith(f"{lead}:")
     assert [x.layer for x in ex.layers] == [1, 2]
     assert ex.layers[lead - 1].growth == "explodes" and ex.layers[other - 1].growth == "vanishes"
     assert ex.layers[lead - 1].route == d.route
     # the driver's own numbers: the route whose cut lowers the exponent most
-    cuts = {r: ex.row(f"all but {r}").exponent for r in (f"{lead}:{g}" for g in "zifo")}
+    cuts = {r: ex.row(f"all but {r}").rate for r in (f"{lead}:{g}" for g in "zifo")}
     if d.kind == "interaction":
-        assert d.route == max(cuts, key=lambda r: ex.exponent - cuts[r])
+        assert d.route == max(cuts, key=lambda r: ex.row("full").rate - cuts[r])
     else:
-        assert ex.row(d.route).exponent > ex.margin
+        assert ex.row(d.route).rate > ex.margin
 
 
 def test_inter_layer_routes_carry_but_never_drive(cold_hot):
@@ -118,10 +118,10 @@ def test_inter_layer_routes_carry_but_never_drive(cold_hot):
 
 def test_verdict_names_the_layer_and_the_route(cold_hot, hot_cold):
     for ex, lead, other in ((cold_hot[2], 2, 1), (hot_cold[2], 1, 2)):
-        block = ex.row(f"ds^{lead}/ds^{lead}").exponent
+        block = ex.row(f"ds^{lead}/ds^{lead}").rate
         assert f"layer {lead} drives it (its block ds^{lead}/ds^{lead} grows at {block:+.4f}" \
             in ex.verdict
-        assert f"layer {other} at {ex.row(f'ds^{other}/ds^{other}').exponent:+.4f}" in ex.verdict
+        assert f"layer {other} at {ex.row(f'ds^{other}/ds^{other}').rate:+.4f}" in ex.verdict
         assert f"Within layer {lead}, its carousel {lead}:carousel alone contracts" in ex.verdict
         assert f"({ex.driver.route})" in ex.verdict      # the driving route, by name
 
