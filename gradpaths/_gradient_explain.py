@@ -59,11 +59,10 @@ from gradpaths import _checks, _inputs, _operator
 from gradpaths._checks import InputError, InputTypeError
 from gradpaths._gradients import _direct_terms, leaf_names, prepare_sequence
 from gradpaths._jacobians import _unroll
-from gradpaths._products import safe_log
 from gradpaths._protocols import has_routes
 from gradpaths._routesets import layer_of
 from gradpaths._state import layout_of
-from gradpaths._tasks import Model, ModelParams, initial_state
+from gradpaths._tasks import Model, ModelParams
 
 Array = jax.Array
 
@@ -132,8 +131,11 @@ def _group_norms(tree: Any, lead: int) -> Array:
 
 
 def _tree_dot(a: Any, b: Any) -> Array:
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
-                                               jax.tree_util.tree_leaves(b), strict=True))
+    leaves = jax.tree_util.tree_leaves(a)
+    out = jnp.zeros((), leaves[0].dtype)
+    for x, y in zip(leaves, jax.tree_util.tree_leaves(b), strict=True):
+        out = out + jnp.vdot(x, y)
+    return out
 
 
 def _zeros_like(tree: Any, lead: int) -> Any:
@@ -236,7 +238,6 @@ def _explain(model, params, xs, targets, weights, state0, *, mode, K, sets, gain
     xs_t = jnp.swapaxes(xs, 0, 1)                                           # (T, B, m)
     direct_next = jnp.swapaxes(direct[:, 1:], 0, 1)                         # (T, B, d)
 
-    routes = tuple(getattr(cell, "routes", ())) if has_routes(cell) else ()
     full = _operator.FULL
     n_lag = K if mode == "lags" else 1            # lag columns (mode "last": g itself)
     # Columns pulled through each step, in order: g (full), a^(0..K-2) (full, lag mode),
@@ -531,7 +532,8 @@ def _route_sets(cell: Any) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]
     if not has_routes(cell):
         return (), ()
     routes = tuple(cell.routes)
-    names, sets = [], []
+    names: list[str] = []
+    sets: list[tuple[str, ...]] = []
     for r in routes:
         names.append(r)
         sets.append((r,))
@@ -641,7 +643,8 @@ def explain_gradient(model: Model, params: ModelParams, xs: Any, targets: Any,
         route_norms=np.sqrt(np.sum(route_group**2, axis=1)), route_group_norms=route_group,
         gain_routes=gains, sensitivity=np.asarray(sens), position=out["position"],
         adjoint=out["adjoint"],
-        lag_adjoint=out["adjoint"][::-1] if mode == "last" else out["lag_adjoint"], mode=mode, max_lag=K, memory=mem)
+        lag_adjoint=out["adjoint"][::-1] if mode == "last" else out["lag_adjoint"],
+        mode=mode, max_lag=K, memory=mem)
 
 
 # ------------------------------------------------------------------------ memory sensitivity
