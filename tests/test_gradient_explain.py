@@ -272,7 +272,30 @@ def test_every_step_lags_exact_below_K_and_rest(small):
     _leaves_close(pick(2), jax.tree_util.tree_map(jnp.subtract, below[4], below[2]))
     _leaves_close(pick(3), jax.tree_util.tree_map(jnp.subtract, G, below[4]))
     assert_close(ex.lag_share.sum() + ex.rest_share, 1.0)
+    # the route-gain sensitivity with losses at every step: a JVP in g, as above
+    routes = model.cell.routes
+
+    def log_norm(g):
+        Gg = jax.grad(_loss_fn(model, params, xs, ys, w, _scaled_reader(g, routes)))(
+            params.cell)
+        return 0.5 * jnp.log(sum(jnp.sum(a * a) for a in jax.tree_util.tree_leaves(Gg)))
+    assert_close(ex.sensitivity, jax.jit(jax.jacfwd(log_norm))(jnp.ones(len(routes))))
     assert default_max_lag(1000) == 32 and default_max_lag(16) == 4 and default_max_lag(1) == 1
+
+
+def test_float32_stack_bands_sum_to_the_gradient():
+    stack = gp.Stack([gp.RNN(2, 3), gp.RNN(3, 2)])
+    model = gp.Model(stack, 1)
+    params = model.init(jax.random.key(4), dtype=jnp.float32)
+    xs = jax.random.normal(jax.random.key(5), (2, 9, 2), jnp.float32)
+    ys = jax.random.normal(jax.random.key(6), (2, 9, 1), jnp.float32)
+    ex = gp.explain_gradient(model, params, xs, ys, weights="all", max_lag=2)
+    assert jax.tree_util.tree_leaves(ex.bands)[0].dtype == jnp.float32
+    assert ex.groups == ("1:W", "1:R", "1:b", "2:W", "2:R", "2:b")
+    assert ex.gain_routes == ("1:R", "1>2", "2:R")
+    _leaves_close(jax.tree_util.tree_map(lambda a: a.sum(0), ex.bands), ex.total)
+    G = _grad(model, params, xs, ys, np.ones(9, np.float32))
+    _leaves_close(ex.total, G)
 
 
 def test_band_of():
