@@ -60,7 +60,7 @@ from gradpaths._checks import InputError, InputTypeError
 from gradpaths._gradients import _direct_terms, leaf_names, prepare_sequence
 from gradpaths._jacobians import _unroll
 from gradpaths._protocols import has_routes
-from gradpaths._routesets import layer_of
+from gradpaths._routesets import is_carousel, layer_of
 from gradpaths._state import layout_of
 from gradpaths._tasks import Model, ModelParams
 
@@ -421,6 +421,22 @@ class GradientExplanation:
         return self.gain_routes[int(np.argmax(self.sensitivity))]
 
     @property
+    def driving_route(self) -> str | None:
+        """The route named when the product explodes: the largest sensitivity among the
+        routes that can amplify. A carousel (``diag(f)``, ``diag(u)`` with gates in
+        (0, 1)) never amplifies alone (docs/maths.md, "Routes"); its sensitivity is
+        large whenever long paths carry the gradient, so it is named only when no
+        other route has a positive sensitivity."""
+        if not len(self.gain_routes):
+            return None
+        others = [j for j, r in enumerate(self.gain_routes) if not is_carousel(r)]
+        if others:
+            j = max(others, key=lambda j: self.sensitivity[j])
+            if self.sensitivity[j] > 0:
+                return self.gain_routes[j]
+        return self.top_route
+
+    @property
     def top_group(self) -> str:
         return self.groups[int(np.argmax(self.group_norms))]
 
@@ -450,7 +466,7 @@ class GradientExplanation:
     def verdict(self) -> str:
         """One sentence naming the mechanism with its numbers."""
         m = self.mechanism
-        route = self.top_route
+        route = self.driving_route if m == "product explodes" else self.top_route
         where = ""
         if route is not None:
             k = layer_of(route)
@@ -466,12 +482,12 @@ class GradientExplanation:
                 extra = (f"; {self.memory.groups[g]}'s sensitivity reaches "
                          f"{self.memory.level[g]:.3g}x the state's scale")
             return (f"Memory accumulation: the adjoint does not grow "
-                    f"({self.adjoint_growth:+.2f} nats) but lags >= {SHORT_LAG} carry "
-                    f"{1 - self.short_share:.0%} of |dL/dtheta|^2 and the gradient is "
+                    f"({self.adjoint_growth:+.2f} nats) but the lags >= {SHORT_LAG} have a "
+                    f"share {1 - self.short_share:+.2f} of |dL/dtheta|^2 and the gradient is "
                     f"{self.amplification:.3g}x its lag-0 part{extra}.")
         if m == "short paths":
-            return (f"Short paths: lags below {SHORT_LAG} carry {self.short_share:.0%} of "
-                    f"|dL/dtheta|^2; the gradient is {self.amplification:.3g}x its lag-0 "
+            return (f"Short paths: the lags below {SHORT_LAG} have a share "
+                    f"{self.short_share:+.2f} of |dL/dtheta|^2; the gradient is {self.amplification:.3g}x its lag-0 "
                     f"part{where}.")
         return (f"Nothing large: the gradient is {self.amplification:.3g}x its lag-0 part and "
                 f"the adjoint grows by {self.adjoint_growth:+.2f} nats.")
@@ -487,6 +503,7 @@ class GradientExplanation:
             "max_lag": self.max_lag, "mechanism": self.mechanism, "verdict": self.verdict,
             "amplification": num(self.amplification), "short_share": num(self.short_share),
             "adjoint_growth": num(self.adjoint_growth), "top_route": self.top_route,
+            "driving_route": self.driving_route,
             "groups": dict(zip(self.groups, map(num, self.group_norms))),
             "bands": [{"lags": lab, "norm": num(n), "share": num(s),
                        "groups": dict(zip(self.groups, map(num, gn)))}
