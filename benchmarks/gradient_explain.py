@@ -69,7 +69,7 @@ def main(size: str = "small") -> list[dict[str, Any]]:
             return jax.value_and_grad(loss)(p.cell)
 
         compiled, compile_s = C.compile_jax(train_step, params, xs, ys)
-        (loss, grad), train_first = C.first_call(lambda c=compiled: c(params, xs, ys))
+        (_, grad), train_first = C.first_call(lambda c=compiled: c(params, xs, ys))
         explain = lambda kind=kind: gp.explain_gradient(model, params, xs, ys,  # noqa: E731
                                                          weights=kind)
         ex, explain_first = C.first_call(explain)

@@ -487,8 +487,8 @@ class GradientExplanation:
                     f"{self.amplification:.3g}x its lag-0 part{extra}.")
         if m == "short paths":
             return (f"Short paths: the lags below {SHORT_LAG} have a share "
-                    f"{self.short_share:+.2f} of |dL/dtheta|^2; the gradient is {self.amplification:.3g}x its lag-0 "
-                    f"part{where}.")
+                    f"{self.short_share:+.2f} of |dL/dtheta|^2; the gradient is "
+                    f"{self.amplification:.3g}x its lag-0 part{where}.")
         return (f"Nothing large: the gradient is {self.amplification:.3g}x its lag-0 part and "
                 f"the adjoint grows by {self.adjoint_growth:+.2f} nats.")
 
