@@ -377,3 +377,20 @@ def test_bad_inputs_raise_clear_errors(small):
         gp.explain_gradient(model, params, xs, ys, weights="all", max_lag=0)
     with pytest.raises(gp.InputError, match="probes"):
         gp.memory_sensitivity(model.cell, params.cell, xs, probes=0)
+
+
+def test_growth_laws_exponential_and_flat():
+    # a chaotic tanh RNN (gain 2, weak inputs: positive top exponent) and a calm one
+    cell, n = gp.RNN(2, 16), 16
+    xs = 0.1 * jax.random.normal(jax.random.key(13), (2, 80, 2))
+    for gain in (2.0, 0.2):
+        p = cell.init(jax.random.key(14), recurrent_gain=gain)
+        ms = gp.memory_sensitivity(cell, p._replace(b=jnp.full(n, 0.1)), xs, exact_below=0,
+                                   probes=4)
+        top = float(gp.lyapunov_exponents(cell, p._replace(b=jnp.full(n, 0.1)), xs[0], k=1)[0])
+        if gain > 1:
+            assert top > 0 and ms.law == ("exponential",) * 3, ms.text()
+            assert np.all(ms.rate > 0.05) and "explodes" in ms.verdict
+        else:
+            assert top < 0 and ms.law == ("flat",) * 3 and np.all(ms.level < 10), ms.text()
+            assert ms.verdict.startswith("Nothing large")
