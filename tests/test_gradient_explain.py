@@ -235,6 +235,11 @@ def test_last_step_bands_are_truncated_bptt_differences(small):
     assert_close(ex.sensitivity, sens)
     d = ex.to_dict()
     assert d["mechanism"] == ex.mechanism and len(d["bands"]) == 5
+    # a second batch of the same shapes reuses the compiled program
+    from gradpaths import _gradient_explain, _inputs
+    count = _inputs.cache_size(_gradient_explain._explain, "mode", "K", "sets", "gains")
+    gp.explain_gradient(model, params, xs + 1.0, ys)
+    assert _inputs.cache_size(_gradient_explain._explain, "mode", "K", "sets", "gains") == count
     assert ex.verdict in ex.text()
 
 
