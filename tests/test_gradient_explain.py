@@ -233,6 +233,9 @@ def test_last_step_bands_are_truncated_bptt_differences(small):
         return 0.5 * jnp.log(sum(jnp.sum(a * a) for a in jax.tree_util.tree_leaves(Gg)))
     sens = jax.jit(jax.jacfwd(log_norm))(jnp.ones(len(routes)))
     assert_close(ex.sensitivity, sens)
+    # Euler: G^(tau) is homogeneous of degree tau in the gains, so the sensitivities
+    # sum to the share-weighted mean lag
+    assert_close(ex.sensitivity.sum(), np.sum(np.arange(T) * ex.lag_share))
     d = ex.to_dict()
     assert d["mechanism"] == ex.mechanism and len(d["bands"]) == 5
     # a second batch of the same shapes reuses the compiled program
