@@ -101,6 +101,12 @@ from gradpaths._gradients import (
     param_gradients as param_gradients,
     state_gradients as state_gradients,
 )
+from gradpaths._gradient_explain import (
+    GradientExplanation as GradientExplanation,
+    MemorySensitivity as MemorySensitivity,
+    explain_gradient as explain_gradient,
+    memory_sensitivity as memory_sensitivity,
+)
 from gradpaths._tasks import (
     AddingTask as AddingTask,
     Batch as Batch,
