@@ -125,3 +125,16 @@ def lstm_saturation_numpy(params, prev, xs):
         return np.mean(v < -TANH_EDGE, axis=1), np.mean(v > TANH_EDGE, axis=1)
 
     return {"z": tanh(z), "i": sig(i), "f": sig(f), "o": sig(o), "tanh(c)": tanh(np.tanh(c_new))}
+
+
+def closed_gate_lstm(w=50, T=200):
+    """LSTM(1, 2) with R = 0: unit 0's forget gate is shut by the warm-up (x = -1,
+    ``W_f = 20``) and open in the window (x = +1); unit 1's is 0.9 throughout. The
+    window's product grows at 0 (unit 0's carousel), not at log 0.9."""
+    cell = gp.LSTM(1, 2)
+    p = cell.init(jax.random.key(0))
+    p = p._replace(R=jax.tree_util.tree_map(jnp.zeros_like, p.R),
+                   W=p.W._replace(f=jnp.array([[20.0], [0.0]])),
+                   b=p.b._replace(f=jnp.array([0.0, 2.2])))
+    xs = jnp.concatenate([-jnp.ones((w, 1)), jnp.ones((T - w, 1))])
+    return cell, p, xs

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from cells import Henon, lstm_saturation_numpy, setup
+from cells import Henon, closed_gate_lstm, lstm_saturation_numpy, setup
 from helpers import assert_close
 
 import gradpaths as gp
@@ -233,14 +233,8 @@ def test_the_verdict_reads_the_window_rate_not_a_random_start():
     random direction at the window's start measures it with that start's bias
     (log |cos theta| / (T - w), -0.003 here, past the margin); the verdict reads the
     certified horizon and says neutral (it said "vanish" at -0.1053)."""
-    w, T = 50, 200
-    cell = gp.LSTM(1, 2)
-    p = cell.init(jax.random.key(0))
-    p = p._replace(R=jax.tree_util.tree_map(jnp.zeros_like, p.R),
-                   W=p.W._replace(f=jnp.array([[20.0], [0.0]])),
-                   b=p.b._replace(f=jnp.array([0.0, 2.2])))
-    xs = jnp.concatenate([-jnp.ones((w, 1)), jnp.ones((T - w, 1))])
-    ex = gp.explain(cell, p, xs, warmup=w)
+    cell, p, xs = closed_gate_lstm(w=50, T=200)
+    ex = gp.explain(cell, p, xs, warmup=50)
     full = ex.row("full")
     assert abs(full.horizon) < 1e-6 and full.rate == full.horizon
     assert ex.driver.growth == "neutral" and "Gradients are marginal" in ex.verdict
