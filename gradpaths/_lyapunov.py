@@ -812,6 +812,10 @@ def _exponents(cell, params, xs, state0, warmup, key, **kw):
         in_window = (jnp.arange(T) >= warmup)[:, None]
         rates = _unit_rates(op, layout, (kw["spec"],), state0, xs, structure,
                             counted=in_window)[:, 0]
+        if structure == "complex-diagonal" and callable(getattr(cell, "log_moduli", None)):
+            # constant moduli in closed form: finite where |lambda| underflows the dtype
+            # (an LRU's nu_log >= 4.5 in float32), where the step's images are 0
+            rates = cell.log_moduli(params).astype(rates.dtype)
         if structure == "complex-diagonal":
             rates = jnp.repeat(rates, 2)
         k = kw["k"]

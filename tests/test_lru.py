@@ -141,6 +141,10 @@ def test_explain_reports_the_exact_exponent_where_lambda_underflows():
     assert_close(cell.log_moduli(params._replace(nu_log=nu_log)),
                  -np.exp(np.asarray(nu_log, np.float64)), jnp.float32)
     assert f"{top:+.4f}" in ex.verdict and "-inf" not in str(ex)
+    # the exponents too (they read -inf from the underflowed step images)
+    lam = gp.lyapunov_exponents(cell, params._replace(nu_log=nu_log), xs, k=3)
+    assert_close(lam, np.sort(np.repeat(-np.exp(np.asarray(nu_log, np.float64)), 2))[::-1][:3],
+                 jnp.float32)
 
 
 def test_explain_shows_the_exact_top_log_modulus():
