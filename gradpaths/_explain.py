@@ -689,13 +689,10 @@ def explain(cell: Cell, params: Any, xs: Any, state0: Any = None, *, warmup: int
               for j in range(size)]
     exact = _structure(structure, cell, p.params, out, labels)
     if exact is not None and exact["kind"] == "complex-diagonal":
-        # J is the same normal matrix at every step: exponent, horizon and each step's
-        # stretching are exactly max_j log|lambda_j|, also where |lambda| underflows in
-        # the measured product (the LRU's nu_log >= 4.5 in float32)
-        top = exact["top"]
-        rows["full"] = dataclasses.replace(rows["full"], exponent=top, horizon=top,
-                                           per_sequence=(top,) * B, horizon_converged=True)
-        local = np.full_like(local, top)
+        # J is the same normal matrix at every step: each step's stretching is exactly
+        # max_j log|lambda_j| (the full row's exponent and horizon, growth_many's closed
+        # form), also where |lambda| underflows in the measured step
+        local = np.full_like(local, exact["top"])
     peaks = np.argsort(np.where(np.isfinite(local), local, -np.inf))[::-1][:top_steps]
     weights = np.mean(out["units"], axis=0)
     best = np.argsort(weights)[::-1][:top_units]

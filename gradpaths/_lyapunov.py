@@ -360,8 +360,8 @@ def growth_many(cell: Any, params: Any, xs: Array, state0: Any, specs: Sequence[
     if any(closed):
         # (complex-)diagonal steps: the exponent and the horizon are the largest unit's
         # mean log modulus over the window, exactly (no start, no iteration)
-        rate = jnp.max(_unit_rates(op, layout, specs, state_w, xs[warmup:],
-                                   getattr(cell, "jacobian_structure", "dense")), axis=0)
+        rate = jnp.max(_closed_rates(cell, params, op, layout, specs, state_w, xs[warmup:]),
+                       axis=0)
         mask = jnp.asarray(closed)
         exponent = jnp.where(mask, rate, exponent)
         if all(closed):
@@ -612,6 +612,18 @@ def _closed_form_specs(cell: Any, layout: Any, specs: Sequence[Spec]) -> tuple[b
     return (False,) * len(specs)
 
 
+def _closed_rates(cell, params, op, layout, specs, state_w, win_xs, counted=None):
+    """(units, S) the units' exact rates of the closed-form specs (:func:`_unit_rates`);
+    for a complex diagonal cell with constant moduli (``log_moduli(params)``: the LRU's
+    ``-exp(nu_log)``) those, in closed form, finite where ``|lambda|`` underflows the
+    dtype and the step's images read 0 (``nu_log >= 4.5`` in float32)."""
+    structure = getattr(cell, "jacobian_structure", "dense")
+    if structure == "complex-diagonal" and callable(getattr(cell, "log_moduli", None)):
+        logs = cell.log_moduli(params).astype(layout.ravel(state_w).dtype)
+        return jnp.broadcast_to(logs[:, None], (logs.shape[0], len(specs)))
+    return _unit_rates(op, layout, specs, state_w, win_xs, structure, counted)
+
+
 def _unit_rates(op, layout, specs, state_w, win_xs, structure, counted=None):
     r"""(units, S) the window's mean ``log |a_{t,j}|`` of each unit ``j`` and spec whose
     steps are (complex-)diagonal (-inf outside a spec's block); their largest is the
@@ -810,12 +822,8 @@ def _exponents(cell, params, xs, state0, warmup, key, **kw):
         op = step_operator(cell, params, layout, (kw["spec"],))
         T = xs.shape[0]
         in_window = (jnp.arange(T) >= warmup)[:, None]
-        rates = _unit_rates(op, layout, (kw["spec"],), state0, xs, structure,
-                            counted=in_window)[:, 0]
-        if structure == "complex-diagonal" and callable(getattr(cell, "log_moduli", None)):
-            # constant moduli in closed form: finite where |lambda| underflows the dtype
-            # (an LRU's nu_log >= 4.5 in float32), where the step's images are 0
-            rates = cell.log_moduli(params).astype(rates.dtype)
+        rates = _closed_rates(cell, params, op, layout, (kw["spec"],), state0, xs,
+                              counted=in_window)[:, 0]
         if structure == "complex-diagonal":
             rates = jnp.repeat(rates, 2)
         k = kw["k"]
